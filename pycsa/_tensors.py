@@ -1,0 +1,38 @@
+"""Accept torch tensors or numpy arrays; hand results back in the caller's kind."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def as_tensor(x, name: str) -> tuple[torch.Tensor, bool]:
+    """Return ``(tensor, was_numpy)``; numpy arrays are wrapped without a copy where possible."""
+    if isinstance(x, torch.Tensor):
+        return x, False
+    if isinstance(x, np.ndarray):
+        if x.dtype == np.float16 or x.dtype.kind in "fiub":
+            return torch.from_numpy(np.ascontiguousarray(x)), True
+        raise TypeError(f"{name}: numpy dtype {x.dtype} is not supported")
+    raise TypeError(f"{name}: expected a torch.Tensor or numpy.ndarray, got {type(x).__name__}")
+
+
+def to_caller(x: torch.Tensor, was_numpy: bool):
+    """Give ``x`` back as numpy when the caller passed numpy."""
+    if not was_numpy:
+        return x
+    x = x.detach().cpu()
+    if x.dtype == torch.bfloat16:  # numpy has no bfloat16
+        x = x.float()
+    return x.numpy()
+
+
+def check_features(x: torch.Tensor, name: str, *, allow_empty: bool = True) -> None:
+    """Features are 2-D floating rows without NaN or inf."""
+    if x.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D (items x dim) array, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point dtype, got {x.dtype}")
+    if not allow_empty and x.shape[0] == 0:
+        raise ValueError(f"{name}: is empty")
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name}: contains NaN or inf")
