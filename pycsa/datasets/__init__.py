@@ -1,0 +1,1 @@
+from .gnd import load_gnd

@@ -1,0 +1,56 @@
+"""Loads the compiled kernels (pycsa._C) and says what is missing when they cannot serve."""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+try:
+    from pycsa import _C  # registers the torch.ops.pycsa.* operators
+    _IMPORT_ERROR: Exception | None = None
+except ImportError as exc:  # not built: CPU work falls back to the plain-PyTorch reference
+    _C = None
+    _IMPORT_ERROR = exc
+
+_warned = False
+
+
+def has_cpu_kernels() -> bool:
+    return _C is not None
+
+
+def has_cuda_kernels() -> bool:
+    return _C is not None and bool(_C.with_cuda)
+
+
+def use_kernels(op: str, device: torch.device) -> bool:
+    """True to run the compiled op on ``device``; False to run the reference (CPU only).
+
+    Raises RuntimeError for a CUDA tensor when no CUDA kernels were built.
+    """
+    global _warned
+    if device.type == "cuda":
+        if has_cuda_kernels():
+            return True
+        why = (
+            f"the extension failed to import ({_IMPORT_ERROR})"
+            if _C is None
+            else "the extension was built without CUDA (CPU-only torch or no nvcc at build time)"
+        )
+        raise RuntimeError(
+            f"pycsa.ops.{op}: got CUDA tensors but {why}. Rebuild with a CUDA torch and nvcc: "
+            "PYCSA_WITH_CUDA=1 pip install --no-build-isolation -e . (or move the inputs to the CPU)."
+        )
+    if device.type != "cpu":
+        raise RuntimeError(f"pycsa.ops.{op}: device {device} is not supported (CPU and CUDA are)")
+    if _C is None:
+        if not _warned:
+            warnings.warn(
+                f"pycsa: compiled kernels unavailable ({_IMPORT_ERROR}); using the slower "
+                "plain-PyTorch reference on CPU. Reinstall with `pip install --no-build-isolation -e .`.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _warned = True
+        return False
+    return True

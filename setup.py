@@ -1,0 +1,79 @@
+"""Build pycsa and its extension pycsa._C.
+
+The C++ kernels are always built. The CUDA kernels are added when the installed
+torch has CUDA and nvcc is found; PYCSA_WITH_CUDA=1 forces them (and fails
+loudly if they cannot be built), PYCSA_WITH_CUDA=0 leaves them out.
+Install with `pip install --no-build-isolation .` (or `-e .`): the build uses the
+torch that is already installed rather than downloading another one.
+"""
+import glob
+import os
+import sys
+
+from setuptools import find_packages, setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:
+    sys.exit(
+        "pycsa: torch must be installed before pycsa is built, e.g.\n"
+        "    pip install torch==2.13.0\n"
+        "    pip install --no-build-isolation .\n"
+        "(--no-build-isolation makes the build use that torch instead of fetching another)."
+    )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sources(pattern):
+    # The directories are the source list; CMakeLists.txt globs the same patterns.
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+def with_cuda():
+    choice = os.environ.get("PYCSA_WITH_CUDA", "auto").strip().lower()
+    possible = torch.version.cuda is not None and CUDA_HOME is not None
+    if choice in ("0", "off", "false", "no"):
+        return False
+    if choice in ("1", "on", "true", "yes"):
+        if not possible:
+            sys.exit(
+                "pycsa: PYCSA_WITH_CUDA=1 but the installed torch has no CUDA "
+                f"(torch.version.cuda={torch.version.cuda}) or nvcc was not found (CUDA_HOME={CUDA_HOME})."
+            )
+        return True
+    return possible
+
+
+def extension():
+    cpp = sources("csrc/*.cpp") + sources("csrc/cpu/*.cpp")
+    cxx_flags = ["-O3", "-fopenmp"]
+    if with_cuda():
+        nvcc_flags = ["-O3", "--expt-relaxed-constexpr", "-lineinfo"]
+        return CUDAExtension(
+            "pycsa._C",
+            cpp + sources("csrc/cuda/*.cu"),
+            define_macros=[("PYCSA_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            extra_link_args=["-fopenmp"],
+        )
+    return CppExtension("pycsa._C", cpp, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+
+
+setup(
+    name="pycsa",
+    version="0.1.0",
+    description="Fast re-ranking for image retrieval and re-identification: CSA, GNN, k-reciprocal, QE, diffusion",
+    long_description=open(os.path.join(HERE, "README.md")).read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["pycsa", "pycsa.*"]),
+    ext_modules=[extension()],
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    # torch is not pinned here: the build links against the torch already installed.
+    install_requires=["torch>=2.1", "numpy", "tqdm"],
+    extras_require={"faiss": ["faiss-cpu"], "test": ["pytest", "pytest-benchmark"]},
+    entry_points={"console_scripts": ["pycsa = pycsa.cli:main"]},
+    zip_safe=False,
+)
