@@ -3,7 +3,9 @@
 CPU: faiss ``IndexFlatIP`` when faiss is installed, else a blocked torch search.
 CUDA: the blocked torch search on the GPU. Neither holds the full q x n score
 matrix: the torch path keeps at most ``block_elems`` scores at a time
-(256 MB in float32 by default). Ties are broken by the lower database index.
+(256 MB in float32 by default). Ties (equal float32 scores) are broken by the
+lower database index. Exact duplicates of a row may still differ in the last
+bit when BLAS computes them in different blocks.
 """
 from __future__ import annotations
 
@@ -60,14 +62,23 @@ def _order_ties(scores: torch.Tensor, indices: torch.Tensor):
 def _search_faiss(Q, X, k, block_elems, progress):
     index = faiss.IndexFlatIP(X.shape[1])
     index.add(X.float().contiguous().numpy())
-    q = Q.shape[0]
+    q, n = Q.shape[0], X.shape[0]
     scores = torch.empty((q, k), dtype=torch.float32)
     indices = torch.empty((q, k), dtype=torch.int64)
     step = max(1, min(q, 4096))
     for start in range(0, q, step):
         stop = min(q, start + step)
-        D, I = index.search(Q[start:stop].float().contiguous().numpy(), k)
-        scores[start:stop], indices[start:stop] = _order_ties(torch.from_numpy(D), torch.from_numpy(I))
+        Qb = Q[start:stop].float().contiguous().numpy()
+        # faiss may keep any of several items tied at the k-th score. Widen the search
+        # until the last score returned is below the k-th, so every tied item is seen.
+        wide = min(n, k + 1)
+        while True:
+            D, I = index.search(Qb, wide)
+            if wide == n or not (D[:, wide - 1] >= D[:, k - 1]).any():
+                break
+            wide = min(n, 2 * wide)
+        D, I = _order_ties(torch.from_numpy(D), torch.from_numpy(I))
+        scores[start:stop], indices[start:stop] = D[:, :k], I[:, :k]
         if progress is not None:
             progress(stop, q)
     return scores, indices

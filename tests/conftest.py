@@ -18,3 +18,17 @@ def shared_data() -> Path:
             pytest.fail(f"PYCSA_REQUIRE_DATA=1 but the shared data directory {SHARED_DATA} is missing")
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def _cuda_param():
+    import torch
+
+    return pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    )
+
+
+@pytest.fixture(params=["cpu", _cuda_param()])
+def device(request) -> str:
+    """Runs a test on the CPU and, where a GPU is present, on CUDA."""
+    return request.param
