@@ -1,6 +1,7 @@
 """pycsa: fast re-ranking for image retrieval and re-identification."""
-from . import ops
+from . import ops, rerank
+from .ranking import Ranking, Reranker, available, create, register
 from .search import search
 
 __version__ = "0.1.0"
-__all__ = ["ops", "search", "__version__"]
+__all__ = ["ops", "rerank", "search", "Ranking", "Reranker", "available", "create", "register", "__version__"]

@@ -1,0 +1,97 @@
+"""The interface every re-ranker shares, and the registry that lists them by name.
+
+A re-ranker takes queries, the database and an initial ranking and returns a new
+ranking. Swapping one for another is one line::
+
+    ranking = pycsa.Ranking(*pycsa.search(Q, X, k=100))
+    new = pycsa.create("alpha_qe").fit(X).rerank(Q, X, ranking)
+"""
+from __future__ import annotations
+
+from typing import Callable, ClassVar, NamedTuple, Optional
+
+import torch
+
+from ._tensors import as_tensor, check_features, to_caller
+
+Progress = Optional[Callable[[int, int], None]]  # (done, total); the CLI passes a progress bar
+
+
+class Ranking(NamedTuple):
+    """Per query, database indices best first (q x k, int64) and their scores (q x k)."""
+
+    indices: object
+    scores: object
+
+
+class Reranker:
+    """Base class: ``fit`` does the offline work on the database, ``rerank`` the online work.
+
+    Subclasses implement ``_rerank`` on torch tensors; inputs may be torch tensors or
+    numpy arrays (rows are items) and the result comes back in the queries' kind.
+    """
+
+    name: ClassVar[str] = ""
+
+    def fit(self, database, *, progress: Progress = None) -> "Reranker":
+        return self
+
+    def rerank(self, queries, database, ranking: Ranking, *, progress: Progress = None) -> Ranking:
+        Q, was_numpy = as_tensor(queries, "queries")
+        X, _ = as_tensor(database, "database")
+        check_features(Q, "queries")
+        check_features(X, "database")
+        if Q.shape[1] != X.shape[1]:
+            raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
+        if Q.device != X.device:
+            raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
+        idx, _ = as_tensor(ranking[0], "ranking.indices")
+        sc, _ = as_tensor(ranking[1], "ranking.scores")
+        idx = idx.to(Q.device)
+        if idx.dim() != 2 or idx.shape[0] != Q.shape[0] or tuple(sc.shape) != tuple(idx.shape):
+            raise ValueError(f"ranking: expected indices and scores of shape ({Q.shape[0]}, k), "
+                             f"got {tuple(idx.shape)} and {tuple(sc.shape)}")
+        if idx.is_floating_point():
+            raise TypeError(f"ranking.indices: expected integers, got {idx.dtype}")
+        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= X.shape[0]):
+            raise IndexError(f"ranking.indices: must lie in [0, {X.shape[0]}) (database rows)")
+        out = self._rerank(Q, X, Ranking(idx.long(), sc.to(Q.device)), progress)
+        return Ranking(to_caller(out.indices, was_numpy), to_caller(out.scores, was_numpy))
+
+    __call__ = rerank
+
+    def _rerank(self, Q: torch.Tensor, X: torch.Tensor, ranking: Ranking, progress: Progress) -> Ranking:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({params})"
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(name: str):
+    """Class decorator: makes a re-ranker available to ``create``, the CLI and the benchmarks."""
+
+    def deco(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"re-ranker name {name!r} is already registered")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **params) -> Reranker:
+    """A re-ranker by its registry name, e.g. ``create("alpha_qe", k=5)``."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"name: unknown re-ranker {name!r}; available: {', '.join(available())}") from None
+    return cls(**params)

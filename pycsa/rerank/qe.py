@@ -1,0 +1,126 @@
+"""Query expansion and database augmentation (SPEC §5), batched over all queries.
+
+Each expansion is one gather of the top-k neighbours and one weighted sum for
+every query at once (in blocks of queries so the gathered q x k x d tensor stays
+under ``block_elems`` values), then a new exact search.
+
+Weights, with the item itself weighted 1 and its neighbours at rank r = 1..k:
+- AQE: 1 (plain mean).                   - AQEwD: (k - r + 1) / k.
+- αQE: max(s_r, 0)^α (α = 3).            - DBA / αDBA: the same for database rows.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..ranking import Progress, Ranking, Reranker, register
+from ..search import search
+
+
+def neighbour_weights(scores: torch.Tensor, kind: str, alpha: float) -> torch.Tensor:
+    """Weights of the k neighbours (q x k) for the expansion ``kind``."""
+    k = scores.shape[1]
+    if kind == "mean":
+        return torch.ones_like(scores)
+    if kind == "decay":
+        return (k - torch.arange(k, device=scores.device, dtype=scores.dtype)).div(k).expand_as(scores)
+    if kind == "alpha":
+        return scores.clamp(min=0).pow(alpha)
+    raise ValueError(f"kind: expected 'mean', 'decay' or 'alpha', got {kind!r}")
+
+
+def expand(items: torch.Tensor, database: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor,
+           kind: str = "alpha", alpha: float = 3.0, block_elems: int = 1 << 26) -> torch.Tensor:
+    """``normalize(items + Σ_r w_r · database[indices[:, r]])`` for every row at once."""
+    w = neighbour_weights(scores.float(), kind, alpha)
+    out = torch.empty(items.shape, dtype=torch.float32, device=items.device)
+    k, d = indices.shape[1], database.shape[1]
+    step = max(1, block_elems // max(1, k * d))
+    for s in range(0, items.shape[0], step):
+        nb = database.index_select(0, indices[s:s + step].reshape(-1)).reshape(-1, k, d).float()
+        agg = items[s:s + step].float() + torch.einsum("qk,qkd->qd", w[s:s + step], nb)
+        out[s:s + step] = torch.nn.functional.normalize(agg, dim=1)
+    return out.to(items.dtype)
+
+
+class _QueryExpansion(Reranker):
+    kind = "mean"
+
+    def __init__(self, k: int = 10, alpha: float = 3.0):
+        if k < 1:
+            raise ValueError(f"k: must be >= 1, got {k}")
+        self.k, self.alpha = k, alpha
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        k = min(self.k, ranking.indices.shape[1])
+        Qe = expand(Q, X, ranking.indices[:, :k], ranking.scores[:, :k], self.kind, self.alpha)
+        return Ranking(*search_again(Qe, X, ranking.indices.shape[1], progress))
+
+
+def search_again(Q, X, k, progress):
+    scores, indices = search(Q, X, k, progress=progress)
+    return indices, scores
+
+
+@register("aqe")
+class AQE(_QueryExpansion):
+    """Average query expansion: the query and its top-k, averaged, then searched again."""
+
+    kind = "mean"
+
+
+@register("aqewd")
+class AQEwD(_QueryExpansion):
+    """AQE with weights decaying linearly with rank."""
+
+    kind = "decay"
+
+
+@register("alpha_qe")
+class AlphaQE(_QueryExpansion):
+    """αQE: neighbours weighted by max(similarity, 0)^α."""
+
+    kind = "alpha"
+
+
+class _DatabaseAugmentation(Reranker):
+    """Replaces every database row by its expansion over its own top-k (offline), then searches."""
+
+    kind = "mean"
+
+    def __init__(self, k: int = 10, alpha: float = 3.0):
+        if k < 1:
+            raise ValueError(f"k: must be >= 1, got {k}")
+        self.k, self.alpha = k, alpha
+        self._augmented = None
+        self._source = None
+
+    def fit(self, database, *, progress: Progress = None):
+        from .._tensors import as_tensor, check_features
+
+        X, _ = as_tensor(database, "database")
+        check_features(X, "database", allow_empty=False)
+        k = min(self.k + 1, X.shape[0])
+        scores, indices = search(X, X, k, progress=progress)
+        # Column 0 is normally the row itself (weight 1 in expand); drop it from the neighbours.
+        self._augmented = expand(X, X, indices[:, 1:], scores[:, 1:], self.kind, self.alpha)
+        self._source = (X.data_ptr(), tuple(X.shape), X.device)
+        return self
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        if self._source != (X.data_ptr(), tuple(X.shape), X.device):
+            self.fit(X)
+        return Ranking(*search_again(Q, self._augmented, ranking.indices.shape[1], progress))
+
+
+@register("dba")
+class DBA(_DatabaseAugmentation):
+    """Database-side augmentation: each row averaged with its top-k."""
+
+    kind = "mean"
+
+
+@register("alpha_dba")
+class AlphaDBA(_DatabaseAugmentation):
+    """αDBA: database rows expanded with weights max(similarity, 0)^α."""
+
+    kind = "alpha"
