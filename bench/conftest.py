@@ -11,14 +11,19 @@ def device(request) -> str:
     return request.param
 
 
-def timed(device: str, fn):
-    """Wraps fn so a benchmark round covers the GPU work, not just its launch."""
-    if device != "cuda":
-        return fn
+@pytest.fixture
+def timed(device):
+    """timed(fn): fn wrapped so a benchmark round covers the GPU work, not just its launch."""
 
-    def run():
-        out = fn()
-        torch.cuda.synchronize()
-        return out
+    def wrap(fn):
+        if device != "cuda":
+            return fn
 
-    return run
+        def run():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        return run
+
+    return wrap

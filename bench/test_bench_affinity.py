@@ -13,7 +13,6 @@ import torch
 
 import pycsa
 from pycsa.ops import reference
-from conftest import timed
 
 CASES = {
     # name: (B, K, L, d, n, dtype)
@@ -35,7 +34,7 @@ def _inputs(case, device):
 
 @pytest.mark.parametrize("impl", ["pycsa", "reference"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_affinity(benchmark, case, impl, device):
+def test_affinity(benchmark, case, impl, device, timed):
     if case == "issue" and device != "cuda":
         pytest.skip("the issue's size is a GPU target")
     X, ranks, L = _inputs(case, device)
@@ -43,5 +42,5 @@ def test_affinity(benchmark, case, impl, device):
         fn = lambda: pycsa.ops.affinity(X, ranks, L, check_finite=False)  # noqa: E731
     else:
         fn = lambda: reference.affinity(X, ranks, L)  # noqa: E731
-    out = benchmark(timed(device, fn))
+    out = benchmark(timed(fn))
     assert out.shape == (ranks.shape[0], ranks.shape[1], L)
