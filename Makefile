@@ -12,6 +12,7 @@ SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
 	$(PY) -m pip install numpy pybind11 ninja tqdm faiss-cpu pytest pytest-benchmark setuptools wheel
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
