@@ -28,3 +28,144 @@ def test_console_script_lists_methods():
 def test_bad_arguments_exit_cleanly(capsys):
     assert main(["demo", "--preset", "small", "--methods", "nope"]) == 2
     assert "unknown re-ranker" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- pycsa eval
+
+import pickle  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+MPEG7 = "mpeg7/mpeg7_mobilenetv2_imagenet_gap1280.npz"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+@pytest.fixture(scope="module")
+def synthetic_gnd_set(tmp_path_factory):
+    """A small synthetic Revisited-style set: features as d x N columns in an npz, and a gnd pickle."""
+    from pycsa.datasets.synthetic import make_retrieval_preset
+
+    d = make_retrieval_preset("small")
+    root = tmp_path_factory.mktemp("gndset")
+    feats, gnd = root / "feats.npz", root / "gnd.pkl"
+    np.savez(feats, qvecs=d.queries.T, vecs=d.database.T)
+    entries = [{k: np.asarray(e[k]).tolist() for k in ("easy", "hard", "junk")} for e in d.gnd]
+    with open(gnd, "wb") as f:
+        pickle.dump({"imlist": [f"db{i}" for i in range(len(d.database))],
+                     "qimlist": [f"q{i}" for i in range(len(d.queries))], "gnd": entries}, f)
+    return feats, gnd, d
+
+
+def test_eval_mpeg7_all_methods_json_and_plot(shared_data, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out, png = tmp_path / "e.json", tmp_path / "e.png"
+    assert main(["eval", "--features", str(shared_data / MPEG7), "--method", "all",
+                 "--json", str(out), "--plot", str(png)]) == 0
+    text = capsys.readouterr().out
+    assert "bullseye" in text and "k=1400" in text
+    res = json.loads(out.read_text())
+    assert res["protocol"] == "classes" and res["k"] == 1400
+    rows = {r["method"]: r for r in res["rows"]}
+    assert list(rows) == ["cosine"] + pycsa.available()
+    assert rows["cosine"]["bullseye"] == pytest.approx(74.75, abs=0.005)  # SPEC §10: plain cosine 74.8 %
+    for r in rows.values():
+        assert 0 < r["mAP"] <= 100 and 0 < r["bullseye"] <= 100 and r["time (s)"] >= 0
+    w, h = _png_size(png)
+    assert w >= 600 and h >= 400
+
+
+def test_eval_gnd_on_synthetic_columns(synthetic_gnd_set, tmp_path, capsys):
+    feats, gnd, d = synthetic_gnd_set
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(feats), "--gnd", str(gnd), "--method", "alpha_qe,dba",
+                 "--k", "5000", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "transposed" in text and "medium" in text and "mP@10" in text
+    res = json.loads(out.read_text())
+    assert res["k"] == d.database.shape[0]  # capped at the database size
+    assert [(r["method"], r["protocol"]) for r in res["rows"]] == [
+        (m, p) for m in ("cosine", "alpha_qe", "dba") for p in ("easy", "medium", "hard")]
+    for r in res["rows"]:
+        for c in ("mAP", "mP@1", "mP@5", "mP@10"):
+            assert 0 <= r[c] <= 100
+    # the cosine rows agree with the evaluator run directly
+    from pycsa.evaluate import revisited
+
+    _, idx = pycsa.search(d.queries, d.database, d.database.shape[0])
+    direct = revisited(idx, d.gnd)
+    assert res["rows"][1]["mAP"] == pytest.approx(100 * direct["medium"]["mAP"], abs=0.006)
+
+
+def test_eval_gnd_plot(synthetic_gnd_set, tmp_path):
+    pytest.importorskip("matplotlib")
+    feats, gnd, _ = synthetic_gnd_set
+    png = tmp_path / "r.png"
+    assert main(["eval", "--features", str(feats), "--gnd", str(gnd), "--method", "aqe", "--plot", str(png)]) == 0
+    w, h = _png_size(png)
+    assert w >= 600 and h >= 400
+
+
+def test_eval_reid_mat(tmp_path, capsys):
+    scipy_io = pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 24))
+
+    def make(n):
+        pid = rng.integers(0, 30, n)
+        f = centres[pid] + 0.7 * rng.normal(size=(n, 24))
+        return (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float32), pid
+
+    q, qp = make(25)
+    g, gp = make(200)
+    p = tmp_path / "pytorch_result.mat"
+    scipy_io.savemat(p, {"query_f": q, "gallery_f": g, "query_label": qp[None], "gallery_label": gp[None],
+                         "query_cam": np.ones((1, 25)), "gallery_cam": rng.integers(1, 4, (1, 200))})
+    out = tmp_path / "reid.json"
+    assert main(["eval", "--features", str(p), "--method", "aqe", "--json", str(out)]) == 0
+    assert "rank-1" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["cosine", "aqe"]
+    for r in rows:
+        assert 0 <= r["mAP"] <= 100 and r["rank-1"] <= r["rank-5"] <= r["rank-10"] <= 100
+    # the cosine row agrees with the evaluator on the full distance matrix
+    from pycsa.evaluate import reid
+
+    cmc, m = reid(1.0 - q.astype(np.float64) @ g.T.astype(np.float64), qp, gp, np.ones(25), scipy_io.loadmat(p)["gallery_cam"][0])
+    assert rows[0]["mAP"] == pytest.approx(100 * m, abs=0.01)
+    assert rows[0]["rank-1"] == pytest.approx(100 * cmc[0], abs=0.01)
+
+
+def test_eval_errors_exit_2(synthetic_gnd_set, tmp_path, capsys):
+    feats, gnd, d = synthetic_gnd_set
+    # a gnd for fewer queries than the features have
+    short = tmp_path / "short.pkl"
+    g = pickle.loads(gnd.read_bytes())
+    with open(short, "wb") as f:
+        pickle.dump({**g, "qimlist": g["qimlist"][:-1], "gnd": g["gnd"][:-1]}, f)
+    cases = [
+        (["--features", str(feats), "--gnd", str(short)], f"has {d.queries.shape[0] - 1} queries but the features have"),
+        (["--features", str(tmp_path / "missing.npz")], "missing.npz"),
+        (["--features", str(gnd)], "unknown extension"),
+        (["--features", str(feats)], "has no labels"),
+        (["--features", str(feats), "--labels"], "has no labels"),
+        (["--features", str(feats), "--gnd", str(gnd), "--method", "nope"], "unknown re-ranker 'nope'"),
+        (["--features", str(feats), "--gnd", str(gnd), "--k", "0"], "--k"),
+    ]
+    for argv, message in cases:
+        assert main(["eval", *argv]) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("pycsa: error:") and message in err, (argv, err)
+
+
+def test_eval_gnd_and_labels_are_exclusive(synthetic_gnd_set, capsys):
+    feats, gnd, _ = synthetic_gnd_set
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--features", str(feats), "--gnd", str(gnd), "--labels"])
+    assert exc.value.code == 2 and "not allowed" in capsys.readouterr().err

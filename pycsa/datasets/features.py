@@ -1,0 +1,378 @@
+"""Load feature matrices written by retrieval and re-ID code: ``.npy``, ``.npz``, ``.pt`` and ``.mat``.
+
+Two entry points:
+
+* :func:`load_features` reads ONE matrix (rows as stored) as float32;
+* :func:`load_retrieval_features` reads a whole evaluation file into a
+  :class:`FeatureSet`: queries, database and, where the file has them,
+  labels, cameras and item names, with rows as items.
+
+Keys :func:`load_retrieval_features` recognises (first match wins):
+
+==============  ============================================================
+role            keys
+==============  ============================================================
+queries         ``query_f``, ``queries``, ``qvecs``, ``query``, ``query_feats``, ``query_features``
+database        ``gallery_f``, ``database``, ``vecs``, ``gallery``, ``db``, ``db_feats``,
+                ``database_features``, ``gallery_features``
+single matrix   ``feats``, ``features``, ``embeddings``, ``descriptors``, ``X``
+                (or the file's only 2-D numeric array)
+query labels    ``query_label``, ``query_labels``, ``qlabels``, ``q_labels``
+database labels ``gallery_label``, ``gallery_labels``, ``db_labels``, ``database_labels``, ``labels``
+query cameras   ``query_cam``, ``query_cams``, ``q_cams``
+database cams   ``gallery_cam``, ``gallery_cams``, ``db_cams``
+names           ``names`` (with a single matrix, or when it has one entry per database item)
+==============  ============================================================
+
+With a single matrix, every item is a query against all the others (as for
+MPEG-7): ``queries`` and ``database`` are the same array and
+``queries_are_database`` is True; ``labels`` then serves both sides.
+
+Orientation rule. cnnimageretrieval-pytorch stores ``qvecs``/``vecs`` as
+``d x N`` columns. With two matrices, rows are items when their column counts
+(the dimension) agree; when they do not but their ROW counts agree, both are
+taken as ``d x N`` and transposed. A single matrix is transposed only when the
+file has labels whose count matches its column count and not its row count.
+Otherwise the layout is used as stored. ``FeatureSet.transposed`` reports it.
+
+``.pt`` files are read with ``torch.load(..., weights_only=True)`` (a tensor or
+a dict of tensors; no code in the file runs); ``.npy``/``.npz`` without pickle.
+``.mat`` needs scipy; MATLAB v7.3 files are HDF5 and are not read.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["FeatureSet", "load_features", "load_retrieval_features", "SUPPORTED_EXTENSIONS"]
+
+SUPPORTED_EXTENSIONS = (".npy", ".npz", ".pt", ".pth", ".mat")
+
+_QUERY_KEYS = ("query_f", "queries", "qvecs", "query", "query_feats", "query_features")
+_DB_KEYS = ("gallery_f", "database", "vecs", "gallery", "db", "db_feats", "database_features", "gallery_features")
+_SINGLE_KEYS = ("feats", "features", "embeddings", "descriptors", "X")
+_QLABEL_KEYS = ("query_label", "query_labels", "qlabels", "q_labels")
+_DBLABEL_KEYS = ("gallery_label", "gallery_labels", "db_labels", "database_labels", "labels")
+_QCAM_KEYS = ("query_cam", "query_cams", "q_cams")
+_DBCAM_KEYS = ("gallery_cam", "gallery_cams", "db_cams")
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+@dataclass
+class FeatureSet:
+    """Features ready for evaluation: rows are items, float32."""
+
+    queries: np.ndarray
+    """q x d float32."""
+    database: np.ndarray
+    """n x d float32 (the same array as ``queries`` when ``queries_are_database``)."""
+    query_labels: Optional[np.ndarray] = None
+    """q labels (class or identity), or None."""
+    db_labels: Optional[np.ndarray] = None
+    """n labels, or None."""
+    query_cams: Optional[np.ndarray] = None
+    """q camera ids (re-ID), or None."""
+    db_cams: Optional[np.ndarray] = None
+    """n camera ids (re-ID), or None."""
+    names: Optional[np.ndarray] = None
+    """n item names, or None."""
+    queries_are_database: bool = False
+    """True when the file held one matrix: query i is database item i."""
+    transposed: bool = False
+    """True when the matrices were stored as d x N columns and were transposed."""
+    keys: dict = field(default_factory=dict)
+    """Which key of the file filled which role, e.g. ``{"queries": "qvecs", "database": "vecs"}``."""
+
+    @property
+    def has_labels(self) -> bool:
+        return self.query_labels is not None and self.db_labels is not None
+
+    @property
+    def has_cams(self) -> bool:
+        return self.query_cams is not None and self.db_cams is not None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_path(path) -> Path:
+    path = Path(os.fspath(path))
+    if not path.exists():
+        raise FileNotFoundError(f"features file not found: {path}")
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a features file")
+    ext = path.suffix.lower()
+    if ext not in SUPPORTED_EXTENSIONS:
+        raise ValueError(f"{path}: unknown extension {path.suffix!r}; supported: {', '.join(SUPPORTED_EXTENSIONS)}")
+    return path
+
+
+def _read_npy(path: Path) -> dict:
+    try:
+        return {None: np.load(path, allow_pickle=False)}
+    except ValueError as exc:  # object arrays need pickle, which could run code
+        raise ValueError(f"{path}: cannot read without pickle ({exc}); save plain numeric arrays") from exc
+
+
+def _read_npz(path: Path) -> dict:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except ValueError as exc:
+        raise ValueError(f"{path}: cannot read without pickle ({exc}); save plain numeric arrays") from exc
+    except Exception as exc:  # noqa: BLE001 - a corrupt zip raises BadZipFile, OSError, ...
+        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def _tensor_to_numpy(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu()
+        if value.dtype in (torch.bfloat16,):
+            value = value.float()
+        return value.numpy()
+    return np.asarray(value)
+
+
+def _read_pt(path: Path) -> dict:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unpickling errors, refused globals, corrupt files
+        raise ValueError(f"{path}: not readable with torch.load(weights_only=True) ({exc})") from exc
+    if isinstance(obj, torch.Tensor):
+        return {None: _tensor_to_numpy(obj)}
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            try:
+                out[str(k)] = _tensor_to_numpy(v)
+            except Exception as exc:  # noqa: BLE001
+                raise ValueError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor or array") from exc
+        return out
+    raise ValueError(f"{path}: holds a {type(obj).__name__}; expected a tensor or a dict of tensors")
+
+
+def _is_mat_v73(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(520)
+    return (
+        head.startswith(_HDF5_SIGNATURE)
+        or head[512:520] == _HDF5_SIGNATURE
+        or head[:20].startswith(b"MATLAB 7.3")
+    )
+
+
+def _read_mat(path: Path) -> dict:
+    if _is_mat_v73(path):
+        raise ValueError(
+            f"{path}: is a MATLAB v7.3 (HDF5) file, which scipy cannot read; re-save it in MATLAB with "
+            "save(..., '-v7') or scipy.io.savemat, or read it with h5py and save an .npz"
+        )
+    try:
+        import scipy.io
+    except ImportError as exc:
+        raise ImportError(f"reading {path} (.mat) needs scipy: pip install scipy") from exc
+    try:
+        data = scipy.io.loadmat(path)
+    except NotImplementedError as exc:  # scipy's own message for v7.3 files
+        raise ValueError(f"{path}: is a MATLAB v7.3 (HDF5) file; re-save it with -v7 or read it with h5py") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"{path}: not a readable .mat file ({exc})") from exc
+    return {k: np.asarray(v) for k, v in data.items() if not k.startswith("__")}
+
+
+def _read_arrays(path) -> tuple[Path, dict]:
+    """The file's arrays by key; a file holding one bare array uses the key None."""
+    path = _check_path(path)
+    ext = path.suffix.lower()
+    reader = {".npy": _read_npy, ".npz": _read_npz, ".pt": _read_pt, ".pth": _read_pt, ".mat": _read_mat}[ext]
+    arrays = reader(path)
+    if not arrays:
+        raise ValueError(f"{path}: holds no arrays")
+    return path, arrays
+
+
+def _keys_text(arrays: dict) -> str:
+    return ", ".join(f"{k!r} {tuple(v.shape)}" for k, v in arrays.items()) or "none"
+
+
+# --------------------------------------------------------------------------- checking
+
+
+def _as_matrix(a: np.ndarray, where: str) -> np.ndarray:
+    if a.ndim != 2:
+        raise ValueError(f"{where}: expected a 2-D feature matrix (items x dim), got shape {a.shape}")
+    if a.dtype.kind not in "fiub":
+        raise TypeError(f"{where}: expected numeric features, got dtype {a.dtype}")
+    if a.shape[0] == 0 or a.shape[1] == 0:
+        raise ValueError(f"{where}: is empty (shape {a.shape})")
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{where}: contains NaN or inf")
+    return a
+
+
+def _as_vector(a: np.ndarray, where: str, length: int) -> np.ndarray:
+    # MATLAB writes vectors as 1 x N (or N x 1) matrices
+    if a.ndim == 2 and 1 in a.shape:
+        a = a.reshape(-1)
+    if a.ndim != 1:
+        raise ValueError(f"{where}: expected a vector (or a 1 x N matrix), got shape {a.shape}")
+    if a.shape[0] != length:
+        raise ValueError(f"{where}: has {a.shape[0]} entries but there are {length} items")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError(f"{where}: contains NaN or inf")
+        if np.array_equal(a, np.round(a)):  # MATLAB stores integer ids as doubles
+            a = a.astype(np.int64)
+    elif a.dtype.kind in "iub":
+        a = a.astype(np.int64)
+    return a
+
+
+def _pick(arrays: dict, candidates: tuple) -> Optional[str]:
+    for k in candidates:
+        if k in arrays:
+            return k
+    return None
+
+
+def load_features(path, key: Optional[str] = None) -> np.ndarray:
+    """One feature matrix from ``path`` as float32, rows as stored.
+
+    ``key`` names the array in a ``.npz``, ``.mat`` or dict-``.pt`` file. Without
+    it the file must hold a single array, or a single 2-D numeric array among
+    others (labels and names are 1-D). ``.npy`` files and ``.pt`` files holding
+    a bare tensor take no key.
+
+    Raises ``FileNotFoundError`` naming a missing file; ``ValueError`` for an
+    unknown extension, a missing key (listing the keys present), an array that
+    is not 2-D or is empty, or NaN/inf values; ``TypeError`` for a non-numeric
+    array; ``ImportError`` for ``.mat`` without scipy.
+    """
+    path, arrays = _read_arrays(path)
+    if None in arrays:
+        if key is not None:
+            raise ValueError(f"{path}: holds a single unnamed array, so key={key!r} does not apply; omit key")
+        return _as_matrix(arrays[None], str(path))
+    if key is None:
+        matrices = [k for k, v in arrays.items() if v.ndim == 2 and v.dtype.kind in "fiu" and min(v.shape) > 1]
+        if len(arrays) == 1:
+            key = next(iter(arrays))
+        elif len(matrices) == 1:
+            key = matrices[0]
+        else:
+            raise ValueError(f"{path}: holds several arrays; pass key= one of: {_keys_text(arrays)}")
+    if key not in arrays:
+        raise ValueError(f"{path}: has no key {key!r}; keys present: {_keys_text(arrays)}")
+    return _as_matrix(arrays[key], f"{path}[{key!r}]")
+
+
+def load_retrieval_features(path) -> FeatureSet:
+    """Queries, database and their labels/cameras/names from one file (see the module docstring).
+
+    Raises ``FileNotFoundError`` naming a missing file and ``ValueError`` for an
+    unknown extension, a file without recognised feature keys (listing the keys
+    present), matrices that are not 2-D, query/database dimensions that differ
+    in either orientation, label/camera/name counts that do not match their
+    items, labels or cameras given for one side only, and NaN/inf values.
+    """
+    path, arrays = _read_arrays(path)
+    if None in arrays:  # .npy or a bare tensor: one unlabelled matrix
+        X = _as_matrix(arrays[None], str(path))
+        return FeatureSet(queries=X, database=X, queries_are_database=True)
+
+    def need_2d(key: str) -> np.ndarray:
+        a = arrays[key]
+        if a.ndim != 2:
+            raise ValueError(f"{path}[{key!r}]: expected a 2-D feature matrix, got shape {a.shape}")
+        return a
+
+    keys: dict = {}
+    qk, dk = _pick(arrays, _QUERY_KEYS), _pick(arrays, _DB_KEYS)
+    transposed = False
+    if qk is not None or dk is not None:
+        if qk is None or dk is None:
+            have, missing = ("queries", "database") if qk else ("database", "queries")
+            raise ValueError(
+                f"{path}: has {have} ({qk or dk!r}) but no {missing} matrix (looked for "
+                f"{', '.join(_DB_KEYS if qk else _QUERY_KEYS)}); keys present: {_keys_text(arrays)}"
+            )
+        Qr, Xr = need_2d(qk), need_2d(dk)
+        if Qr.shape[1] == Xr.shape[1]:
+            pass
+        elif Qr.shape[0] == Xr.shape[0]:  # d x N columns (cnnimageretrieval)
+            Qr, Xr, transposed = Qr.T, Xr.T, True
+        else:
+            raise ValueError(
+                f"{path}: queries {qk!r} {Qr.shape} and database {dk!r} {Xr.shape} have no common "
+                "dimension (neither as rows nor as d x N columns)"
+            )
+        suffix = " (transposed)" if transposed else ""
+        Q = _as_matrix(Qr, f"{path}[{qk!r}]{suffix}")
+        X = _as_matrix(Xr, f"{path}[{dk!r}]{suffix}")
+        keys.update(queries=qk, database=dk)
+        single = False
+    else:
+        sk = _pick(arrays, _SINGLE_KEYS)
+        if sk is None:
+            matrices = [k for k, v in arrays.items() if v.ndim == 2 and v.dtype.kind in "fiu" and min(v.shape) > 1]
+            if len(matrices) != 1:
+                raise ValueError(
+                    f"{path}: found no feature matrix; expected queries/database keys ({', '.join(_QUERY_KEYS)} / "
+                    f"{', '.join(_DB_KEYS)}) or one matrix ({', '.join(_SINGLE_KEYS)}); keys present: {_keys_text(arrays)}"
+                )
+            sk = matrices[0]
+        Xr = need_2d(sk)
+        lk = _pick(arrays, _DBLABEL_KEYS)
+        if lk is not None:
+            n_lab = arrays[lk].size
+            if Xr.shape[0] != n_lab and Xr.shape[1] == n_lab:
+                Xr, transposed = Xr.T, True
+        X = _as_matrix(Xr, f"{path}[{sk!r}]" + (" (transposed)" if transposed else ""))
+        Q = X
+        keys.update(queries=sk, database=sk)
+        single = True
+
+    fs = FeatureSet(queries=Q, database=X, queries_are_database=single, transposed=transposed, keys=keys)
+
+    def side_vectors(role: str, q_keys: tuple, d_keys: tuple):
+        kq, kd = _pick(arrays, q_keys), _pick(arrays, d_keys)
+        if single:
+            if kd is None:
+                kd = kq
+            if kd is None:
+                return None, None
+            v = _as_vector(arrays[kd], f"{path}[{kd!r}]", X.shape[0])
+            keys[role] = kd
+            return v, v
+        if kq is None and kd is None:
+            return None, None
+        if kq is None or kd is None:
+            have = kq or kd
+            raise ValueError(
+                f"{path}: has {role} for one side only ({have!r}); need both query and database {role} "
+                f"(query: {', '.join(q_keys)}; database: {', '.join(d_keys)})"
+            )
+        keys[f"query_{role}"], keys[f"db_{role}"] = kq, kd
+        return (_as_vector(arrays[kq], f"{path}[{kq!r}]", Q.shape[0]),
+                _as_vector(arrays[kd], f"{path}[{kd!r}]", X.shape[0]))
+
+    fs.query_labels, fs.db_labels = side_vectors("labels", _QLABEL_KEYS, _DBLABEL_KEYS)
+    fs.query_cams, fs.db_cams = side_vectors("cams", _QCAM_KEYS, _DBCAM_KEYS)
+    if "names" in arrays:
+        names = arrays["names"].reshape(-1) if arrays["names"].ndim == 2 and 1 in arrays["names"].shape else arrays["names"]
+        if names.ndim == 1 and names.shape[0] == X.shape[0]:
+            fs.names = names
+            keys["names"] = "names"
+        elif single:
+            raise ValueError(f"{path}['names']: has shape {arrays['names'].shape} but there are {X.shape[0]} items")
+    return fs
