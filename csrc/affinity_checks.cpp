@@ -34,8 +34,10 @@ void check_affinity_args(const at::Tensor& database, const at::Tensor& ranks,
     // One pass over B*K indices is cheap next to the K*L*d product; it keeps every
     // later gather in bounds.
     const auto n = database.size(0);
-    const bool ok = ranks.ge(0).logical_and(ranks.lt(n)).all().item<bool>();
-    TORCH_CHECK_INDEX(ok, "ranks: every index must lie in [0, ", n, ") (database rows)");
+    const auto [lo, hi] = at::aminmax(ranks);
+    const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+    TORCH_CHECK_INDEX(lo_v >= 0 && hi_v < n, "ranks: indices must lie in [0, ", n,
+                      ") (database rows), found [", lo_v, ", ", hi_v, "]");
   }
 }
 

@@ -1,8 +1,8 @@
-// CPU top-K affinity: gather each list's rows into a contiguous buffer in the
-// GEMM's compute type, then one GEMM (torch's BLAS) per chunk of candidates
-// against the anchors. Peak extra memory per worker: (L + kChunk) * d values of
-// the compute type plus, when it differs from the output type, a kChunk x L
-// staging block; never B x K x d.
+// CPU top-K affinity: gather the rows of a group of lists into a contiguous
+// buffer in the GEMM's compute type, then one batched GEMM (torch's BLAS) per
+// chunk of candidates against the anchors. Peak extra memory: about
+// 2 * max(kGroupElems, max(L, kChunk) * d) values of the compute type, plus a
+// staging block of the output when the compute type differs; never B x K x d.
 #include "../affinity.h"
 
 #include <ATen/Parallel.h>
@@ -14,7 +14,8 @@
 namespace pycsa {
 namespace {
 
-constexpr int64_t kChunk = 256;  // candidate rows per GEMM: big enough for BLAS, small in cache
+constexpr int64_t kChunk = 256;            // candidate rows per GEMM: big enough for BLAS, small in cache
+constexpr int64_t kGroupElems = 1 << 22;  // gathered values per group of lists (16 MB in float32)
 
 // bfloat16 GEMMs run natively (fp32 accumulation inside oneDNN) where the CPU has
 // bf16 dot-product instructions, about 3x faster than fp32; elsewhere they are
@@ -50,23 +51,13 @@ struct ListGather {
     return db + ranks[b * ranks_cols + i] * db_stride;
   }
 
-  // Rows [first, first + count) of list b into dst (count x d, row-major).
-  void operator()(int64_t b, int64_t first, int64_t count, acc_t* dst, bool parallel) const {
-    auto body = [&](int64_t lo, int64_t hi) {
-      for (int64_t r = lo; r < hi; ++r) {
-        const scalar_t* src = row(b, first + r);
-        acc_t* out = dst + r * d;
-        if constexpr (std::is_same_v<scalar_t, acc_t>) {
-          std::memcpy(out, src, sizeof(acc_t) * d);
-        } else {
-          for (int64_t c = 0; c < d; ++c) out[c] = static_cast<acc_t>(src[c]);
-        }
-      }
-    };
-    if (parallel) {
-      at::parallel_for(0, count, 16, body);
+  // Row i of list b, converted to the compute type, into dst[0..d).
+  void row_into(int64_t b, int64_t i, acc_t* dst) const {
+    const scalar_t* src = row(b, i);
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      std::memcpy(dst, src, sizeof(acc_t) * d);
     } else {
-      body(0, count);
+      for (int64_t c = 0; c < d; ++c) dst[c] = static_cast<acc_t>(src[c]);
     }
   }
 };
@@ -80,40 +71,45 @@ void affinity_cpu_impl(const at::Tensor& db, const at::Tensor& ranks, int64_t L,
       queries ? queries->data_ptr<scalar_t>() : nullptr, queries ? queries->stride(0) : 0,
       ranks.data_ptr<int64_t>(), ranks.size(1), d};
   const auto acc_opts = db.options().dtype(c10::CppTypeToScalarType<acc_t>::value);
-  constexpr bool write_direct = std::is_same_v<scalar_t, acc_t>;
 
-  auto one_list = [&](int64_t b, bool parallel_inside) {
-    at::Tensor anchors = at::empty({L, d}, acc_opts);
-    gather(b, 0, L, anchors.data_ptr<acc_t>(), parallel_inside);
-    const at::Tensor anchors_t = anchors.t();
-    at::Tensor cand_buf;
-    for (int64_t c0 = 0; c0 < K; c0 += kChunk) {
-      const int64_t c = std::min(kChunk, K - c0);
-      at::Tensor cand;
-      if (c0 + c <= L) {
-        cand = anchors.narrow(0, c0, c);  // these candidates are anchors: already gathered
-      } else {
-        if (!cand_buf.defined()) cand_buf = at::empty({kChunk, d}, acc_opts);
-        cand = cand_buf.narrow(0, 0, c);
-        gather(b, c0, c, cand.data_ptr<acc_t>(), parallel_inside);
-      }
-      at::Tensor dst = out.select(0, b).narrow(0, c0, c);
-      if constexpr (write_direct) {
-        at::mm_out(dst, cand, anchors_t);
-      } else {
-        dst.copy_(at::mm(cand, anchors_t));
-      }
-    }
+  // Lists go through in groups of G, each group one batched GEMM, so that many
+  // small lists share one BLAS call and one large list still uses every thread.
+  // The first block of rows of a list holds its anchors and at least one chunk
+  // of candidates (no row is gathered twice); later candidates come kChunk rows
+  // at a time.
+  const int64_t head = std::min(K, std::max(L, kChunk));
+  const int64_t G = std::clamp<int64_t>(kGroupElems / std::max<int64_t>(1, head * d), 1, B);
+  at::Tensor rows = at::empty({G, head, d}, acc_opts);
+  at::Tensor cand_buf;
+
+  // Rows [first, first + count) of lists [b0, b0 + g) into dst (g x count x d).
+  auto gather_group = [&](int64_t b0, int64_t g, int64_t first, int64_t count, acc_t* dst) {
+    at::parallel_for(0, g * count, 16, [&](int64_t lo, int64_t hi) {
+      for (int64_t e = lo; e < hi; ++e) gather.row_into(b0 + e / count, first + e % count, dst + e * d);
+    });
   };
 
-  if (B >= at::get_num_threads()) {
-    // Enough lists to keep every thread busy: one list per task, BLAS single-threaded inside.
-    at::parallel_for(0, B, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t b = lo; b < hi; ++b) one_list(b, false);
-    });
-  } else {
-    // Few lists: parallelism comes from the gather and the multi-threaded GEMM.
-    for (int64_t b = 0; b < B; ++b) one_list(b, true);
+  for (int64_t b0 = 0; b0 < B; b0 += G) {
+    const int64_t g = std::min(G, B - b0);
+    at::Tensor head_rows = rows.narrow(0, 0, g);
+    gather_group(b0, g, 0, head, head_rows.data_ptr<acc_t>());
+    const at::Tensor anchors_t = head_rows.narrow(1, 0, L).transpose(1, 2);
+    for (int64_t c0 = 0; c0 < K;) {
+      const int64_t c = c0 == 0 ? head : std::min(kChunk, K - c0);
+      at::Tensor cand = head_rows;
+      if (c0 > 0) {
+        if (!cand_buf.defined()) cand_buf = at::empty({G, kChunk, d}, acc_opts);
+        cand = cand_buf.narrow(0, 0, g).narrow(1, 0, c);
+        gather_group(b0, g, c0, c, cand.data_ptr<acc_t>());
+      }
+      at::Tensor dst = out.narrow(0, b0, g).narrow(1, c0, c);
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        at::bmm_out(dst, cand, anchors_t);
+      } else {
+        dst.copy_(at::bmm(cand, anchors_t));
+      }
+      c0 += c;
+    }
   }
 }
 

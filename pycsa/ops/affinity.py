@@ -29,8 +29,9 @@ def affinity(database, ranks, num_anchors: int, queries=None, *, check_finite: b
     q = None if queries is None else as_tensor(queries, "queries")[0]
     rk = _check(db, rk, num_anchors, q)
     if _extension.use_kernels("affinity", db.device):
-        out = torch.ops.pycsa.affinity(db, rk, int(num_anchors), q)
+        out = torch.ops.pycsa.affinity(db, rk, int(num_anchors), q)  # checks the index range itself
     else:
+        _check_range(rk, db.shape[0])
         out = reference.affinity(db, rk, int(num_anchors), q)
     if check_finite and out.numel() and not bool(torch.isfinite(out).all()):
         raise ValueError("database/queries: the rows selected by ranks contain NaN or inf "
@@ -62,11 +63,14 @@ def _check(db: torch.Tensor, rk: torch.Tensor, num_anchors, q: torch.Tensor | No
     k = rk.shape[1] + (q is not None)
     if not 1 <= num_anchors <= k:
         raise ValueError(f"num_anchors: must lie in [1, {k}] (the ranking list length), got {num_anchors}")
-    if rk.numel():
-        lo, hi = int(rk.min()), int(rk.max())
-        if lo < 0 or hi >= db.shape[0]:
-            raise IndexError(f"ranks: indices must lie in [0, {db.shape[0]}) (database rows), found [{lo}, {hi}]")
     return rk.long()
+
+
+def _check_range(rk: torch.Tensor, n: int) -> None:
+    if rk.numel():
+        lo, hi = (int(v) for v in torch.aminmax(rk))
+        if lo < 0 or hi >= n:
+            raise IndexError(f"ranks: indices must lie in [0, {n}) (database rows), found [{lo}, {hi}]")
 
 
 def _register_autograd_and_fake() -> None:
