@@ -6,6 +6,9 @@ matrix: the torch path keeps at most ``block_elems`` scores at a time
 (256 MB in float32 by default). Ties (equal float32 scores) are broken by the
 lower database index. Exact duplicates of a row may still differ in the last
 bit when BLAS computes them in different blocks.
+
+``Index(database)`` does the per-database work once (validation, the faiss
+index) for repeated searches; ``search(queries, database, k)`` is the one-shot form.
 """
 from __future__ import annotations
 
@@ -23,33 +26,72 @@ except ImportError:
     faiss = None
 
 
+class Index:
+    """An exact inner-product index over ``database`` (rows are items).
+
+    The database is held by reference: after changing it in place, build a new Index.
+    ``backend``: "auto" (faiss on CPU when installed, else torch), "faiss" or "torch".
+    """
+
+    def __init__(self, database, *, backend: str = "auto", block_elems: int = 1 << 26):
+        X, _ = as_tensor(database, "database")
+        check_features(X, "database")
+        if backend not in ("auto", "faiss", "torch"):
+            raise ValueError(f"backend: expected 'auto', 'faiss' or 'torch', got {backend!r}")
+        if backend == "faiss" and (faiss is None or X.device.type != "cpu"):
+            raise ValueError("backend: 'faiss' needs faiss-cpu installed and CPU inputs")
+        self.database = X
+        self.block_elems = block_elems
+        self._faiss = None
+        if X.device.type == "cpu" and faiss is not None and backend != "torch":
+            self._faiss = faiss.IndexFlatIP(X.shape[1])
+            self._faiss.add(X.float().contiguous().numpy())
+
+    @property
+    def ntotal(self) -> int:
+        return self.database.shape[0]
+
+    def same_database(self, database) -> bool:
+        """True when ``database`` is the very array this index was built on (same memory and shape)."""
+        X, _ = as_tensor(database, "database")
+        D = self.database
+        return X.data_ptr() == D.data_ptr() and X.shape == D.shape and X.stride() == D.stride() and \
+            X.dtype == D.dtype and X.device == D.device
+
+    def search(self, queries, k: int, *, progress: Progress = None):
+        """``(scores, indices)``, each q x k, best first (float32, int64), in the kind of ``queries``."""
+        Q, was_numpy = as_tensor(queries, "queries")
+        X = self.database
+        check_features(Q, "queries")
+        if Q.shape[1] != X.shape[1]:
+            raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
+        if Q.device != X.device:
+            raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= X.shape[0]:
+            raise ValueError(f"k: must be an int in [1, {X.shape[0]}] (the database size), got {k!r}")
+        if self._faiss is not None:
+            scores, indices = _search_faiss(self._faiss, Q, k, progress)
+        else:
+            scores, indices = _search_torch(Q, X, k, self.block_elems, progress)
+        return to_caller(scores, was_numpy), to_caller(indices, was_numpy)
+
+
 def search(queries, database, k: int, *, backend: str = "auto", block_elems: int = 1 << 26,
            progress: Progress = None):
     """Exact top-``k`` database rows by inner product for each query.
 
     Returns ``(scores, indices)``, each q x k, best first (float32 scores, int64
     indices), as torch tensors or numpy arrays like ``queries``. ``backend``:
-    "auto", "faiss" (CPU only) or "torch".
+    "auto", "faiss" (CPU only) or "torch". For many searches of one database,
+    build an :class:`Index` once.
     """
-    Q, was_numpy = as_tensor(queries, "queries")
+    Q, _ = as_tensor(queries, "queries")
     X, _ = as_tensor(database, "database")
-    check_features(Q, "queries")
-    check_features(X, "database")
-    if Q.shape[1] != X.shape[1]:
-        raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
-    if Q.device != X.device:
+    if Q.device != X.device:  # before the index is built, which may be costly
         raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= X.shape[0]:
-        raise ValueError(f"k: must be an int in [1, {X.shape[0]}] (the database size), got {k!r}")
-    if backend not in ("auto", "faiss", "torch"):
-        raise ValueError(f"backend: expected 'auto', 'faiss' or 'torch', got {backend!r}")
-    if backend == "faiss" and (faiss is None or Q.device.type != "cpu"):
-        raise ValueError("backend: 'faiss' needs faiss-cpu installed and CPU inputs")
-
-    use_faiss = Q.device.type == "cpu" and faiss is not None and backend != "torch"
-    run = _search_faiss if use_faiss else _search_torch
-    scores, indices = run(Q, X, k, block_elems, progress)
-    return to_caller(scores, was_numpy), to_caller(indices, was_numpy)
+    if Q.dim() == 2 and X.dim() == 2 and Q.shape[1] != X.shape[1]:
+        raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
+    return Index(database, backend=backend, block_elems=block_elems).search(queries, k, progress=progress)
 
 
 def _order_ties(scores: torch.Tensor, indices: torch.Tensor):
@@ -59,35 +101,64 @@ def _order_ties(scores: torch.Tensor, indices: torch.Tensor):
     return scores.gather(1, order), indices.gather(1, order)
 
 
-def _search_faiss(Q, X, k, block_elems, progress):
-    index = faiss.IndexFlatIP(X.shape[1])
-    index.add(X.float().contiguous().numpy())
-    q, n = Q.shape[0], X.shape[0]
+def _search_faiss(index, Q, k, progress):
+    q, n = Q.shape[0], index.ntotal
     scores = torch.empty((q, k), dtype=torch.float32)
     indices = torch.empty((q, k), dtype=torch.int64)
     step = max(1, min(q, 4096))
     for start in range(0, q, step):
         stop = min(q, start + step)
         Qb = Q[start:stop].float().contiguous().numpy()
-        # faiss may keep any of several items tied at the k-th score. Widen the search
-        # until the last score returned is below the k-th, so every tied item is seen.
-        wide = min(n, k + 1)
-        while True:
-            D, I = index.search(Qb, wide)
-            if wide == n or not (D[:, wide - 1] >= D[:, k - 1]).any():
-                break
-            wide = min(n, 2 * wide)
-        D, I = _order_ties(torch.from_numpy(D), torch.from_numpy(I))
-        scores[start:stop], indices[start:stop] = D[:, :k], I[:, :k]
+        D, I = index.search(Qb, min(n, k + 1))
+        if k < n:
+            D, I = _widen_ties(index, Qb, D, I, k)
+        else:
+            D, I = torch.from_numpy(D), torch.from_numpy(I)
+        scores[start:stop], indices[start:stop] = _order_ties(D, I)
         if progress is not None:
             progress(stop, q)
     return scores, indices
 
 
-def _topk_lower_index(scores: torch.Tensor, indices: torch.Tensor, k: int):
-    """Top-k per row where equal scores keep their column order (callers keep lower indices first)."""
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
-    return scores.gather(1, order), indices.gather(1, order)
+def _widen_ties(index, Qb, D, I, k):
+    """Top-k rows whose k-th score ties with a score faiss left out are searched again, deeper.
+
+    faiss may keep any of several items tied at the k-th score; a row is complete
+    once the last score returned is below its k-th, so that every tied item is seen.
+    Only the rows with such a tie (rare) are searched again.
+    """
+    n = index.ntotal
+    D, I = torch.from_numpy(D), torch.from_numpy(I)
+    out_d, out_i = D[:, :k].clone(), I[:, :k].clone()
+    rows = torch.nonzero(D[:, -1] >= D[:, k - 1]).flatten()
+    wide = D.shape[1]
+    while rows.numel():
+        wide = min(n, 2 * wide)
+        Dw, Iw = (torch.from_numpy(a) for a in index.search(Qb[rows.numpy()], wide))
+        tied = Dw[:, k - 1:k]
+        # Of the items tied at the k-th score, keep the lowest indices.
+        key = torch.where(Dw > tied, -1, torch.where(Dw == tied, Iw, torch.iinfo(torch.int64).max))
+        pick = torch.sort(key, dim=1, stable=True).indices[:, :k]
+        out_d[rows], out_i[rows] = Dw.gather(1, pick), Iw.gather(1, pick)
+        rows = rows[(Dw[:, -1] >= Dw[:, k - 1]) & (wide < n)]
+    return out_d, out_i
+
+
+def topk_lower_index(scores: torch.Tensor, k: int):
+    """Exact top-k of each row, best first, equal scores in column order (lower column first).
+
+    O(n) per row: ``torch.topk`` finds the k-th value; of the entries equal to it,
+    the leftmost are kept. Returns (values, columns).
+    """
+    kth = scores.topk(k, dim=1, sorted=False).values.min(dim=1, keepdim=True).values
+    above = scores > kth
+    at = scores == kth
+    need = k - above.sum(dim=1, keepdim=True)
+    keep = above | (at & (at.cumsum(dim=1) <= need))
+    cols = keep.nonzero()[:, 1].reshape(scores.shape[0], k)  # row-major: ascending columns
+    vals = scores.gather(1, cols)
+    order = torch.sort(vals, dim=1, descending=True, stable=True).indices
+    return vals.gather(1, order), cols.gather(1, order)
 
 
 def _search_torch(Q, X, k, block_elems, progress):
@@ -103,9 +174,11 @@ def _search_torch(Q, X, k, block_elems, progress):
         best_i = torch.empty((Qb.shape[0], 0), dtype=torch.int64, device=Q.device)
         for ns in range(0, n, n_step):
             S = Qb @ X[ns:ns + n_step].to(compute).T
-            cols = torch.arange(ns, ns + S.shape[1], device=Q.device).expand_as(S)
-            # The running best (lower indices) goes first so a stable sort keeps it ahead on ties.
-            best_s, best_i = _topk_lower_index(torch.cat([best_s, S], 1), torch.cat([best_i, cols], 1), k)
+            # The running best (lower indices) goes first, so column order is index order.
+            merged_s = torch.cat([best_s, S], 1)
+            merged_i = torch.cat([best_i, torch.arange(ns, ns + S.shape[1], device=Q.device).expand_as(S)], 1)
+            best_s, cols = topk_lower_index(merged_s, min(k, merged_s.shape[1]))
+            best_i = merged_i.gather(1, cols)
         scores[qs:qs + q_step], indices[qs:qs + q_step] = best_s.float(), best_i
         if progress is not None:
             progress(min(q, qs + q_step), q)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
+from .._tensors import as_tensor, check_features
 from ..ranking import Progress, Ranking, Reranker, register
-from ..search import search
+from ..search import Index
 
 
 def neighbour_weights(scores: torch.Tensor, kind: str, alpha: float) -> torch.Tensor:
@@ -43,22 +44,30 @@ def expand(items: torch.Tensor, database: torch.Tensor, indices: torch.Tensor, s
 
 
 class _QueryExpansion(Reranker):
+    """Expands each query with its top-k and searches the database again.
+
+    ``fit(database)`` builds the search index once; ``rerank`` on another database
+    builds a temporary one.
+    """
+
     kind = "mean"
 
     def __init__(self, k: int = 10, alpha: float = 3.0):
         if k < 1:
             raise ValueError(f"k: must be >= 1, got {k}")
         self.k, self.alpha = k, alpha
+        self._index = None
+
+    def fit(self, database, *, progress: Progress = None):
+        self._index = Index(database)
+        return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         k = min(self.k, ranking.indices.shape[1])
         Qe = expand(Q, X, ranking.indices[:, :k], ranking.scores[:, :k], self.kind, self.alpha)
-        return Ranking(*search_again(Qe, X, ranking.indices.shape[1], progress))
-
-
-def search_again(Q, X, k, progress):
-    scores, indices = search(Q, X, k, progress=progress)
-    return indices, scores
+        index = self._index if self._index is not None and self._index.same_database(X) else Index(X)
+        scores, indices = index.search(Qe, ranking.indices.shape[1], progress=progress)
+        return Ranking(indices, scores)
 
 
 @register("aqe")
@@ -91,25 +100,24 @@ class _DatabaseAugmentation(Reranker):
         if k < 1:
             raise ValueError(f"k: must be >= 1, got {k}")
         self.k, self.alpha = k, alpha
-        self._augmented = None
-        self._source = None
+        self._source = None  # Index over the database given to fit (identifies it)
+        self._augmented = None  # Index over the augmented database
 
     def fit(self, database, *, progress: Progress = None):
-        from .._tensors import as_tensor, check_features
-
         X, _ = as_tensor(database, "database")
         check_features(X, "database", allow_empty=False)
+        self._source = Index(X)
         k = min(self.k + 1, X.shape[0])
-        scores, indices = search(X, X, k, progress=progress)
+        scores, indices = self._source.search(X, k, progress=progress)
         # Column 0 is normally the row itself (weight 1 in expand); drop it from the neighbours.
-        self._augmented = expand(X, X, indices[:, 1:], scores[:, 1:], self.kind, self.alpha)
-        self._source = (X.data_ptr(), tuple(X.shape), X.device)
+        self._augmented = Index(expand(X, X, indices[:, 1:], scores[:, 1:], self.kind, self.alpha))
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        if self._source != (X.data_ptr(), tuple(X.shape), X.device):
+        if self._source is None or not self._source.same_database(X):
             self.fit(X)
-        return Ranking(*search_again(Q, self._augmented, ranking.indices.shape[1], progress))
+        scores, indices = self._augmented.search(Q, ranking.indices.shape[1], progress=progress)
+        return Ranking(indices, scores)
 
 
 @register("dba")
