@@ -4,9 +4,16 @@
 #include <torch/library.h>
 
 #include "affinity.h"
+#include "kreciprocal.h"
 
 TORCH_LIBRARY(pycsa, m) {
   m.def("affinity(Tensor database, Tensor ranks, int num_anchors, Tensor? queries=None) -> Tensor");
+  m.def("k_reciprocal(Tensor q_g, Tensor q_q, Tensor g_g, int k1, int k2, float lambda_value) -> Tensor");
+  m.def("k_reciprocal_features(Tensor query, Tensor gallery, int k1, int k2, float lambda_value) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(pycsa, CPU, m) { m.impl("affinity", &pycsa::affinity_cpu); }
+TORCH_LIBRARY_IMPL(pycsa, CPU, m) {
+  m.impl("affinity", &pycsa::affinity_cpu);
+  m.impl("k_reciprocal", &pycsa::k_reciprocal_cpu);
+  m.impl("k_reciprocal_features", &pycsa::k_reciprocal_features_cpu);
+}

@@ -1,0 +1,396 @@
+// CPU k-reciprocal re-ranking with a sparse V (SPEC §4).
+//
+// The joint distance matrix D = [[q_q, q_g], [q_gᵀ, g_g]] is never formed: its
+// entries are read from the three inputs, or computed from the features a block
+// of rows at a time (then no N x N matrix exists at all). Numerics follow the widely copied
+// numpy code: squared distances in float32, each column divided by its maximum
+// (the original works on the transposed, column-normalised matrix, so row i
+// below is column i of D), exp/softmax weights, Jaccard 1 - s / (2 - s).
+//
+// Memory beyond the inputs and the q x g output: the top-m ranks (N x m),
+// V and its local expansion in CSR (N x a few k1 each), and per thread a
+// 256 x N float32 staging block plus O(N) scratch (about 96 MB per thread at N = 94k). Ties in a row's ranking go to the
+// lower index (the original's argsort leaves them unspecified).
+#include "../kreciprocal.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+namespace pycsa {
+namespace {
+
+constexpr int64_t kBlock = 256;  // columns of D staged together: long contiguous reads per row
+
+inline float squared(double v) { return static_cast<float>(v * v); }
+
+// Squared distances read from the three matrices the original takes.
+template <typename T>
+struct MatrixDistances {
+  static constexpr bool kScansRows = true;
+  const T* qg;
+  const T* qq;
+  const T* gg;
+  int64_t q, g;
+
+  int64_t n() const { return q + g; }
+  T at(int64_t r, int64_t c) const {
+    if (r < q) return c < q ? qq[r * q + c] : qg[r * g + (c - q)];
+    return c < q ? qg[c * g + (r - q)] : gg[(r - q) * g + (c - q)];
+  }
+  // Column i of D² (the original's row i after its transpose).
+  float d2(int64_t i, int64_t j) const { return squared(at(j, i)); }
+  // stage[ii * N + j] = d2(i0 + ii, j) for a block of rows, one quadrant of D at a
+  // time so that every inner loop reads its source contiguously.
+  void stage(int64_t i0, int64_t nb, float* out) const {
+    const int64_t N = n(), i1 = i0 + nb, split = std::clamp(q, i0, i1);
+    if (i0 < split) {  // columns i < q: D(j, i) is q_q[j, i] then q_g[i, j - q]
+      for (int64_t j = 0; j < q; ++j) {
+        const T* src = qq + j * q;
+        for (int64_t i = i0; i < split; ++i) out[(i - i0) * N + j] = squared(src[i]);
+      }
+      for (int64_t i = i0; i < split; ++i) {
+        const T* src = qg + i * g;
+        float* dst = out + (i - i0) * N + q;
+        for (int64_t j = 0; j < g; ++j) dst[j] = squared(src[j]);
+      }
+    }
+    if (split < i1) {  // columns i >= q: D(j, i) is q_g[j, i - q] then g_g[j - q, i - q]
+      for (int64_t j = 0; j < N; ++j) {
+        const T* src = (j < q ? qg + j * g : gg + (j - q) * g) - q;
+        for (int64_t i = split; i < i1; ++i) out[(i - i0) * N + j] = squared(src[i]);
+      }
+    }
+  }
+};
+
+// Columns [c0, c1) of D² with c >= q, scanned row by row (every read contiguous):
+// the maximum and the m smallest (value, row) of each column. heaps holds m
+// pairs per column, a max-heap on (value, row); a later row never wins a tie.
+template <typename T>
+void scan_gallery_columns(const MatrixDistances<T>& D, int64_t c0, int64_t c1, int64_t m, float* colmax,
+                          std::pair<float, int32_t>* heaps) {
+  const int64_t N = D.n(), q = D.q, g = D.g, w = c1 - c0;
+  std::vector<float> top(w);  // the heap's largest value per column: one compare per element
+  for (int64_t j = 0; j < N; ++j) {
+    const T* src = (j < q ? D.qg + j * g : D.gg + (j - q) * g) + (c0 - q);
+    for (int64_t c = 0; c < w; ++c) {
+      const float v = squared(src[c]);
+      colmax[c] = j == 0 ? v : std::max(colmax[c], v);
+      std::pair<float, int32_t>* h = heaps + c * m;
+      if (j < m) {
+        h[j] = {v, static_cast<int32_t>(j)};
+        if (j == m - 1) {
+          std::make_heap(h, h + m);
+          top[c] = h[0].first;
+        }
+      } else if (v < top[c]) {
+        std::pop_heap(h, h + m);
+        h[m - 1] = {v, static_cast<int32_t>(j)};
+        std::push_heap(h, h + m);
+        top[c] = h[0].first;
+      }
+    }
+  }
+  for (int64_t c = 0; c < w; ++c) std::sort_heap(heaps + c * m, heaps + (c + 1) * m);
+}
+
+// Squared Euclidean distances computed from features Z = [Q; G] (N x d, float32),
+// a block of rows at a time with one GEMM: D is never held.
+struct FeatureDistances {
+  static constexpr bool kScansRows = false;
+  at::Tensor z;      // N x d
+  at::Tensor norms;  // N, squared row norms
+  int64_t q, g;
+
+  int64_t n() const { return q + g; }
+  float d2(int64_t i, int64_t j) const {
+    const int64_t d = z.size(1);
+    const float* a = z.data_ptr<float>() + i * d;
+    const float* b = z.data_ptr<float>() + j * d;
+    double dot = 0;
+    for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(a[c]) * b[c];
+    const float* nr = norms.data_ptr<float>();
+    return std::max(0.f, static_cast<float>(nr[i] + nr[j] - 2.0 * dot));
+  }
+  void stage(int64_t i0, int64_t nb, float* out) const {
+    const int64_t N = n();
+    at::Tensor dst = at::from_blob(out, {nb, N}, z.options());
+    at::mm_out(dst, z.narrow(0, i0, nb), z.t());
+    const float* nr = norms.data_ptr<float>();
+    for (int64_t ii = 0; ii < nb; ++ii)
+      for (int64_t j = 0; j < N; ++j)
+        out[ii * N + j] = std::max(0.f, nr[i0 + ii] + nr[j] - 2.f * out[ii * N + j]);
+  }
+};
+
+// Sparse rows: row r holds cols[ptr[r]..ptr[r+1]) ascending, with vals alongside.
+struct Csr {
+  std::vector<int64_t> ptr;
+  std::vector<int32_t> cols;
+  std::vector<float> vals;
+};
+
+Csr rows_to_csr(std::vector<std::vector<std::pair<int32_t, float>>>& rows) {
+  Csr m;
+  m.ptr.assign(rows.size() + 1, 0);
+  for (size_t r = 0; r < rows.size(); ++r) m.ptr[r + 1] = m.ptr[r] + static_cast<int64_t>(rows[r].size());
+  m.cols.resize(m.ptr.back());
+  m.vals.resize(m.ptr.back());
+  at::parallel_for(0, static_cast<int64_t>(rows.size()), 256, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      int64_t o = m.ptr[r];
+      for (const auto& [c, v] : rows[r]) {
+        m.cols[o] = c;
+        m.vals[o++] = v;
+      }
+      std::vector<std::pair<int32_t, float>>().swap(rows[r]);
+    }
+  });
+  return m;
+}
+
+// Column-major copy (CSC) of m with n columns: the inverted index of the original.
+Csr transpose(const Csr& m, int64_t n) {
+  Csr t;
+  t.ptr.assign(n + 1, 0);
+  for (int32_t c : m.cols) ++t.ptr[c + 1];
+  for (int64_t c = 0; c < n; ++c) t.ptr[c + 1] += t.ptr[c];
+  t.cols.resize(m.cols.size());
+  t.vals.resize(m.vals.size());
+  std::vector<int64_t> next(t.ptr.begin(), t.ptr.end() - 1);
+  const int64_t rows = static_cast<int64_t>(m.ptr.size()) - 1;
+  for (int64_t r = 0; r < rows; ++r) {  // rows in order: each column's list is ascending
+    for (int64_t o = m.ptr[r]; o < m.ptr[r + 1]; ++o) {
+      const int64_t dst = next[m.cols[o]]++;
+      t.cols[dst] = static_cast<int32_t>(r);
+      t.vals[dst] = m.vals[o];
+    }
+  }
+  return t;
+}
+
+// The m smallest of row[0..n) into out, ascending, equal values by lower index.
+// One pass with a max-heap of the best m so far: most values fail the first
+// comparison, so this is ~n comparisons (a full sort per row was the bottleneck).
+void smallest(const float* row, int64_t n, int64_t m, int32_t* out, std::vector<std::pair<float, int32_t>>& heap) {
+  heap.clear();
+  for (int64_t j = 0; j < m; ++j) heap.emplace_back(row[j], static_cast<int32_t>(j));
+  std::make_heap(heap.begin(), heap.end());  // pair order: (value, index), largest on top
+  for (int64_t j = m; j < n; ++j) {
+    // A later index never wins a tie, so only a strictly smaller value enters.
+    if (row[j] < heap.front().first) {
+      std::pop_heap(heap.begin(), heap.end());
+      heap.back() = {row[j], static_cast<int32_t>(j)};
+      std::push_heap(heap.begin(), heap.end());
+    }
+  }
+  std::sort_heap(heap.begin(), heap.end());
+  for (int64_t j = 0; j < m; ++j) out[j] = heap[j].second;
+}
+
+template <typename Distances>
+at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float lambda) {
+  const int64_t N = D.n(), q = D.q, g = D.g;
+  k1 = std::min(k1, N - 1);
+  k2 = std::min(k2, N);
+  const int64_t m = std::max(k1 + 1, k2);  // ranks kept per row
+  // numpy's around() rounds half to even; so does nearbyint in the default mode.
+  const int64_t half = std::min<int64_t>(static_cast<int64_t>(std::nearbyint(k1 / 2.0)), N - 1);
+
+  // Pass 1: column maxima and the top-m ranks of every row of the normalised matrix
+  // (dividing a row by its positive maximum keeps its order, so raw d² is ranked).
+  std::vector<float> colmax(N);
+  std::vector<int32_t> rank(N * m);
+  auto rank_staged = [&](int64_t first, int64_t last) {  // rows [first, last) via D.stage
+    at::parallel_for(first, last, kBlock, [&](int64_t lo, int64_t hi) {
+      std::vector<float> stage(kBlock * N);
+      std::vector<std::pair<float, int32_t>> heap;
+      for (int64_t i0 = lo; i0 < hi; i0 += kBlock) {
+        const int64_t nb = std::min(kBlock, hi - i0);
+        D.stage(i0, nb, stage.data());
+        for (int64_t ii = 0; ii < nb; ++ii) {
+          const float* row = stage.data() + ii * N;
+          colmax[i0 + ii] = *std::max_element(row, row + N);
+          smallest(row, N, m, rank.data() + (i0 + ii) * m, heap);
+        }
+      }
+    });
+  };
+  if constexpr (Distances::kScansRows) {
+    // Columns of the query part are staged (their big part is a row of q_g); the
+    // gallery columns are scanned row by row, so g_g is read once, contiguously.
+    rank_staged(0, q);
+    at::parallel_for(q, N, 256, [&](int64_t lo, int64_t hi) {
+      std::vector<std::pair<float, int32_t>> heaps((hi - lo) * m);
+      scan_gallery_columns(D, lo, hi, m, colmax.data() + lo, heaps.data());
+      for (int64_t c = lo; c < hi; ++c)
+        for (int64_t a = 0; a < m; ++a) rank[c * m + a] = heaps[(c - lo) * m + a].second;
+    });
+  } else {
+    rank_staged(0, N);
+  }
+  auto orig = [&](int64_t i, int64_t j) {  // normalised distance, row i (= column i of D)
+    return colmax[i] > 0 ? D.d2(i, j) / colmax[i] : 0.f;
+  };
+  auto in_top = [&](int64_t row, int64_t len, int64_t x) {
+    const int32_t* r = rank.data() + row * m;
+    return std::find(r, r + len, static_cast<int32_t>(x)) != r + len;
+  };
+
+  // Pass 2: V, one sparse row per item: softmax(-dist) over the expanded k-reciprocal set.
+  std::vector<std::vector<std::pair<int32_t, float>>> rows(N);
+  at::parallel_for(0, N, 64, [&](int64_t lo, int64_t hi) {
+    std::vector<int32_t> recip, cand, expanded;
+    for (int64_t i = lo; i < hi; ++i) {
+      recip.clear();
+      for (int64_t a = 0; a <= k1; ++a) {
+        const int32_t c = rank[i * m + a];
+        if (in_top(c, k1 + 1, i)) recip.push_back(c);
+      }
+      expanded = recip;
+      std::vector<int32_t> recip_sorted = recip;
+      std::sort(recip_sorted.begin(), recip_sorted.end());
+      for (int32_t c : recip) {
+        cand.clear();
+        for (int64_t a = 0; a <= half; ++a) {
+          const int32_t x = rank[c * m + a];
+          if (in_top(x, half + 1, c)) cand.push_back(x);
+        }
+        int64_t common = 0;
+        for (int32_t x : cand) common += std::binary_search(recip_sorted.begin(), recip_sorted.end(), x);
+        if (static_cast<double>(common) > 2.0 / 3.0 * static_cast<double>(cand.size()))
+          expanded.insert(expanded.end(), cand.begin(), cand.end());
+      }
+      std::sort(expanded.begin(), expanded.end());
+      expanded.erase(std::unique(expanded.begin(), expanded.end()), expanded.end());
+      auto& row = rows[i];
+      row.reserve(expanded.size());
+      float total = 0.f;
+      for (int32_t j : expanded) {
+        const float w = std::exp(-orig(i, j));
+        row.emplace_back(j, w);
+        total += w;
+      }
+      for (auto& e : row) e.second /= total;
+    }
+  });
+  Csr V = rows_to_csr(rows);
+
+  // Local query expansion: V[i] <- mean of V over the top-k2 of i.
+  if (k2 != 1) {
+    std::vector<std::vector<std::pair<int32_t, float>>> qe(N);
+    at::parallel_for(0, N, 64, [&](int64_t lo, int64_t hi) {
+      std::vector<float> acc(N, 0.f);
+      std::vector<int32_t> touched;
+      for (int64_t i = lo; i < hi; ++i) {
+        touched.clear();
+        for (int64_t a = 0; a < k2; ++a) {
+          const int32_t r = rank[i * m + a];
+          for (int64_t o = V.ptr[r]; o < V.ptr[r + 1]; ++o) {
+            if (acc[V.cols[o]] == 0.f) touched.push_back(V.cols[o]);
+            acc[V.cols[o]] += V.vals[o];
+          }
+        }
+        std::sort(touched.begin(), touched.end());
+        auto& row = qe[i];
+        row.reserve(touched.size());
+        for (int32_t c : touched) {
+          row.emplace_back(c, acc[c] / static_cast<float>(k2));
+          acc[c] = 0.f;
+        }
+      }
+    });
+    V = rows_to_csr(qe);
+  }
+  const Csr inv = transpose(V, N);
+
+  // Pass 3: Jaccard distance of each query to every item, through the inverted index.
+  at::Tensor out = at::empty({q, g}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const float w_jac = static_cast<float>(1.0 - lambda), w_orig = lambda;
+  at::parallel_for(0, (q + kBlock - 1) / kBlock, 1, [&](int64_t blo, int64_t bhi) {
+    std::vector<float> acc(N), stage(kBlock * N);
+    for (int64_t blk = blo; blk < bhi; ++blk) {
+      const int64_t i0 = blk * kBlock, nb = std::min(kBlock, q - i0);
+      D.stage(i0, nb, stage.data());  // the original distances of these queries
+      for (int64_t ii = 0; ii < nb; ++ii) {
+        const int64_t i = i0 + ii;
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t a = V.ptr[i]; a < V.ptr[i + 1]; ++a) {
+          const int32_t l = V.cols[a];
+          const float v = V.vals[a];
+          for (int64_t b = inv.ptr[l]; b < inv.ptr[l + 1]; ++b) acc[inv.cols[b]] += std::min(v, inv.vals[b]);
+        }
+        const float* d2 = stage.data() + ii * N;
+        const float mx = colmax[i];
+        for (int64_t j = 0; j < g; ++j) {
+          const float s = acc[q + j];
+          const float jac = 1.f - s / (2.f - s);
+          const float original = mx > 0 ? d2[q + j] / mx : 0.f;
+          o[i * g + j] = jac * w_jac + original * w_orig;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+namespace {
+
+void check_k_args(int64_t k1, int64_t k2, double lambda) {
+  TORCH_CHECK_VALUE(k1 >= 1, "k1: must be >= 1, got ", k1);
+  TORCH_CHECK_VALUE(k2 >= 1, "k2: must be >= 1, got ", k2);
+  TORCH_CHECK_VALUE(lambda >= 0.0 && lambda <= 1.0, "lambda_value: must lie in [0, 1], got ", lambda);
+}
+
+}  // namespace
+
+at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
+                            int64_t k1, int64_t k2, double lambda) {
+  TORCH_CHECK_VALUE(q_g.dim() == 2, "q_g_dist: expected a 2-D (q x g) matrix, got ", q_g.dim(), "-D");
+  const int64_t q = q_g.size(0), g = q_g.size(1);
+  TORCH_CHECK_VALUE(q >= 1 && g >= 1, "q_g_dist: needs at least one query and one gallery item");
+  TORCH_CHECK_VALUE(q_q.dim() == 2 && q_q.size(0) == q && q_q.size(1) == q,
+                    "q_q_dist: expected shape (", q, ", ", q, "), got ", q_q.sizes());
+  TORCH_CHECK_VALUE(g_g.dim() == 2 && g_g.size(0) == g && g_g.size(1) == g,
+                    "g_g_dist: expected shape (", g, ", ", g, "), got ", g_g.sizes());
+  TORCH_CHECK_TYPE(q_g.scalar_type() == q_q.scalar_type() && q_g.scalar_type() == g_g.scalar_type(),
+                   "q_q_dist/g_g_dist: dtypes must match q_g_dist (", q_g.scalar_type(), ")");
+  TORCH_CHECK_VALUE(q_g.device().is_cpu() && q_q.device().is_cpu() && g_g.device().is_cpu(),
+                    "q_g_dist/q_q_dist/g_g_dist: expected CPU tensors");
+  TORCH_CHECK_VALUE(q + g <= std::numeric_limits<int32_t>::max(), "q_g_dist: more than 2^31 items");
+  check_k_args(k1, k2, lambda);
+  const at::Tensor a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
+  if (a.scalar_type() == at::kDouble) {
+    return k_reciprocal_impl(MatrixDistances<double>{a.data_ptr<double>(), b.data_ptr<double>(), c.data_ptr<double>(), q, g},
+                             k1, k2, static_cast<float>(lambda));
+  }
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat, "q_g_dist: expected float32 or float64, got ", a.scalar_type());
+  return k_reciprocal_impl(MatrixDistances<float>{a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), q, g},
+                           k1, k2, static_cast<float>(lambda));
+}
+
+at::Tensor k_reciprocal_features_cpu(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
+                                     double lambda) {
+  TORCH_CHECK_VALUE(query.dim() == 2 && gallery.dim() == 2 && query.size(1) == gallery.size(1),
+                    "query_feats/gallery_feats: expected 2-D arrays with the same number of columns, got ",
+                    query.sizes(), " and ", gallery.sizes());
+  TORCH_CHECK_VALUE(query.size(0) >= 1 && gallery.size(0) >= 1,
+                    "query_feats/gallery_feats: needs at least one query and one gallery item");
+  TORCH_CHECK_VALUE(query.device().is_cpu() && gallery.device().is_cpu(), "query_feats/gallery_feats: expected CPU tensors");
+  check_k_args(k1, k2, lambda);
+  at::Tensor z = at::cat({query, gallery}, 0).to(at::kFloat).contiguous();
+  at::Tensor norms = z.mul(z).sum(1);
+  return k_reciprocal_impl(FeatureDistances{z, norms, query.size(0), gallery.size(0)}, k1, k2,
+                           static_cast<float>(lambda));
+}
+
+}  // namespace pycsa

@@ -1,0 +1,18 @@
+// k-reciprocal re-ranking (Zhong et al. 2017, SPEC §4) with a sparse V.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace pycsa {
+
+// Final q x g distance (1 - lambda) * Jaccard + lambda * original, float32.
+// k1 is clamped to N - 1 and k2 to N (N = q + g), as slicing does in the original.
+at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
+                            int64_t k1, int64_t k2, double lambda);
+
+// The same from features: Euclidean distances between the rows of [query; gallery],
+// computed a block at a time (no q x q, g x g or N x N matrix is formed).
+at::Tensor k_reciprocal_features_cpu(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
+                                     double lambda);
+
+}  // namespace pycsa

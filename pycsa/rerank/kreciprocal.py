@@ -1,0 +1,113 @@
+"""k-reciprocal re-ranking (Zhong et al. 2017; SPEC §4), exact and sparse.
+
+Same result as the numpy function copied into most re-ID code (to float32
+rounding, wherever the inputs have no ties), computed by a C++ kernel that keeps
+V sparse and never forms the joint N x N matrix: memory beyond the inputs and the
+q x g output is O(N·k1) plus O(256·N) per thread. ``k1`` is clamped to N - 1 and
+``k2`` to N (N = q + g), which is what the original's slicing does.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from .._tensors import as_tensor, to_caller
+from ..ranking import Progress, Ranking, Reranker, register
+from ..search import topk_lower_index
+from ..ops import _extension
+
+
+def _params(k1, k2, lambda_value) -> tuple[int, int, float]:
+    for name, k in (("k1", k1), ("k2", k2)):
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"{name}: must be an int >= 1, got {k!r}")
+    lam = float(lambda_value)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda_value: must lie in [0, 1], got {lambda_value!r}")
+    return k1, k2, lam
+
+
+def _on_cpu(tensors, what: str):
+    """The kernels run on the CPU for now; CUDA inputs are computed there and returned on their device."""
+    device = tensors[0].device
+    if device.type != "cpu":
+        warnings.warn(f"pycsa.{what}: no CUDA kernel yet; computing on the CPU (inputs copied to host)",
+                      RuntimeWarning, stacklevel=3)
+    _extension.use_kernels(what, torch.device("cpu"))  # a missing extension is reported here
+    if _extension._C is None:
+        raise RuntimeError(f"pycsa.{what} needs the compiled extension (pycsa._C); "
+                           "reinstall with `pip install --no-build-isolation -e .`")
+    return [t.cpu() for t in tensors], device
+
+
+def _matrix(x, name: str, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    t = as_tensor(x, name)[0]
+    if t.dim() != 2:
+        raise ValueError(f"{name}: expected a 2-D matrix, got shape {tuple(t.shape)}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point dtype, got {t.dtype}")
+    if t.numel() and not bool(torch.isfinite(t.sum(dtype=torch.float64))):
+        raise ValueError(f"{name}: contains NaN or inf")
+    return t
+
+
+def k_reciprocal(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+    """Final q x g distance ``(1 - λ)·Jaccard + λ·original`` from Euclidean distance matrices.
+
+    Takes and returns numpy arrays or torch tensors (float32 result), like the
+    function it replaces: ``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1, k2, lambda_value)``.
+    """
+    k1, k2, lam = _params(k1, k2, lambda_value)
+    qg = _matrix(q_g_dist, "q_g_dist")
+    was_numpy = not isinstance(q_g_dist, torch.Tensor)
+    q, g = qg.shape
+    if q < 1 or g < 1:
+        raise ValueError(f"q_g_dist: needs at least one query and one gallery item, got shape {(q, g)}")
+    qq = _matrix(q_q_dist, "q_q_dist", (q, q))
+    gg = _matrix(g_g_dist, "g_g_dist", (g, g))
+    if not (qg.device == qq.device == gg.device):
+        raise ValueError("q_q_dist/g_g_dist: must be on the same device as q_g_dist")
+    dtype = torch.float64 if torch.float64 in (qg.dtype, qq.dtype, gg.dtype) else torch.float32
+    (qg, qq, gg), device = _on_cpu([m.to(dtype) for m in (qg, qq, gg)], "k_reciprocal")
+    out = torch.ops.pycsa.k_reciprocal(qg, qq, gg, k1, k2, lam).to(device)
+    return to_caller(out, was_numpy)
+
+
+def k_reciprocal_features(query_feats, gallery_feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+    """k-reciprocal re-ranking from features: Euclidean distances are computed a block at a
+    time, so neither g x g nor N x N is ever held (MSMT17-sized sets fit in memory)."""
+    k1, k2, lam = _params(k1, k2, lambda_value)
+    Q = _matrix(query_feats, "query_feats")
+    G = _matrix(gallery_feats, "gallery_feats")
+    was_numpy = not isinstance(query_feats, torch.Tensor)
+    if Q.shape[1] != G.shape[1]:
+        raise ValueError(f"query_feats: dimension {Q.shape[1]} differs from gallery_feats dimension {G.shape[1]}")
+    if Q.shape[0] < 1 or G.shape[0] < 1:
+        raise ValueError("query_feats/gallery_feats: need at least one row each")
+    if Q.device != G.device:
+        raise ValueError(f"query_feats: on {Q.device} but gallery_feats is on {G.device}")
+    (Q, G), device = _on_cpu([Q.float(), G.float()], "k_reciprocal_features")
+    out = torch.ops.pycsa.k_reciprocal_features(Q, G, k1, k2, lam).to(device)
+    return to_caller(out, was_numpy)
+
+
+@register("k_reciprocal")
+class KReciprocal(Reranker):
+    """k-reciprocal re-ranking of the whole database (Euclidean distances of the features).
+
+    Returns the top-k (k = the input ranking's depth) by ascending final distance;
+    scores are ``1 - distance``.
+    """
+
+    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+        self.k1, self.k2, self.lambda_value = _params(k1, k2, lambda_value)
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        dist = k_reciprocal_features(Q, X, self.k1, self.k2, self.lambda_value)
+        scores, indices = topk_lower_index(1.0 - dist, ranking.indices.shape[1])
+        if progress is not None:
+            progress(Q.shape[0], Q.shape[0])
+        return Ranking(indices, scores)
