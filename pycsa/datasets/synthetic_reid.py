@@ -40,8 +40,10 @@ evaluation protocol) and at least one cross-camera true match.
 All draws come from child streams of ``numpy.random.SeedSequence(seed)``:
 the same seed and arguments give identical arrays on one platform.
 
-Measured (seed 0, this repository's side-by-side benchmark,
-``bench/rerank_side_by_side.py``), see its output for mAP / rank-1 per method.
+Measured with the defaults, seed 0 (``bench/rerank_side_by_side.py``; 2-core CPU):
+Market size, Euclidean mAP 47.4 / rank-1 79.9; k-reciprocal (k1=20, k2=6,
+λ=0.3) 91.7 / 92.7; dense GNN (26, 7) 92.7 / 93.2. Generation takes about
+1 s at Market size and 6 s at MSMT17 size.
 """
 from __future__ import annotations
 

@@ -22,3 +22,21 @@ def affinity(database: torch.Tensor, ranks: torch.Tensor, num_anchors: int,
     """out[b, i, j] = <item(b, i), item(b, j)> for the K items of list b and its first L (anchors)."""
     items = gather_lists(database, ranks, queries)
     return torch.bmm(items, items[:, :num_anchors].transpose(1, 2))
+
+
+def csr_to_dense(rowptr: torch.Tensor, col: torch.Tensor, val: torch.Tensor) -> torch.Tensor:
+    n = rowptr.numel() - 1
+    rows = torch.repeat_interleave(torch.arange(n), rowptr.diff())
+    return torch.zeros(n, n, dtype=val.dtype).index_put_((rows, col), val, accumulate=True)
+
+
+def gnn_propagate(A: torch.Tensor, nbr: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Dense GNN layer (SPEC §3): out[i] = Σ_j weight[i,j]·A[nbr[i,j]], rows L2-normalised (0 stays 0)."""
+    out = torch.einsum("nk,nkd->nd", weight, A[nbr])
+    norm = out.norm(dim=1, keepdim=True)
+    return torch.where(norm > 0, out / norm.clamp_min(torch.finfo(out.dtype).tiny), out)
+
+
+def csr_cross_dense(A: torch.Tensor, split: int) -> torch.Tensor:
+    """A[:split] A[split:]ᵀ for a dense A."""
+    return A[:split] @ A[split:].T

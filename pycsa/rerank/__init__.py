@@ -1,5 +1,6 @@
 """Re-rankers; importing this package registers them all."""
+from .gnn import GNN, gnn_rerank
 from .kreciprocal import KReciprocal, k_reciprocal, k_reciprocal_features
 from .qe import AQE, DBA, AlphaDBA, AlphaQE, AQEwD
 
-__all__ = ["AQE", "AQEwD", "AlphaQE", "DBA", "AlphaDBA", "KReciprocal", "k_reciprocal", "k_reciprocal_features"]
+__all__ = ["GNN", "gnn_rerank", "AQE", "AQEwD", "AlphaQE", "DBA", "AlphaDBA", "KReciprocal", "k_reciprocal", "k_reciprocal_features"]

@@ -1,0 +1,25 @@
+// Sparse kNN-graph kernels (SPEC §3): a graph is a square CSR matrix
+// (rowptr int64 [n+1], col int64 [nnz] ascending within each row, val float32 [nnz]).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <tuple>
+
+namespace pycsa {
+
+using Csr = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+// A + Aᵀ (entries present in both are summed).
+Csr csr_add_transpose_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val);
+
+// One GNN message-passing layer: out[i] = Σ_{j<k} weight[i,j] · A[nbr[i,j]], each row
+// then divided by its L2 norm (rows of norm 0 stay 0). nbr, weight: n x k.
+Csr gnn_propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
+                      const at::Tensor& nbr, const at::Tensor& weight);
+
+// Dense A[:split] · A[split:]ᵀ, shape split x (n - split): the query-gallery similarity.
+at::Tensor csr_cross_dense_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
+                               int64_t split);
+
+}  // namespace pycsa

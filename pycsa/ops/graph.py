@@ -1,0 +1,41 @@
+"""Sparse kNN-graph ops (SPEC §3) on CSR graphs: (rowptr int64, col int64, val float32).
+
+Each has a dense twin in :mod:`pycsa.ops.reference`. CPU kernels today; CUDA inputs
+are not accepted yet (a clear error says so).
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _extension
+
+
+def _require_cpu_kernels(op: str, *tensors: torch.Tensor) -> None:
+    for t in tensors:
+        if t.device.type != "cpu":
+            raise RuntimeError(f"pycsa.ops.{op}: CUDA kernels for the sparse graph ops are not written yet; "
+                               "pass CPU tensors")
+    if not _extension.use_kernels(op, torch.device("cpu")):
+        raise RuntimeError(f"pycsa.ops.{op} needs the compiled extension (pycsa._C)")
+
+
+def csr_add_transpose(rowptr, col, val):
+    """A + Aᵀ of a square CSR matrix (duplicates summed); rows stay sorted."""
+    _require_cpu_kernels("csr_add_transpose", rowptr, col, val)
+    return torch.ops.pycsa.csr_add_transpose(rowptr, col, val)
+
+
+def gnn_propagate(rowptr, col, val, nbr, weight):
+    """One GNN layer: row i ← Σ_j weight[i, j]·A[nbr[i, j]], then L2-normalised.
+
+    The output row i has at most Σ_j nnz(A[nbr[i, j]]) entries (bounded by
+    k·max row nnz of A, and by n).
+    """
+    _require_cpu_kernels("gnn_propagate", rowptr, col, val, nbr, weight)
+    return torch.ops.pycsa.gnn_propagate(rowptr, col, val, nbr, weight)
+
+
+def csr_cross_dense(rowptr, col, val, split: int) -> torch.Tensor:
+    """Dense A[:split]·A[split:]ᵀ (split x (n - split)): the query-gallery similarity."""
+    _require_cpu_kernels("csr_cross_dense", rowptr, col, val)
+    return torch.ops.pycsa.csr_cross_dense(rowptr, col, val, int(split))
