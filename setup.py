@@ -73,7 +73,12 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     # torch is not pinned here: the build links against the torch already installed.
     install_requires=["torch>=2.1", "numpy", "tqdm"],
-    extras_require={"faiss": ["faiss-cpu"], "test": ["pytest", "pytest-benchmark"]},
+    extras_require={
+        "faiss": ["faiss-cpu"],
+        "io": ["scipy"],  # .mat feature files
+        "plot": ["matplotlib"],  # pycsa eval --plot
+        "test": ["pytest", "pytest-benchmark", "scipy", "matplotlib"],
+    },
     entry_points={"console_scripts": ["pycsa = pycsa.cli:main"]},
     zip_safe=False,
 )

@@ -1,0 +1,73 @@
+"""Sparse kNN-graph kernels against their dense references (pycsa.ops.reference)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pycsa
+from pycsa.ops import reference
+
+
+def _random_csr(n, max_per_row, seed, empty_rows=True):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.randint(0 if empty_rows else 1, max_per_row + 1, (n,), generator=g).clamp(max=n)
+    cols = [torch.randperm(n, generator=g)[:c].sort().values for c in counts.tolist()]
+    rowptr = torch.zeros(n + 1, dtype=torch.int64)
+    rowptr[1:] = counts.cumsum(0)
+    col = torch.cat(cols) if cols else torch.zeros(0, dtype=torch.int64)
+    val = torch.rand(int(rowptr[-1]), generator=g)
+    return rowptr, col.long(), val
+
+
+def _dense(csr):
+    return reference.csr_to_dense(*csr)
+
+
+@pytest.mark.parametrize("n, per_row", [(1, 1), (2, 2), (13, 4), (97, 11), (301, 7)])
+def test_add_transpose(n, per_row):
+    A = _random_csr(n, per_row, seed=n)
+    out = pycsa.ops.csr_add_transpose(*A)
+    D = _dense(A)
+    assert torch.allclose(_dense(out), D + D.T, atol=1e-6)
+    rowptr, col, _ = out
+    for r in range(n):  # rows stay sorted and free of duplicates
+        c = col[rowptr[r]:rowptr[r + 1]]
+        assert torch.all(c[1:] > c[:-1])
+
+
+@pytest.mark.parametrize("n, per_row, k", [(1, 1, 1), (13, 4, 3), (97, 11, 7), (301, 7, 5)])
+def test_propagate(n, per_row, k):
+    A = _random_csr(n, per_row, seed=3 * n)
+    g = torch.Generator().manual_seed(n)
+    nbr = torch.randint(0, n, (n, k), generator=g)
+    w = torch.rand(n, k, generator=g)
+    out = pycsa.ops.gnn_propagate(*A, nbr, w)
+    want = reference.gnn_propagate(_dense(A).double(), nbr, w.double())
+    assert torch.allclose(_dense(out).double(), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("n, split", [(1, 0), (1, 1), (2, 1), (50, 7), (211, 100)])
+def test_cross_dense(n, split):
+    A = _random_csr(n, 9, seed=n + split)
+    out = pycsa.ops.csr_cross_dense(*A, split)
+    want = reference.csr_cross_dense(_dense(A).double(), split)
+    assert out.shape == (split, n - split)
+    assert torch.allclose(out.double(), want, atol=1e-5)
+
+
+def test_bad_graphs_raise():
+    rowptr, col, val = _random_csr(10, 3, seed=0, empty_rows=False)
+    with pytest.raises(IndexError, match="col"):
+        pycsa.ops.csr_add_transpose(rowptr, col + 10, val)
+    with pytest.raises(ValueError, match="rowptr"):
+        pycsa.ops.csr_add_transpose(rowptr[:-1], col, val)
+    with pytest.raises(ValueError, match="col/val"):
+        pycsa.ops.csr_add_transpose(rowptr, col, val[:-1])
+    with pytest.raises(TypeError, match="val"):
+        pycsa.ops.csr_add_transpose(rowptr, col, val.double())
+    with pytest.raises(IndexError, match="nbr"):
+        pycsa.ops.gnn_propagate(rowptr, col, val, torch.full((10, 2), 10), torch.ones(10, 2))
+    with pytest.raises(ValueError, match="weight"):
+        pycsa.ops.gnn_propagate(rowptr, col, val, torch.zeros(10, 2, dtype=torch.int64), torch.ones(10, 3))
+    with pytest.raises(ValueError, match="split"):
+        pycsa.ops.csr_cross_dense(rowptr, col, val, 11)
