@@ -34,9 +34,17 @@ def check_features(x: torch.Tensor, name: str, *, allow_empty: bool = True) -> N
         raise TypeError(f"{name}: expected a floating-point dtype, got {x.dtype}")
     if not allow_empty and x.shape[0] == 0:
         raise ValueError(f"{name}: is empty")
-    # One reduction instead of an elementwise mask: NaN or inf anywhere makes the sum
-    # non-finite. A finite sum proves every value finite; a non-finite one is
-    # confirmed element-wise (a sum can overflow on its own).
-    if x.numel() and not bool(torch.isfinite(x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32))):
+    check_finite(x, name)
+
+
+def check_finite(x: torch.Tensor, name: str) -> None:
+    """ValueError naming ``name`` if ``x`` holds NaN or inf.
+
+    One reduction instead of an elementwise mask: NaN or inf anywhere makes the sum
+    non-finite. A finite sum proves every value finite; a non-finite one is
+    confirmed element-wise (a sum can overflow on its own). A plain sum: asking
+    for another dtype would first copy the whole array.
+    """
+    if x.numel() and not bool(torch.isfinite(x.sum())):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name}: contains NaN or inf")

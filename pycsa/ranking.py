@@ -88,8 +88,36 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+class Chain(Reranker):
+    """Re-rankers applied one after another, each to the previous one's ranking.
+
+    ``Chain([create("alpha_qe"), create("superglobal")])``, or ``create("alpha_qe+superglobal")``.
+    """
+
+    def __init__(self, rerankers):
+        self.rerankers = list(rerankers)
+        if not self.rerankers or not all(isinstance(r, Reranker) for r in self.rerankers):
+            raise ValueError("rerankers: expected a non-empty list of Reranker objects")
+        self.name = "+".join(r.name for r in self.rerankers)
+
+    def fit(self, database, *, progress: Progress = None) -> "Chain":
+        for r in self.rerankers:
+            r.fit(database, progress=progress)
+        return self
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        for r in self.rerankers:
+            ranking = r._rerank(Q, X, ranking, progress)
+        return ranking
+
+
 def create(name: str, **params) -> Reranker:
-    """A re-ranker by its registry name, e.g. ``create("alpha_qe", k=5)``."""
+    """A re-ranker by its registry name, e.g. ``create("alpha_qe", k=5)``; "a+b" chains a then b."""
+    if "+" in name:
+        if params:
+            raise ValueError(f"name: parameters cannot be given to a chain ({name!r}); build it with "
+                             "Chain([create(a, ...), create(b, ...)])")
+        return Chain([create(part) for part in name.split("+")])
     try:
         cls = _REGISTRY[name]
     except KeyError:

@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .._tensors import as_tensor, to_caller
+from .._tensors import as_tensor, check_finite, to_caller
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import topk_lower_index
 from ..ops import _extension
@@ -49,8 +49,7 @@ def _matrix(x, name: str, shape: tuple[int, int] | None = None) -> torch.Tensor:
         raise ValueError(f"{name}: expected shape {shape}, got {tuple(t.shape)}")
     if not t.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point dtype, got {t.dtype}")
-    if t.numel() and not bool(torch.isfinite(t.sum(dtype=torch.float64))):
-        raise ValueError(f"{name}: contains NaN or inf")
+    check_finite(t, name)
     return t
 
 

@@ -1,0 +1,119 @@
+"""SuperGlobal re-ranking (Shao et al. 2023; SPEC §7), all queries at once.
+
+Per query, on its top-M list:
+1. each candidate d_i is refined with its K nearest other candidates of the list
+   (similarities from the affinity op): d'_i = (d_i + Σ_j β s_ij d_j) / (1 + Σ_j β s_ij),
+   not renormalised;
+2. s1_i = q·d'_i, and q' = the element-wise max of the d' of the 10 best s1;
+3. the top-M are re-sorted by (s1 + s2) / 2 with s2_i = q'·d'_i; the rest keep their order.
+The candidate itself always has weight 1 (the authors take it as the first of its
+K + 1 neighbours, which it is unless an exact duplicate is in the list).
+Memory: queries go in blocks so that the gathered neighbours stay under
+``block_elems`` values (about 256 MB in float32).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._tensors import as_tensor, check_features, to_caller
+from ..ops import affinity
+from ..ranking import Progress, Ranking, Reranker, register
+from ..search import topk_lower_index
+
+
+def _check_params(M, K, beta, top):
+    for name, v in (("M", M), ("K", K), ("top", top)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name}: must be an int >= 1, got {v!r}")
+    if not float(beta) >= 0:
+        raise ValueError(f"beta: must be >= 0, got {beta!r}")
+
+
+def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: int = 9, beta: float = 0.15,
+                       refine: int = 10, block_elems: int = 1 << 26) -> torch.Tensor:
+    """The final SuperGlobal score (s1 + s2) / 2 of each of the B x M candidates in ``top``."""
+    B, M = top.shape
+    d = X.shape[1]
+    out = torch.empty((B, M), dtype=torch.float32, device=Q.device)
+    Kn = min(K, M - 1)  # neighbours other than the candidate itself
+    r = min(refine, M)
+    step = max(1, block_elems // max(1, M * (Kn + 1) * d))
+    for s in range(0, B, step):
+        t = top[s:s + step]
+        b = t.shape[0]
+        F = X.index_select(0, t.reshape(-1)).reshape(b, M, d).float()
+        refined = F.clone()
+        if Kn > 0:
+            sims = affinity(X, t, M, check_finite=False).float()  # b x M x M, within each list
+            sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # the candidate is added with weight 1 below
+            s_nb, j_nb = topk_lower_index(sims.reshape(b * M, M), Kn)
+            w = beta * s_nb.reshape(b, M, Kn)
+            nb = F.gather(1, j_nb.reshape(b, M * Kn, 1).expand(-1, -1, d)).reshape(b, M, Kn, d)
+            refined = (F + torch.einsum("bmk,bmkd->bmd", w, nb)) / (1 + w.sum(-1, keepdim=True))
+        q = Q[s:s + step].float()
+        s1 = torch.einsum("bd,bmd->bm", q, refined)
+        best = topk_lower_index(s1, r)[1]
+        q2 = refined.gather(1, best.unsqueeze(-1).expand(-1, -1, d)).amax(dim=1)
+        s2 = torch.einsum("bd,bmd->bm", q2, refined)
+        out[s:s + step] = (s1 + s2) / 2
+    return out
+
+
+def superglobal_rerank(queries, database, ranks, M: int = 400, K: int = 9, beta: float = 0.15, *,
+                       refine: int = 10):
+    """SuperGlobal re-ranking of each query's top-M; returns the new ranks (same shape as ``ranks``).
+
+    Inputs: queries (B x d), database (n x d), ranks (B x R database indices, best first),
+    numpy or torch, CPU or CUDA. Candidates beyond M keep their place.
+    """
+    new_ranks, _ = _rerank_top(queries, database, ranks, M, K, beta, refine)
+    return new_ranks
+
+
+def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None):
+    _check_params(M, K, beta, refine)
+    Q, was_numpy = as_tensor(queries, "queries")
+    X, _ = as_tensor(database, "database")
+    rk, _ = as_tensor(ranks, "ranks")
+    check_features(Q, "queries")
+    check_features(X, "database")
+    if rk.dim() != 2 or rk.shape[0] != Q.shape[0]:
+        raise ValueError(f"ranks: expected shape ({Q.shape[0]}, R), got {tuple(rk.shape)}")
+    if Q.shape[1] != X.shape[1]:
+        raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
+    if rk.is_floating_point():
+        raise TypeError(f"ranks: expected integers, got {rk.dtype}")
+    rk = rk.to(X.device).long()
+    if rk.numel() and (int(rk.min()) < 0 or int(rk.max()) >= X.shape[0]):
+        raise IndexError(f"ranks: indices must lie in [0, {X.shape[0]}) (database rows)")
+    m = min(M, rk.shape[1])
+    top = rk[:, :m]
+    final = superglobal_scores(Q.to(X.device), X, top, K, beta, refine)
+    # Best first; equal scores by the lower database index.
+    by_index = torch.sort(top, dim=1, stable=True).indices
+    order = by_index.gather(1, torch.sort(final.gather(1, by_index), dim=1, descending=True, stable=True).indices)
+    new = rk.clone()
+    new[:, :m] = top.gather(1, order)
+    new_scores = None
+    if scores is not None:
+        new_scores = scores.clone().float()
+        new_scores[:, :m] = final.gather(1, order)
+    return to_caller(new, was_numpy), new_scores
+
+
+@register("superglobal")
+class SuperGlobal(Reranker):
+    """SuperGlobal: the top-M re-sorted by refined global features (SPEC §7).
+
+    Scores of the top-M are the SuperGlobal scores; the rest keep their initial scores.
+    """
+
+    def __init__(self, M: int = 400, K: int = 9, beta: float = 0.15):
+        _check_params(M, K, beta, 10)
+        self.M, self.K, self.beta = M, K, beta
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        indices, scores = _rerank_top(Q, X, ranking.indices, self.M, self.K, self.beta, 10, ranking.scores)
+        if progress is not None:
+            progress(Q.shape[0], Q.shape[0])
+        return Ranking(indices, scores)
