@@ -40,3 +40,9 @@ def gnn_propagate(A: torch.Tensor, nbr: torch.Tensor, weight: torch.Tensor) -> t
 def csr_cross_dense(A: torch.Tensor, split: int) -> torch.Tensor:
     """A[:split] A[split:]ᵀ for a dense A."""
     return A[:split] @ A[split:].T
+
+
+def weighted_gather_sum(source: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """out[r] = Σ_j weight[r, j]·source[index[r, j]] (materialises the r x k x d gather)."""
+    acc = torch.float64 if source.dtype == torch.float64 else torch.float32
+    return torch.einsum("rk,rkd->rd", weight.to(acc), source[index].to(acc))

@@ -1,8 +1,8 @@
 """Query expansion and database augmentation (SPEC §5), batched over all queries.
 
-Each expansion is one gather of the top-k neighbours and one weighted sum for
-every query at once (in blocks of queries so the gathered q x k x d tensor stays
-under ``block_elems`` values), then a new exact search.
+Each expansion is one weighted gather-sum of the top-k neighbours for every query
+at once (pycsa.ops.weighted_gather_sum: the q x k x d gather is never held), then
+a new exact search.
 
 Weights, with the item itself weighted 1 and its neighbours at rank r = 1..k:
 - AQE: 1 (plain mean).                   - AQEwD: (k - r + 1) / k.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .._tensors import as_tensor, check_features
+from ..ops import weighted_gather_sum
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index
 
@@ -30,17 +31,11 @@ def neighbour_weights(scores: torch.Tensor, kind: str, alpha: float) -> torch.Te
 
 
 def expand(items: torch.Tensor, database: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor,
-           kind: str = "alpha", alpha: float = 3.0, block_elems: int = 1 << 26) -> torch.Tensor:
+           kind: str = "alpha", alpha: float = 3.0) -> torch.Tensor:
     """``normalize(items + Σ_r w_r · database[indices[:, r]])`` for every row at once."""
     w = neighbour_weights(scores.float(), kind, alpha)
-    out = torch.empty(items.shape, dtype=torch.float32, device=items.device)
-    k, d = indices.shape[1], database.shape[1]
-    step = max(1, block_elems // max(1, k * d))
-    for s in range(0, items.shape[0], step):
-        nb = database.index_select(0, indices[s:s + step].reshape(-1)).reshape(-1, k, d).float()
-        agg = items[s:s + step].float() + torch.einsum("qk,qkd->qd", w[s:s + step], nb)
-        out[s:s + step] = torch.nn.functional.normalize(agg, dim=1)
-    return out.to(items.dtype)
+    agg = items.float() + weighted_gather_sum(database, indices, w).float()
+    return torch.nn.functional.normalize(agg, dim=1).to(items.dtype)
 
 
 class _QueryExpansion(Reranker):

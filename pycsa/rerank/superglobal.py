@@ -8,15 +8,15 @@ Per query, on its top-M list:
 3. the top-M are re-sorted by (s1 + s2) / 2 with s2_i = q'·d'_i; the rest keep their order.
 The candidate itself always has weight 1 (the authors take it as the first of its
 K + 1 neighbours, which it is unless an exact duplicate is in the list).
-Memory: queries go in blocks so that the gathered neighbours stay under
-``block_elems`` values (about 256 MB in float32).
+Memory: queries go in blocks of about ``block_elems`` gathered feature values
+(256 MB in float32); the neighbour sums never materialise the M x K x d gather.
 """
 from __future__ import annotations
 
 import torch
 
 from .._tensors import as_tensor, check_features, to_caller
-from ..ops import affinity
+from ..ops import affinity, weighted_gather_sum
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import topk_lower_index
 
@@ -37,7 +37,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
     out = torch.empty((B, M), dtype=torch.float32, device=Q.device)
     Kn = min(K, M - 1)  # neighbours other than the candidate itself
     r = min(refine, M)
-    step = max(1, block_elems // max(1, M * (Kn + 1) * d))
+    step = max(1, block_elems // max(1, M * d))
     for s in range(0, B, step):
         t = top[s:s + step]
         b = t.shape[0]
@@ -48,12 +48,13 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
             sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # the candidate is added with weight 1 below
             s_nb, j_nb = topk_lower_index(sims.reshape(b * M, M), Kn)
             w = beta * s_nb.reshape(b, M, Kn)
-            nb = F.gather(1, j_nb.reshape(b, M * Kn, 1).expand(-1, -1, d)).reshape(b, M, Kn, d)
-            refined = (F + torch.einsum("bmk,bmkd->bmd", w, nb)) / (1 + w.sum(-1, keepdim=True))
+            rows = j_nb.reshape(b, M, Kn) + M * torch.arange(b, device=F.device).view(b, 1, 1)
+            nb_sum = weighted_gather_sum(F.reshape(b * M, d), rows.reshape(b * M, Kn), w.reshape(b * M, Kn))
+            refined = (F + nb_sum.reshape(b, M, d)) / (1 + w.sum(-1, keepdim=True))
         q = Q[s:s + step].float()
         s1 = torch.einsum("bd,bmd->bm", q, refined)
         best = topk_lower_index(s1, r)[1]
-        q2 = refined.gather(1, best.unsqueeze(-1).expand(-1, -1, d)).amax(dim=1)
+        q2 = refined[torch.arange(b, device=F.device).unsqueeze(1), best].amax(dim=1)
         s2 = torch.einsum("bd,bmd->bm", q2, refined)
         out[s:s + step] = (s1 + s2) / 2
     return out

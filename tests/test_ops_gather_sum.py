@@ -1,0 +1,36 @@
+"""weighted_gather_sum against float64 maths."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pycsa
+from pycsa.ops import reference
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n, d, r, k", [(1, 1, 1, 1), (13, 7, 5, 3), (101, 37, 29, 11), (50, 8, 0, 4), (9, 3, 4, 0)])
+def test_matches_float64(n, d, r, k, dtype, device):
+    g = torch.Generator().manual_seed(n + d)
+    src = torch.randn(n, d, generator=g).to(dtype).to(device)
+    idx = torch.randint(0, n, (r, k), generator=g).to(device)
+    w = torch.rand(r, k, generator=g).to(device)
+    out = pycsa.ops.weighted_gather_sum(src, idx, w)
+    want = reference.weighted_gather_sum(src.double().cpu(), idx.cpu(), w.double().cpu())
+    assert out.shape == (r, d)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(out.double().cpu(), want, atol=tol * max(1, k))
+
+
+def test_strided_source_and_errors():
+    big = torch.randn(20, 30)
+    src = big[:, 5:17]
+    idx = torch.tensor([[0, 19, 3]])
+    w = torch.tensor([[1.0, 0.5, -2.0]])
+    assert torch.allclose(pycsa.ops.weighted_gather_sum(src, idx, w), reference.weighted_gather_sum(src, idx, w))
+    with pytest.raises(IndexError, match="index"):
+        pycsa.ops.weighted_gather_sum(src, idx + 1, w)
+    with pytest.raises(ValueError, match="index/weight"):
+        pycsa.ops.weighted_gather_sum(src, idx, w[:, :2])
+    with pytest.raises(TypeError, match="index"):
+        pycsa.ops.weighted_gather_sum(src, idx.float(), w)
