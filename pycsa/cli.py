@@ -35,6 +35,17 @@ def progress_bar(desc: str, unit: str = "query"):
             bar.close()
 
 
+def run_reranker(name: str, Q, X, ranking):
+    """Fits and applies one re-ranker with progress bars; returns (new ranking, seconds)."""
+    reranker = pycsa.create(name)
+    t0 = time.perf_counter()
+    with progress_bar(f"{name}: offline", unit="item") as cb:
+        reranker.fit(X, progress=cb)
+    with progress_bar(f"{name}: re-rank") as cb:
+        new = reranker.rerank(Q, X, ranking, progress=cb)
+    return new, time.perf_counter() - t0
+
+
 def format_table(rows: list[dict], columns: list[str]) -> str:
     cells = [[str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -71,13 +82,8 @@ def run_demo(args) -> int:
 
     methods = pycsa.available() if args.methods == "all" else [m for m in args.methods.split(",") if m]
     for name in methods:
-        reranker = pycsa.create(name)
-        t0 = time.perf_counter()
-        with progress_bar(f"{name}: offline", unit="item") as cb:
-            reranker.fit(X, progress=cb)
-        with progress_bar(f"{name}: re-rank") as cb:
-            new = reranker.rerank(Q, X, ranking, progress=cb)
-        rows.append(_score_row(name, new.indices, data.gnd, time.perf_counter() - t0))
+        new, seconds = run_reranker(name, Q, X, ranking)
+        rows.append(_score_row(name, new.indices, data.gnd, seconds))
 
     columns = ["method", "easy mAP", "medium mAP", "hard mAP", "mP@10 (M)", "time (s)"]
     print(format_table(rows, columns))
@@ -227,13 +233,8 @@ def run_eval(args) -> int:
     rows = score("cosine", indices, scores, time.perf_counter() - t0)
     ranking = pycsa.Ranking(indices, scores)
     for name in methods:
-        reranker = pycsa.create(name)
-        t0 = time.perf_counter()
-        with progress_bar(f"{name}: offline", unit="item") as cb:
-            reranker.fit(X, progress=cb)
-        with progress_bar(f"{name}: re-rank") as cb:
-            new = reranker.rerank(Q, X, ranking, progress=cb)
-        rows += score(name, new.indices, new.scores, time.perf_counter() - t0)
+        new, seconds = run_reranker(name, Q, X, ranking)
+        rows += score(name, new.indices, new.scores, seconds)
 
     columns = {"revisited": ["method", "protocol", "mAP", "mP@1", "mP@5", "mP@10", "time (s)"],
                "reid": ["method", "rank-1", "rank-5", "rank-10", "mAP", "time (s)"],

@@ -1,26 +1,14 @@
 """pycsa.gnn_rerank and pycsa.compat.gnn_reranking against the dense torch baseline (SPEC §3)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 import pycsa
+from _baselines import baselines
 
-_BASELINE_PATH = Path(__file__).resolve().parents[1] / "bench" / "kreciprocal_numpy.py"
-
-
-def _load_baseline():
-    spec = importlib.util.spec_from_file_location("_pycsa_bench_kreciprocal_numpy", _BASELINE_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gnn_rerank_dense_torch = _load_baseline().gnn_rerank_dense_torch
+gnn_rerank_dense_torch = baselines.gnn_rerank_dense_torch
 
 
 def _feats(nq, ng, dim=24, seed=0):

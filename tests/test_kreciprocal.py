@@ -1,26 +1,15 @@
 """pycsa.k_reciprocal and its compat drop-ins against the plain-numpy baseline (SPEC §4)."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pycsa
+from _baselines import baselines
 
-_BASELINE_PATH = Path(__file__).resolve().parents[1] / "bench" / "kreciprocal_numpy.py"
-
-
-def _load_baseline():
-    spec = importlib.util.spec_from_file_location("_pycsa_bench_kreciprocal_numpy", _BASELINE_PATH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-re_ranking_numpy = _load_baseline().re_ranking_numpy
+re_ranking_numpy = baselines.re_ranking_numpy
 
 
 def _feats(nq, ng, dim=16, seed=0, num_ids=None):
@@ -106,7 +95,7 @@ def test_two_items_by_hand():
 
 def test_expansion_branch_is_exercised():
     """The test data must make the > 2/3 expansion add items, or the comparison misses that path."""
-    mod = _load_baseline()
+    mod = baselines
     Q, G = _feats(40, 300, seed=40 * 1000 + 300)
     qg, qq, gg = _dists(Q, G)
     d = np.concatenate([np.concatenate([qq, qg], 1), np.concatenate([qg.T, gg], 1)]) ** 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import positive_int, unit_interval
 from .._tensors import as_tensor, check_features, to_caller
 from ..ops import csr_add_transpose, csr_cross_dense, gnn_propagate
 from ..ranking import Progress, Ranking, Reranker, register
@@ -22,13 +23,7 @@ from ..search import Index, topk_lower_index
 
 
 def _params(k1, k2, lamb) -> tuple[int, int, float]:
-    for name, k in (("k1", k1), ("k2", k2)):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{name}: must be an int >= 1, got {k!r}")
-    lamb = float(lamb)
-    if not 0.0 <= lamb <= 1.0:
-        raise ValueError(f"lamb: must lie in [0, 1], got {lamb!r}")
-    return k1, k2, lamb
+    return positive_int(k1, "k1"), positive_int(k2, "k2"), unit_interval(lamb, "lamb")
 
 
 def knn_graph(Z: torch.Tensor, k: int):

@@ -12,6 +12,7 @@ import warnings
 
 import torch
 
+from .._checks import positive_int, unit_interval
 from .._tensors import as_tensor, check_finite, to_caller
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import topk_lower_index
@@ -19,13 +20,7 @@ from ..ops import _extension
 
 
 def _params(k1, k2, lambda_value) -> tuple[int, int, float]:
-    for name, k in (("k1", k1), ("k2", k2)):
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"{name}: must be an int >= 1, got {k!r}")
-    lam = float(lambda_value)
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lambda_value: must lie in [0, 1], got {lambda_value!r}")
-    return k1, k2, lam
+    return positive_int(k1, "k1"), positive_int(k2, "k2"), unit_interval(lambda_value, "lambda_value")
 
 
 def _on_cpu(tensors, what: str):

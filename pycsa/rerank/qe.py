@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import positive_int
 from .._tensors import as_tensor, check_features
 from ..ops import weighted_gather_sum
 from ..ranking import Progress, Ranking, Reranker, register
@@ -48,9 +49,7 @@ class _QueryExpansion(Reranker):
     kind = "mean"
 
     def __init__(self, k: int = 10, alpha: float = 3.0):
-        if k < 1:
-            raise ValueError(f"k: must be >= 1, got {k}")
-        self.k, self.alpha = k, alpha
+        self.k, self.alpha = positive_int(k, "k"), float(alpha)
         self._index = None
 
     def fit(self, database, *, progress: Progress = None):
@@ -92,9 +91,7 @@ class _DatabaseAugmentation(Reranker):
     kind = "mean"
 
     def __init__(self, k: int = 10, alpha: float = 3.0):
-        if k < 1:
-            raise ValueError(f"k: must be >= 1, got {k}")
-        self.k, self.alpha = k, alpha
+        self.k, self.alpha = positive_int(k, "k"), float(alpha)
         self._source = None  # Index over the database given to fit (identifies it)
         self._augmented = None  # Index over the augmented database
 

@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import positive_int
 from .._tensors import as_tensor, check_features, to_caller
 from ..ops import affinity, weighted_gather_sum
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import topk_lower_index
 
 
-def _check_params(M, K, beta, top):
-    for name, v in (("M", M), ("K", K), ("top", top)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name}: must be an int >= 1, got {v!r}")
+def _check_params(M, K, beta, refine):
+    positive_int(M, "M"), positive_int(K, "K"), positive_int(refine, "refine")
     if not float(beta) >= 0:
         raise ValueError(f"beta: must be >= 0, got {beta!r}")
 
