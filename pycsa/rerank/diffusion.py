@@ -1,0 +1,110 @@
+"""Diffusion re-ranking (Iscen et al. 2017, "DFS"; SPEC §6).
+
+Offline (``fit``): the mutual kNN graph of the database (k neighbours each, exact,
+blocked search), affinities max(s, 0)^γ, the symmetric normalisation
+S = D^{-1/2} W D^{-1/2}; O(n·k) memory.
+Online: for a block of queries at once, y = each query's top-``query_k`` similarities
+raised to γ (sparse), f solves (I - α S) f = y by conjugate gradient on all columns
+together (one sparse x dense product per iteration), and the database is ranked by f.
+Memory online: a few n x block dense vectors (block chosen to stay under
+``block_elems`` values per vector).
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import positive_int, unit_interval
+from .._tensors import as_tensor, check_features
+from ..ranking import Progress, Ranking, Reranker, register
+from ..search import Index, topk_lower_index
+
+
+def mutual_knn_graph(X: torch.Tensor, k: int, gamma: float, progress: Progress = None) -> torch.Tensor:
+    """Sparse (COO) symmetric-normalised affinity S of the mutual kNN graph of the rows of X."""
+    n = X.shape[0]
+    k = min(k, n - 1)
+    if k < 1:
+        return torch.sparse_coo_tensor(torch.zeros(2, 0, dtype=torch.int64), torch.zeros(0), (n, n),
+                                       check_invariants=False).coalesce()
+    s, idx = Index(X).search(X, k + 1, progress=progress)
+    rows = torch.arange(n).repeat_interleave(k + 1)
+    cols, vals = idx.reshape(-1), s.reshape(-1).clamp(min=0).pow(gamma)
+    keep = rows != cols  # no self loops
+    rows, cols, vals = rows[keep], cols[keep], vals[keep]
+    # Mutual edges only, weighted by the smaller of the two directions (W = min(W, Wᵀ)).
+    key, key_t = rows * n + cols, cols * n + rows
+    order = torch.argsort(key)
+    key_sorted = key[order]
+    pos = torch.searchsorted(key_sorted, key_t).clamp(max=key.numel() - 1)
+    mutual = key_sorted[pos] == key_t
+    w = torch.minimum(vals[mutual], vals[order][pos][mutual])
+    rows, cols = rows[mutual], cols[mutual]
+    deg = torch.zeros(n, dtype=w.dtype).index_add_(0, rows, w)
+    inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
+    w = w * inv_sqrt[rows] * inv_sqrt[cols]
+    return torch.sparse_coo_tensor(torch.stack([rows, cols]), w, (n, n), check_invariants=False).coalesce()
+
+
+def conjugate_gradient(S: torch.Tensor, Y: torch.Tensor, alpha: float, iters: int = 20, tol: float = 1e-6):
+    """Solves (I - α S) F = Y column by column (all columns in each sparse product)."""
+    F = torch.zeros_like(Y)
+    R = Y.clone()
+    P = R.clone()
+    rr = (R * R).sum(0)
+    stop = tol * tol * rr.clamp_min(1e-30)
+    for _ in range(iters):
+        if bool((rr <= stop).all()):
+            break
+        AP = P - alpha * torch.sparse.mm(S, P)
+        step = rr / (P * AP).sum(0).clamp_min(1e-30)
+        F += step * P
+        R -= step * AP
+        rr_new = (R * R).sum(0)
+        P = R + (rr_new / rr.clamp_min(1e-30)) * P
+        rr = rr_new
+    return F
+
+
+@register("diffusion")
+class Diffusion(Reranker):
+    """Diffusion on the database's mutual kNN graph; the top-k of each query's diffusion scores.
+
+    Defaults: k=50 graph neighbours, γ=3, α=0.99, the query's top-10 as its seed,
+    20 conjugate-gradient iterations.
+    """
+
+    def __init__(self, k: int = 50, gamma: float = 3.0, alpha: float = 0.99, query_k: int = 10,
+                 iters: int = 20, block_elems: int = 1 << 25):
+        self.k, self.query_k, self.iters = positive_int(k, "k"), positive_int(query_k, "query_k"), positive_int(iters, "iters")
+        self.gamma, self.alpha = float(gamma), unit_interval(alpha, "alpha")
+        self.block_elems = block_elems
+        self._graph = None
+        self._index = None
+
+    def fit(self, database, *, progress: Progress = None):
+        X, _ = as_tensor(database, "database")
+        check_features(X, "database", allow_empty=False)
+        self._index = Index(X)
+        self._graph = mutual_knn_graph(X.float().cpu(), self.k, self.gamma, progress)
+        return self
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        if self._index is None or not self._index.same_database(X):
+            self.fit(X)
+        n, q = X.shape[0], Q.shape[0]
+        depth = ranking.indices.shape[1]
+        kq = min(self.query_k, depth)
+        seed_idx = ranking.indices[:, :kq].cpu()
+        seed_val = ranking.scores[:, :kq].float().cpu().clamp(min=0).pow(self.gamma)
+        out_i = torch.empty((q, depth), dtype=torch.int64)
+        out_s = torch.empty((q, depth), dtype=torch.float32)
+        step = max(1, min(q, self.block_elems // max(1, n)))
+        for s in range(0, q, step):
+            b = min(q, s + step) - s
+            Y = torch.zeros(n, b)
+            Y[seed_idx[s:s + b].T, torch.arange(b).expand(kq, b)] = seed_val[s:s + b].T
+            F = conjugate_gradient(self._graph, Y, self.alpha, self.iters)
+            out_s[s:s + b], out_i[s:s + b] = topk_lower_index(F.T.contiguous(), depth)
+            if progress is not None:
+                progress(s + b, q)
+        return Ranking(out_i.to(Q.device), out_s.to(Q.device))
