@@ -80,7 +80,7 @@ def run_demo(args) -> int:
     rows = [_score_row("cosine (initial search)", indices, data.gnd, time.perf_counter() - t0)]
     ranking = pycsa.Ranking(indices, scores)
 
-    methods = pycsa.available() if args.methods == "all" else [m for m in args.methods.split(",") if m]
+    methods = _methods(args.methods)
     for name in methods:
         new, seconds = run_reranker(name, Q, X, ranking)
         rows.append(_score_row(name, new.indices, data.gnd, seconds))
@@ -96,12 +96,17 @@ def run_demo(args) -> int:
 
 
 def _methods(spec: str) -> list[str]:
-    names = pycsa.available() if spec == "all" else [m.strip() for m in spec.split(",") if m.strip()]
+    """Comma-separated names; 'all' stands for every registered one, 'a+b' for a chain."""
+    names = []
+    for m in (m.strip() for m in spec.split(",")):
+        if m:
+            names.extend(pycsa.available() if m == "all" else [m])
     if not names:
         raise ValueError("--method: name at least one re-ranker, or 'all' (see `pycsa methods`)")
     for name in names:
-        if name not in pycsa.available():
-            raise ValueError(f"--method: unknown re-ranker {name!r}; available: {', '.join(pycsa.available())}")
+        for part in name.split("+"):
+            if part not in pycsa.available():
+                raise ValueError(f"--method: unknown re-ranker {part!r}; available: {', '.join(pycsa.available())}")
     return names
 
 
