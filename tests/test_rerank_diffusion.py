@@ -76,3 +76,20 @@ def test_bad_parameters():
         pycsa.create("diffusion", alpha=1.5)
     with pytest.raises(ValueError, match="k"):
         pycsa.create("diffusion", k=0)
+
+
+def test_graph_cache_round_trip_and_key(tmp_path):
+    X = _data(50, seed=3)
+    a = pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X)
+    files = list(tmp_path.glob("diffusion-graph-*.pt"))
+    assert len(files) == 1
+    b = pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X)  # reloaded
+    assert torch.equal(a._graph.to_dense(), b._graph.to_dense())
+    X2 = X.clone()
+    X2[7, 0] += 1e-3  # any change of the database makes a new key
+    pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X2)
+    pycsa.create("diffusion", k=6, cache_dir=str(tmp_path)).fit(X)  # and so does another k
+    assert len(list(tmp_path.glob("diffusion-graph-*.pt"))) == 3
+    files[0].write_bytes(b"not a torch file")
+    with pytest.raises(ValueError, match="cache_dir"):
+        pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X)

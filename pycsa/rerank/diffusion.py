@@ -11,6 +11,10 @@ Memory online: a few n x block dense vectors (block chosen to stay under
 """
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from .._checks import positive_int, unit_interval
@@ -74,19 +78,47 @@ class Diffusion(Reranker):
     """
 
     def __init__(self, k: int = 50, gamma: float = 3.0, alpha: float = 0.99, query_k: int = 10,
-                 iters: int = 20, block_elems: int = 1 << 25):
+                 iters: int = 20, block_elems: int = 1 << 25, cache_dir: str | None = None):
         self.k, self.query_k, self.iters = positive_int(k, "k"), positive_int(query_k, "query_k"), positive_int(iters, "iters")
         self.gamma, self.alpha = float(gamma), unit_interval(alpha, "alpha")
         self.block_elems = block_elems
+        self.cache_dir = cache_dir
         self._graph = None
         self._index = None
 
     def fit(self, database, *, progress: Progress = None):
+        """Builds the graph, or with ``cache_dir`` reloads the one saved for this very database
+        (the file name is a hash of the database's bytes and of k and γ, so a changed database
+        or setting builds and saves a new graph)."""
         X, _ = as_tensor(database, "database")
         check_features(X, "database", allow_empty=False)
         self._index = Index(X)
+        path = self._cache_path(X)
+        if path is not None and path.is_file():
+            try:
+                idx, val, n = torch.load(path, weights_only=True)
+            except Exception as exc:
+                raise ValueError(f"cache_dir: cannot read the cached graph {path}: {exc}") from exc
+            self._graph = torch.sparse_coo_tensor(idx, val, (n, n), check_invariants=False).coalesce()
+            return self
         self._graph = mutual_knn_graph(X.float().cpu(), self.k, self.gamma, progress)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save((self._graph.indices(), self._graph.values(), X.shape[0]), tmp)
+            tmp.replace(path)  # a reader never sees a half-written file
         return self
+
+    def _cache_path(self, X: torch.Tensor) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{tuple(X.shape)} {X.dtype} k={self.k} gamma={self.gamma!r}".encode())
+        data = X.detach().cpu().contiguous()
+        if data.dtype == torch.bfloat16:
+            data = data.view(torch.int16)
+        h.update(memoryview(np.ascontiguousarray(data.numpy())).cast("B"))
+        return Path(self.cache_dir) / f"diffusion-graph-{h.hexdigest()}.pt"
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         if self._index is None or not self._index.same_database(X):

@@ -41,7 +41,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         t = top[s:s + step]
         b = t.shape[0]
         F = X.index_select(0, t.reshape(-1)).reshape(b, M, d).float()
-        refined = F.clone()
+        refined = F
         if Kn > 0:
             sims = affinity(X, t, M, check_finite=False).float()  # b x M x M, within each list
             sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # the candidate is added with weight 1 below
