@@ -93,3 +93,23 @@ def test_graph_cache_round_trip_and_key(tmp_path):
     files[0].write_bytes(b"not a torch file")
     with pytest.raises(ValueError, match="cache_dir"):
         pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X)
+
+
+def test_truncated_matches_dense_per_query():
+    X = _data(90, seed=4)
+    Q = torch.nn.functional.normalize(X[:5] + 0.1 * _data(5, seed=5), dim=1)
+    s, i = pycsa.search(Q, X, 60)
+    T, k, kq = 40, 6, 4
+    new = pycsa.create("diffusion_truncated", T=T, k=k, query_k=kq, alpha=0.9, iters=200).rerank(
+        Q, X, pycsa.Ranking(i, s))
+    for b in range(5):
+        top = i[b, :T]
+        A = torch.eye(T, dtype=torch.float64) - 0.9 * _dense_graph(X[top], k, 3.0)
+        y = torch.zeros(T, dtype=torch.float64)
+        y[:kq] = s[b, :kq].double().clamp(min=0) ** 3
+        f = torch.linalg.solve(A, y)
+        got = f[[int((top == j).nonzero()) for j in new.indices[b, :T]]]
+        assert torch.all(got[:-1] >= got[1:] - 1e-6)
+        assert torch.allclose(new.scores[b, :T].double(), got, atol=1e-5)
+        assert sorted(new.indices[b, :T].tolist()) == sorted(top.tolist())
+        assert torch.equal(new.indices[b, T:], i[b, T:])  # the rest keeps its place

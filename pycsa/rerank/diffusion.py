@@ -140,3 +140,83 @@ class Diffusion(Reranker):
             if progress is not None:
                 progress(s + b, q)
         return Ranking(out_i.to(Q.device), out_s.to(Q.device))
+
+
+def truncated_graph(sims: torch.Tensor, k: int, gamma: float) -> torch.Tensor:
+    """Dense b x T x T normalised mutual-kNN affinities inside each query's top-T list."""
+    b, T, _ = sims.shape
+    k = min(k, T - 1)
+    S = torch.zeros_like(sims)
+    if k < 1:
+        return S
+    masked = sims.clone()
+    masked.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # no self loops
+    val, idx = topk_lower_index(masked.reshape(b * T, T), k)
+    W = torch.zeros(b * T, T, dtype=sims.dtype, device=sims.device)
+    W.scatter_(1, idx, val.clamp(min=0).pow(gamma))
+    W = W.reshape(b, T, T)
+    Wt = W.transpose(1, 2)
+    M = torch.where((W > 0) & (Wt > 0), torch.minimum(W, Wt), S)
+    deg = M.sum(2)
+    inv = torch.where(deg > 0, deg.clamp_min(1e-30).rsqrt(), torch.zeros_like(deg))
+    return inv.unsqueeze(2) * M * inv.unsqueeze(1)
+
+
+@register("diffusion_truncated")
+class TruncatedDiffusion(Reranker):
+    """Diffusion restricted to each query's top-T (SPEC §6, the truncated variant): the graph of
+    the T candidates (one affinity call for a block of queries), the query's top-``query_k`` as
+    its seed, batched conjugate gradient; the top-T are re-sorted by f, the rest keep their place.
+    No offline stage. Memory: b x T x T per block of b queries (``block_elems`` values).
+    """
+
+    def __init__(self, T: int = 1000, k: int = 50, gamma: float = 3.0, alpha: float = 0.99, query_k: int = 10,
+                 iters: int = 20, block_elems: int = 1 << 25):
+        self.T, self.k = positive_int(T, "T"), positive_int(k, "k")
+        self.query_k, self.iters = positive_int(query_k, "query_k"), positive_int(iters, "iters")
+        self.gamma, self.alpha = float(gamma), unit_interval(alpha, "alpha")
+        self.block_elems = block_elems
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        from ..ops import affinity
+
+        q, depth = ranking.indices.shape
+        T = min(self.T, depth)
+        kq = min(self.query_k, T)
+        new_i, new_s = ranking.indices.clone(), ranking.scores.clone().float()
+        step = max(1, self.block_elems // max(1, T * T))
+        for s in range(0, q, step):
+            top = ranking.indices[s:s + step, :T]
+            b = top.shape[0]
+            S = truncated_graph(affinity(X, top, T, check_finite=False).float(), self.k, self.gamma)
+            Y = torch.zeros(b, T, device=S.device)
+            Y[:, :kq] = ranking.scores[s:s + step, :kq].float().clamp(min=0).pow(self.gamma)
+            f = _batched_cg(S, Y, self.alpha, self.iters)
+            # Best first; equal f by the lower database index.
+            by_index = torch.sort(top, dim=1, stable=True).indices
+            order = by_index.gather(1, torch.sort(f.gather(1, by_index), dim=1, descending=True, stable=True).indices)
+            new_i[s:s + step, :T] = top.gather(1, order)
+            new_s[s:s + step, :T] = f.gather(1, order)
+            if progress is not None:
+                progress(s + b, q)
+        return Ranking(new_i, new_s)
+
+
+def _batched_cg(S: torch.Tensor, Y: torch.Tensor, alpha: float, iters: int, tol: float = 1e-6) -> torch.Tensor:
+    """(I - α S_b) f_b = y_b for each b (S: b x T x T dense, Y: b x T)."""
+    F = torch.zeros_like(Y)
+    R = Y.clone()
+    P = R.clone()
+    rr = (R * R).sum(1, keepdim=True)
+    stop = tol * tol * rr.clamp_min(1e-30)
+    for _ in range(iters):
+        if bool((rr <= stop).all()):
+            break
+        AP = P - alpha * torch.bmm(S, P.unsqueeze(2)).squeeze(2)
+        step = rr / (P * AP).sum(1, keepdim=True).clamp_min(1e-30)
+        F += step * P
+        R -= step * AP
+        rr_new = (R * R).sum(1, keepdim=True)
+        P = R + (rr_new / rr.clamp_min(1e-30)) * P
+        rr = rr_new
+    return F
