@@ -51,19 +51,24 @@ def mutual_knn_graph(X: torch.Tensor, k: int, gamma: float, progress: Progress =
 
 def conjugate_gradient(S: torch.Tensor, Y: torch.Tensor, alpha: float, iters: int = 20, tol: float = 1e-6):
     """Solves (I - α S) F = Y column by column (all columns in each sparse product)."""
+    return _cg(lambda P: torch.sparse.mm(S, P), Y, alpha, iters, tol, dim=0)
+
+
+def _cg(apply_S, Y: torch.Tensor, alpha: float, iters: int, tol: float, dim: int) -> torch.Tensor:
+    """Conjugate gradient for (I - α S) f = y on every vector of Y at once (vectors run along ``dim``)."""
     F = torch.zeros_like(Y)
     R = Y.clone()
     P = R.clone()
-    rr = (R * R).sum(0)
+    rr = (R * R).sum(dim, keepdim=True)
     stop = tol * tol * rr.clamp_min(1e-30)
     for _ in range(iters):
         if bool((rr <= stop).all()):
             break
-        AP = P - alpha * torch.sparse.mm(S, P)
-        step = rr / (P * AP).sum(0).clamp_min(1e-30)
+        AP = P - alpha * apply_S(P)
+        step = rr / (P * AP).sum(dim, keepdim=True).clamp_min(1e-30)
         F += step * P
         R -= step * AP
-        rr_new = (R * R).sum(0)
+        rr_new = (R * R).sum(dim, keepdim=True)
         P = R + (rr_new / rr.clamp_min(1e-30)) * P
         rr = rr_new
     return F
@@ -204,19 +209,4 @@ class TruncatedDiffusion(Reranker):
 
 def _batched_cg(S: torch.Tensor, Y: torch.Tensor, alpha: float, iters: int, tol: float = 1e-6) -> torch.Tensor:
     """(I - α S_b) f_b = y_b for each b (S: b x T x T dense, Y: b x T)."""
-    F = torch.zeros_like(Y)
-    R = Y.clone()
-    P = R.clone()
-    rr = (R * R).sum(1, keepdim=True)
-    stop = tol * tol * rr.clamp_min(1e-30)
-    for _ in range(iters):
-        if bool((rr <= stop).all()):
-            break
-        AP = P - alpha * torch.bmm(S, P.unsqueeze(2)).squeeze(2)
-        step = rr / (P * AP).sum(1, keepdim=True).clamp_min(1e-30)
-        F += step * P
-        R -= step * AP
-        rr_new = (R * R).sum(1, keepdim=True)
-        P = R + (rr_new / rr.clamp_min(1e-30)) * P
-        rr = rr_new
-    return F
+    return _cg(lambda P: torch.bmm(S, P.unsqueeze(2)).squeeze(2), Y, alpha, iters, tol, dim=1)
