@@ -94,8 +94,8 @@ def search(queries, database, k: int, *, backend: str = "auto", block_elems: int
     return Index(database, backend=backend, block_elems=block_elems).search(queries, k, progress=progress)
 
 
-def _order_ties(scores: torch.Tensor, indices: torch.Tensor):
-    """Within runs of equal scores put the lower index first (rows are already score-sorted)."""
+def sort_by_score(scores: torch.Tensor, indices: torch.Tensor):
+    """Each row best first: descending score, equal scores by the lower index. Returns (scores, indices)."""
     order = torch.sort(indices, dim=1, stable=True).indices
     order = order.gather(1, torch.sort(scores.gather(1, order), dim=1, descending=True, stable=True).indices)
     return scores.gather(1, order), indices.gather(1, order)
@@ -114,7 +114,7 @@ def _search_faiss(index, Q, k, progress):
             D, I = _widen_ties(index, Qb, D, I, k)
         else:
             D, I = torch.from_numpy(D), torch.from_numpy(I)
-        scores[start:stop], indices[start:stop] = _order_ties(D, I)
+        scores[start:stop], indices[start:stop] = sort_by_score(D, I)
         if progress is not None:
             progress(stop, q)
     return scores, indices

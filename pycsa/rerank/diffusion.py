@@ -20,7 +20,7 @@ import torch
 from .._checks import positive_int, unit_interval
 from .._tensors import as_tensor, check_features
 from ..ranking import Progress, Ranking, Reranker, register
-from ..search import Index, topk_lower_index
+from ..search import Index, sort_by_score, topk_lower_index
 
 
 def mutual_knn_graph(X: torch.Tensor, k: int, gamma: float, progress: Progress = None) -> torch.Tensor:
@@ -197,11 +197,7 @@ class TruncatedDiffusion(Reranker):
             Y = torch.zeros(b, T, device=S.device)
             Y[:, :kq] = ranking.scores[s:s + step, :kq].float().clamp(min=0).pow(self.gamma)
             f = _batched_cg(S, Y, self.alpha, self.iters)
-            # Best first; equal f by the lower database index.
-            by_index = torch.sort(top, dim=1, stable=True).indices
-            order = by_index.gather(1, torch.sort(f.gather(1, by_index), dim=1, descending=True, stable=True).indices)
-            new_i[s:s + step, :T] = top.gather(1, order)
-            new_s[s:s + step, :T] = f.gather(1, order)
+            new_s[s:s + step, :T], new_i[s:s + step, :T] = sort_by_score(f, top)
             if progress is not None:
                 progress(s + b, q)
         return Ranking(new_i, new_s)

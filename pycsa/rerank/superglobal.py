@@ -19,7 +19,7 @@ from .._checks import positive_int
 from .._tensors import as_tensor, check_features, to_caller
 from ..ops import affinity, weighted_gather_sum
 from ..ranking import Progress, Ranking, Reranker, register
-from ..search import topk_lower_index
+from ..search import sort_by_score, topk_lower_index
 
 
 def _check_params(M, K, beta, refine):
@@ -89,15 +89,13 @@ def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None):
     m = min(M, rk.shape[1])
     top = rk[:, :m]
     final = superglobal_scores(Q.to(X.device), X, top, K, beta, refine)
-    # Best first; equal scores by the lower database index.
-    by_index = torch.sort(top, dim=1, stable=True).indices
-    order = by_index.gather(1, torch.sort(final.gather(1, by_index), dim=1, descending=True, stable=True).indices)
+    final, top = sort_by_score(final, top)
     new = rk.clone()
-    new[:, :m] = top.gather(1, order)
+    new[:, :m] = top
     new_scores = None
     if scores is not None:
         new_scores = scores.clone().float()
-        new_scores[:, :m] = final.gather(1, order)
+        new_scores[:, :m] = final
     return to_caller(new, was_numpy), new_scores
 
 
