@@ -4,12 +4,14 @@
 #include <torch/library.h>
 
 #include "affinity.h"
+#include "attention.h"
 #include "gather_sum.h"
 #include "graph.h"
 #include "kreciprocal.h"
 
 TORCH_LIBRARY(pycsa, m) {
   m.def("affinity(Tensor database, Tensor ranks, int num_anchors, Tensor? queries=None) -> Tensor");
+  m.def("attention(Tensor q, Tensor k, Tensor v, Tensor? lengths=None, float? scale=None) -> Tensor");
   m.def("k_reciprocal(Tensor q_g, Tensor q_q, Tensor g_g, int k1, int k2, float lambda_value) -> Tensor");
   m.def("weighted_gather_sum(Tensor source, Tensor index, Tensor weight) -> Tensor");
   m.def("csr_add_transpose(Tensor rowptr, Tensor col, Tensor val) -> (Tensor, Tensor, Tensor)");
@@ -20,6 +22,7 @@ TORCH_LIBRARY(pycsa, m) {
 
 TORCH_LIBRARY_IMPL(pycsa, CPU, m) {
   m.impl("affinity", &pycsa::affinity_cpu);
+  m.impl("attention", &pycsa::attention_cpu);
   m.impl("k_reciprocal", &pycsa::k_reciprocal_cpu);
   m.impl("k_reciprocal_features", &pycsa::k_reciprocal_features_cpu);
   m.impl("weighted_gather_sum", &pycsa::weighted_gather_sum_cpu);

@@ -4,9 +4,9 @@
 // 2 * max(kGroupElems, max(L, kChunk) * d) values of the compute type, plus a
 // staging block of the output when the compute type differs; never B x K x d.
 #include "../affinity.h"
+#include "cpu_features.h"
 
 #include <ATen/Parallel.h>
-#include <ATen/cpu/Utils.h>
 
 #include <algorithm>
 #include <cstring>
@@ -16,22 +16,6 @@ namespace {
 
 constexpr int64_t kChunk = 256;            // candidate rows per GEMM: big enough for BLAS, small in cache
 constexpr int64_t kGroupElems = 1 << 22;  // gathered values per group of lists (16 MB in float32)
-
-// bfloat16 GEMMs run natively (fp32 accumulation inside oneDNN) where the CPU has
-// bf16 dot-product instructions, about 3x faster than fp32; elsewhere they are
-// slow, so bfloat16 is widened to float32 there. float16 GEMMs on CPU are slow
-// everywhere torch runs today, so float16 is always widened.
-bool native_bf16_gemm() {
-  static const bool yes = [] {
-    const auto caps = at::cpu::get_cpu_capabilities();
-    auto has = [&](const char* name) {
-      auto it = caps.find(name);
-      return it != caps.end() && it->second.isBool() && it->second.toBool();
-    };
-    return has("avx512_bf16") || has("amx_bf16");
-  }();
-  return yes;
-}
 
 template <typename scalar_t, typename acc_t>
 struct ListGather {

@@ -5,7 +5,8 @@ Every op has a plain-PyTorch twin in :mod:`pycsa.ops.reference`.
 from . import reference
 from ._extension import has_cpu_kernels, has_cuda_kernels
 from .affinity import affinity
+from .attention import attention
 from .gather_sum import weighted_gather_sum
 from .graph import csr_add_transpose, csr_cross_dense, gnn_propagate
 
-__all__ = ["affinity", "weighted_gather_sum", "csr_add_transpose", "gnn_propagate", "csr_cross_dense", "reference", "has_cpu_kernels", "has_cuda_kernels"]
+__all__ = ["affinity", "attention", "weighted_gather_sum", "csr_add_transpose", "gnn_propagate", "csr_cross_dense", "reference", "has_cpu_kernels", "has_cuda_kernels"]

@@ -46,3 +46,29 @@ def weighted_gather_sum(source: torch.Tensor, index: torch.Tensor, weight: torch
     """out[r] = Σ_j weight[r, j]·source[index[r, j]] (materialises the r x k x d gather)."""
     acc = torch.float64 if source.dtype == torch.float64 else torch.float32
     return torch.einsum("rk,rkd->rd", weight.to(acc), source[index].to(acc))
+
+
+def key_mask(lengths: torch.Tensor | None, tokens: int, batch: int, device) -> torch.Tensor:
+    """B x T boolean mask, True where token t < lengths[b] (all True without lengths)."""
+    if lengths is None:
+        return torch.ones(batch, tokens, dtype=torch.bool, device=device)
+    return torch.arange(tokens, device=device) < lengths.to(device).reshape(-1, 1)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None = None,
+              scale: float | None = None) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v per (batch, head), (B, H, T, D) in and out.
+
+    Keys at or past ``lengths[b]`` get no weight; query rows at or past it are zero
+    (a sequence of length 0 is all zeros). Computed in float32 (float64 for float64
+    inputs) through the full T x T matrix, returned in the input dtype.
+    """
+    B, H, T, D = q.shape
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    scale = D ** -0.5 if scale is None else scale
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
+    valid = key_mask(lengths, T, B, q.device)  # B x T
+    s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a length-0 row is all -inf: no weights
+    out = torch.matmul(p, v.to(acc)) * valid[:, None, :, None]
+    return out.to(q.dtype)

@@ -1,0 +1,115 @@
+"""Fused multi-head self-attention with per-sequence lengths (the CSA and RRT encoders)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._tensors import as_tensor, to_caller
+from . import _extension, reference
+
+_KERNEL_TYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CUDA_HEAD_DIMS = (32, 64)
+
+
+def attention(q, k, v, lengths=None, *, scale: float | None = None):
+    """``softmax(q kᵀ · scale) v`` for every (sequence, head), without a tokens x tokens matrix.
+
+    ``q``, ``k``, ``v``: (batch, heads, tokens, head_dim), one dtype (float32, float16,
+    bfloat16; float64 runs the plain-PyTorch reference), any strides. ``lengths``
+    (batch,) gives each sequence's valid length: keys at or past it get no weight and
+    output rows at or past it are zero, and the kernels do no work for them, so a
+    ragged batch costs what its real tokens cost. ``scale`` defaults to 1/sqrt(head_dim).
+
+    CPU: C++ (blocked GEMMs and an online softmax, parallel over blocks of queries).
+    CUDA: one kernel (tensor cores for the half types) for head_dim 32 and 64; other
+    head dims on CUDA go to PyTorch's SDPA with a key mask. Differentiable: the
+    backward recomputes the attention with PyTorch's SDPA (no fused backward of our own).
+    """
+    q, was_numpy = as_tensor(q, "q")
+    k = as_tensor(k, "k")[0]
+    v = as_tensor(v, "v")[0]
+    lengths = _check(q, k, v, lengths)
+    if scale is not None:
+        scale = float(scale)
+    if q.dtype == torch.float64 or q.numel() == 0:
+        out = reference.attention(q, k, v, lengths, scale)
+    elif q.is_cuda and q.shape[-1] not in _CUDA_HEAD_DIMS:
+        out = sdpa_with_lengths(q, k, v, lengths, scale)
+    elif _extension.use_kernels("attention", q.device):
+        out = torch.ops.pycsa.attention(q, k, v, lengths, scale)
+    else:
+        out = reference.attention(q, k, v, lengths, scale)
+    return to_caller(out, was_numpy)
+
+
+def sdpa_with_lengths(q, k, v, lengths=None, scale=None):
+    """The same maths through ``F.scaled_dot_product_attention`` with a padding mask.
+
+    Used for the backward and as the baseline the benchmarks compare against.
+    """
+    if lengths is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    B, _, T, _ = q.shape
+    # A length-0 sequence keeps key 0 so that its softmax is defined; its rows are zeroed.
+    keys = reference.key_mask(lengths.clamp_min(1), T, B, q.device)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], scale=scale)
+    return out * reference.key_mask(lengths, T, B, q.device)[:, None, :, None].to(out.dtype)
+
+
+def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.Tensor | None:
+    if q.dim() != 4:
+        raise ValueError(f"q: expected a 4-D (batch, heads, tokens, head_dim) array, got shape {tuple(q.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.shape != q.shape:
+            raise ValueError(f"{name}: expected the shape of q {tuple(q.shape)}, got {tuple(t.shape)}")
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: dtype {t.dtype} differs from q dtype {q.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name}: on {t.device} but q is on {q.device}")
+    if q.dtype not in _KERNEL_TYPES + (torch.float64,):
+        raise TypeError(f"q: expected float32, float16, bfloat16 or float64, got {q.dtype}")
+    if lengths is None:
+        return None
+    lengths = as_tensor(lengths, "lengths")[0]
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
+    if lengths.shape != (q.shape[0],):
+        raise ValueError(f"lengths: expected shape ({q.shape[0]},), one length per sequence, got {tuple(lengths.shape)}")
+    if lengths.device != q.device:
+        raise ValueError(f"lengths: on {lengths.device} but q is on {q.device}")
+    # The range check synchronises a CUDA stream, so it is skipped while a CUDA graph
+    # is captured (the CUDA kernel clamps lengths to [0, tokens] anyway).
+    capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
+    if lengths.numel() and not capturing:
+        lo, hi = (int(x) for x in torch.aminmax(lengths))
+        if lo < 0 or hi > q.shape[2]:
+            raise ValueError(f"lengths: must lie in [0, {q.shape[2]}] (the token count), found [{lo}, {hi}]")
+    return lengths.long()
+
+
+def _register_autograd_and_fake() -> None:
+    @torch.library.register_fake("pycsa::attention")
+    def _(q, k, v, lengths=None, scale=None):
+        return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+    def setup_context(ctx, inputs, output):
+        q, k, v, lengths, scale = inputs
+        ctx.scale = scale
+        ctx.save_for_backward(q, k, v, lengths)
+
+    def backward(ctx, grad):
+        # No fused backward yet: recompute through SDPA (itself memory-efficient) and
+        # differentiate that.
+        q, k, v, lengths = ctx.saved_tensors
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_(need) for t, need in zip((q, k, v), ctx.needs_input_grad[:3])]
+            out = sdpa_with_lengths(*leaves, lengths, ctx.scale)
+            wanted = [t for t in leaves if t.requires_grad]
+            grads = iter(torch.autograd.grad(out, wanted, grad.to(out.dtype)))
+        return (*(next(grads) if t.requires_grad else None for t in leaves), None, None)
+
+    torch.library.register_autograd("pycsa::attention", backward, setup_context=setup_context)
+
+
+if _extension.has_cpu_kernels():
+    _register_autograd_and_fake()
