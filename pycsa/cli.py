@@ -35,9 +35,27 @@ def progress_bar(desc: str, unit: str = "query"):
             bar.close()
 
 
-def run_reranker(name: str, Q, X, ranking):
+def _needs_checkpoint(name: str) -> bool:
+    return name in pycsa.available() and getattr(pycsa.ranking.registered(name), "needs_checkpoint", False)
+
+
+def build_reranker(name: str, checkpoint=None):
+    """A re-ranker or chain by name; learned methods (CSA) get the checkpoint."""
+    parts = name.split("+")
+    made = []
+    for part in parts:
+        if _needs_checkpoint(part):
+            if checkpoint is None:
+                raise ValueError(f"--checkpoint: {part!r} needs a trained model (train one with `pycsa train`)")
+            made.append(pycsa.create(part, checkpoint=checkpoint))
+        else:
+            made.append(pycsa.create(part))
+    return made[0] if len(made) == 1 else pycsa.Chain(made)
+
+
+def run_reranker(name: str, Q, X, ranking, checkpoint=None):
     """Fits and applies one re-ranker with progress bars; returns (new ranking, seconds)."""
-    reranker = pycsa.create(name)
+    reranker = build_reranker(name, checkpoint)
     t0 = time.perf_counter()
     with progress_bar(f"{name}: offline", unit="item") as cb:
         reranker.fit(X, progress=cb)
@@ -81,8 +99,11 @@ def run_demo(args) -> int:
     ranking = pycsa.Ranking(indices, scores)
 
     methods = _methods(args.methods)
+    checkpoint = args.checkpoint
+    if checkpoint is None and any(_needs_checkpoint(p) for m in methods for p in m.split("+")):
+        checkpoint = _demo_csa_checkpoint(args)
     for name in methods:
-        new, seconds = run_reranker(name, Q, X, ranking)
+        new, seconds = run_reranker(name, Q, X, ranking, checkpoint)
         rows.append(_score_row(name, new.indices, data.gnd, seconds))
 
     columns = ["method", "easy mAP", "medium mAP", "hard mAP", "mP@10 (M)", "time (s)"]
@@ -95,12 +116,32 @@ def run_demo(args) -> int:
     return 0
 
 
-def _methods(spec: str) -> list[str]:
-    """Comma-separated names; 'all' stands for every registered one, 'a+b' for a chain."""
+def _demo_csa_checkpoint(args) -> str:
+    """Trains a small CSA model on a separate synthetic set (other seed: no test image is
+    seen) so that the demo can show CSA without a checkpoint; returns its path."""
+    import tempfile
+
+    train_set = make_retrieval_preset("small", seed=args.seed + 1000)
+    path = str(Path(tempfile.mkdtemp(prefix="pycsa-demo-")) / "csa-demo.pt")
+    print(f"csa: no --checkpoint given; training a small model (K=L=96, dim 64, 4 epochs) on a separate "
+          f"synthetic set of {train_set.num_db} items (seed {args.seed + 1000}) -> {path}")
+    t0 = time.perf_counter()
+    with progress_bar("csa: training", unit="batch") as cb:
+        pycsa.csa.train(train_set.database, train_set.db_labels, K=96, L=96, dim=64, depth=2, heads=1, epochs=4,
+                        batch_size=16, lr=0.3, dropout=0.0, drop_path=0.0, checkpoint=path, progress=cb)
+    print(f"csa: trained in {time.perf_counter() - t0:.1f} s (the table's time is re-ranking only)\n")
+    return path
+
+
+def _methods(spec: str, learned: bool = True) -> list[str]:
+    """Comma-separated names; 'all' stands for every registered one (the learned ones only
+    when ``learned``, i.e. a checkpoint is at hand), 'a+b' for a chain."""
     names = []
     for m in (m.strip() for m in spec.split(",")):
-        if m:
-            names.extend(pycsa.available() if m == "all" else [m])
+        if m == "all":
+            names.extend(n for n in pycsa.available() if learned or not _needs_checkpoint(n))
+        elif m:
+            names.append(m)
     if not names:
         raise ValueError("--method: name at least one re-ranker, or 'all' (see `pycsa methods`)")
     for name in names:
@@ -195,10 +236,12 @@ def _plot(rows: list[dict], mode: str, title: str, out: str) -> None:
 
 
 def run_eval(args) -> int:
-    methods = _methods(args.method)
+    methods = _methods(args.method, learned=args.checkpoint is not None)
     if args.k < 1:
         raise ValueError(f"--k: must be a positive int, got {args.k}")
     fs = load_retrieval_features(args.features)
+    if args.class_split != "all":
+        fs = fs.class_half(args.class_split)
     Q, X = fs.queries, fs.database
     if args.gnd:
         mode = "revisited"
@@ -238,7 +281,7 @@ def run_eval(args) -> int:
     rows = score("cosine", indices, scores, time.perf_counter() - t0)
     ranking = pycsa.Ranking(indices, scores)
     for name in methods:
-        new, seconds = run_reranker(name, Q, X, ranking)
+        new, seconds = run_reranker(name, Q, X, ranking, args.checkpoint)
         rows += score(name, new.indices, new.scores, seconds)
 
     columns = {"revisited": ["method", "protocol", "mAP", "mP@1", "mP@5", "mP@10", "time (s)"],
@@ -267,6 +310,70 @@ def run_eval(args) -> int:
     return 0
 
 
+def _training_sets(paths: list, split: str):
+    """Feature sets of the same labelled images (one per extractor), optionally one class half."""
+    sets = []
+    for p in paths:
+        fs = load_retrieval_features(p)
+        if not (fs.queries_are_database and fs.has_labels):
+            raise ValueError(f"--features: {p} must hold one labelled matrix (features and labels) to train on")
+        sets.append(fs if split == "all" else fs.class_half(split))
+    first = sets[0]
+    for p, fs in zip(paths[1:], sets[1:]):
+        if fs.database.shape[0] != first.database.shape[0] or not np.array_equal(fs.db_labels, first.db_labels):
+            raise ValueError(f"--features: {p} does not describe the same images as {paths[0]} "
+                             "(counts or labels differ); pooled feature sets must list the same images in order")
+    return sets
+
+
+def run_train(args) -> int:
+    sets = _training_sets(args.features, args.class_split)
+    val = None
+    if args.val_features:
+        val = load_retrieval_features(args.val_features)
+        if not (val.queries_are_database and val.has_labels):
+            raise ValueError(f"--val-features: {args.val_features} must hold one labelled matrix")
+        if args.val_class_split != "all":
+            val = val.class_half(args.val_class_split)
+    n, d = sets[0].database.shape
+    print(f"pycsa {pycsa.__version__} train csa: {len(sets)} feature set(s) x {n} images (d={', '.join(str(fs.database.shape[1]) for fs in sets)}), "
+          f"{np.unique(sets[0].db_labels).size} classes"
+          + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))
+    print(f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}; lists K={args.K}; "
+          f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
+    fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f} (contrastive {r['contrastive']:.4f}, "  # noqa: E731
+                     f"mse {r['mse']:.4f})  lr {r['lr']:.4g}"
+                     + (f"  val mAP {100 * r['val_map']:.2f}" if r["val_map"] is not None else ""))
+    with progress_bar("csa: training", unit="batch") as cb:
+        result = pycsa.csa.train(
+            [fs.database for fs in sets], sets[0].db_labels,
+            val_features=None if val is None else val.database, val_labels=None if val is None else val.db_labels,
+            K=args.K, L=args.L, dim=args.dim, depth=args.depth, heads=args.heads, dropout=args.dropout,
+            drop_path=args.drop_path, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
+            checkpoint=args.out, resume=args.resume, seed=args.seed, progress=cb,
+            on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
+    if result.history:
+        print(f"wrote {args.out}")
+    return 0
+
+
+def run_rerank(args) -> int:
+    methods = _methods(args.method, learned=args.checkpoint is not None)
+    if len(methods) != 1:
+        raise ValueError("--method: name one re-ranker (or one chain 'a+b') for `pycsa rerank`")
+    fs = load_retrieval_features(args.features)
+    Q, X = fs.queries, fs.database
+    k = min(X.shape[0], args.k)
+    with progress_bar("initial search") as cb:
+        scores, indices = pycsa.search(Q, X, k, progress=cb)
+    new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), args.checkpoint)
+    np.savez(args.out, indices=np.asarray(new.indices), scores=np.asarray(new.scores))
+    print(f"{methods[0]}: re-ranked {Q.shape[0]} queries (top {k} of {X.shape[0]}) in {seconds:.3f} s; "
+          f"wrote {args.out} (indices, scores: queries x {k}, best first)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pycsa", description="Fast re-ranking for image retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -277,6 +384,7 @@ def main(argv=None) -> int:
     demo.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
     demo.add_argument("--methods", default="all", help="comma-separated re-rankers, or 'all' (see `pycsa methods`)")
     demo.add_argument("--json", help="also write the table as JSON to this file")
+    demo.add_argument("--checkpoint", help="CSA checkpoint (default: train a small one on a separate synthetic set)")
     demo.set_defaults(run=run_demo)
 
     ev = sub.add_parser("eval", help="evaluate the initial search and re-rankers on a features file")
@@ -293,7 +401,47 @@ def main(argv=None) -> int:
                          "label protocols rank the whole database")
     ev.add_argument("--json", help="also write the table rows as JSON to this file")
     ev.add_argument("--plot", help="also write a bar chart of mAP per method to this PNG file (needs matplotlib)")
+    ev.add_argument("--checkpoint", help="trained model for learned re-rankers (csa); 'all' includes them only with it")
+    ev.add_argument("--class-split", default="all", choices=["all", "first", "second"],
+                    help="evaluate on one half of the classes only (e.g. the half a model was not trained on)")
     ev.set_defaults(run=run_eval)
+
+    tr = sub.add_parser("train", help="train a CSA model on labelled features")
+    tr.add_argument("--features", required=True, action="append",
+                    help="labelled features file; repeat to pool several extractors' features of the same images")
+    tr.add_argument("--out", required=True, help="checkpoint path, written after every epoch")
+    tr.add_argument("--method", default="csa", choices=["csa"], help="what to train (csa)")
+    tr.add_argument("--class-split", default="all", choices=["all", "first", "second"],
+                    help="train on one half of the classes only")
+    tr.add_argument("--val-features", help="labelled features for the validation mAP after each epoch")
+    tr.add_argument("--val-class-split", default="all", choices=["all", "first", "second"])
+    tr.add_argument("--K", type=int, default=512, help="ranking list length in training (default 512)")
+    tr.add_argument("--L", type=int, default=512, help="anchors (default 512)")
+    tr.add_argument("--dim", type=int, default=768)
+    tr.add_argument("--depth", type=int, default=2)
+    tr.add_argument("--heads", type=int, default=12)
+    tr.add_argument("--dropout", type=float, default=0.1)
+    tr.add_argument("--drop-path", type=float, default=0.1)
+    tr.add_argument("--epochs", type=int, default=100)
+    tr.add_argument("--batch-size", type=int, default=256)
+    tr.add_argument("--lr", type=float, default=None, help="default 0.1 x batch / 256")
+    tr.add_argument("--warmup-epochs", type=int, default=None)
+    tr.add_argument("--tau", type=float, default=2.0)
+    tr.add_argument("--lam", type=float, default=0.2)
+    tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="bfloat16 autocast (default: on for CUDA)")
+    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    tr.add_argument("--resume", help="continue from this checkpoint")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.set_defaults(run=run_train)
+
+    rr = sub.add_parser("rerank", help="initial search and one re-ranker on a features file; saves the ranking")
+    rr.add_argument("--features", required=True)
+    rr.add_argument("--method", required=True, help="re-ranker name or chain 'a+b'")
+    rr.add_argument("--checkpoint", help="trained model for learned re-rankers (csa)")
+    rr.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
+    rr.add_argument("--out", required=True, help=".npz file for the new ranking (indices, scores)")
+    rr.set_defaults(run=run_rerank)
 
     methods = sub.add_parser("methods", help="list the re-rankers")
     methods.set_defaults(run=lambda a: print("\n".join(pycsa.available())) or 0)
@@ -301,7 +449,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, IndexError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, TypeError, IndexError, FileNotFoundError, ImportError, FloatingPointError) as exc:
         print(f"pycsa: error: {exc}", file=sys.stderr)
         return 2
 

@@ -88,6 +88,14 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def registered(name: str) -> type:
+    """The re-ranker class registered under ``name``."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"name: unknown re-ranker {name!r}; available: {', '.join(available())}") from None
+
+
 class Chain(Reranker):
     """Re-rankers applied one after another, each to the previous one's ranking.
 

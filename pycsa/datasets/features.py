@@ -42,7 +42,7 @@ a dict of tensors; no code in the file runs); ``.npy``/``.npz`` without pickle.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -95,6 +95,23 @@ class FeatureSet:
     @property
     def has_cams(self) -> bool:
         return self.query_cams is not None and self.db_cams is not None
+
+    def class_half(self, part: str) -> "FeatureSet":
+        """The items of the first or the second half of the classes (sorted label ids;
+        negative labels, distractors, are dropped): a class-disjoint train/test split.
+        Only for sets whose queries are the database (one labelled matrix)."""
+        if part not in ("first", "second"):
+            raise ValueError(f"part: expected 'first' or 'second', got {part!r}")
+        if not (self.queries_are_database and self.has_labels):
+            raise ValueError("a class split needs one labelled matrix (every item a query against the others)")
+        classes = np.unique(self.db_labels[self.db_labels >= 0])
+        if classes.size < 2:
+            raise ValueError(f"a class split needs at least 2 classes, found {classes.size}")
+        half = classes.size // 2
+        keep = np.isin(self.db_labels, classes[:half] if part == "first" else classes[half:])
+        X, y = self.database[keep], self.db_labels[keep]
+        return replace(self, queries=X, database=X, query_labels=y, db_labels=y,
+                       names=None if self.names is None else self.names[keep])
 
 
 # --------------------------------------------------------------------------- reading

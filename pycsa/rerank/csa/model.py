@@ -1,0 +1,109 @@
+"""The CSA network (SPEC §2): affinity features refined by a small transformer.
+
+Input: per ranking list, the K x L affinity matrix (item i against the list's top-L
+anchors; the query is item 1). ``Linear(L→D)``, then ``depth`` pre-norm encoder blocks
+(LN → multi-head self-attention → residual; LN → MLP(D→4D, GELU, →D) → residual), no
+positional embedding, so K may differ between training and serving. The new score
+of item i is cos(y_1, y_i). Attention runs on :func:`pycsa.ops.attention`, whose
+``lengths`` let one batch hold lists of different K without work on the padding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...ops import attention
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops a whole residual branch per sample while training."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * keep / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm encoder block. Dropout acts on the projections (the fused attention has no
+    dropout on its weights)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int = 4, dropout: float = 0.1, drop_path: float = 0.1):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim: {dim} is not divisible by heads={heads}")
+        self.heads = heads
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, mlp_ratio * dim)
+        self.fc2 = nn.Linear(mlp_ratio * dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        B, T, C = x.shape
+        # (B, T, 3, H, Dh) viewed as three (B, H, T, Dh): the kernel reads the strides, no copy
+        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = attention(q, k, v, lengths).transpose(1, 2).reshape(B, T, C)
+        x = x + self.drop_path(self.drop(self.proj(a)))
+        h = self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x)))))
+        return x + self.drop_path(self.drop(h))
+
+
+class CSA(nn.Module):
+    """Contextual similarity aggregation (SPEC §2). Defaults are the paper's.
+
+    ``forward(affinity, lengths=None)`` maps B x K x L affinity features to refined
+    features B x K x D; :meth:`scores` turns them into cos(y_1, y_i). ``reconstruct``
+    is the 2-layer MLP of the MSE loss (D → D → L), used only in training.
+    """
+
+    def __init__(self, num_anchors: int = 512, dim: int = 768, depth: int = 2, heads: int = 12,
+                 dropout: float = 0.1, drop_path: float = 0.1):
+        super().__init__()
+        for name, value in (("num_anchors", num_anchors), ("dim", dim), ("depth", depth), ("heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+        self.config = dict(num_anchors=num_anchors, dim=dim, depth=depth, heads=heads, dropout=dropout,
+                           drop_path=drop_path)
+        self.num_anchors = num_anchors
+        self.embed = nn.Linear(num_anchors, dim)
+        # stochastic depth grows linearly with depth, as in the ViT recipes the authors follow
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(Block(dim, heads, 4, dropout, r) for r in rates)
+        self.reconstruct = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_anchors))
+        self.apply(_init)
+
+    def forward(self, affinity: torch.Tensor, lengths: torch.Tensor | None = None, *, reconstruct: bool = False):
+        """Refined features B x K x D; with ``reconstruct`` also the MSE head's B x K x L output
+        (inside forward, so that DistributedDataParallel sees every parameter used)."""
+        if affinity.dim() != 3 or affinity.shape[-1] != self.num_anchors:
+            raise ValueError(f"affinity: expected B x K x {self.num_anchors} (this model's num_anchors), "
+                             f"got {tuple(affinity.shape)}")
+        x = self.embed(affinity.to(self.embed.weight.dtype))
+        for block in self.blocks:
+            x = block(x, lengths)
+        return (x, self.reconstruct(x)) if reconstruct else x
+
+    @staticmethod
+    def scores(y: torch.Tensor) -> torch.Tensor:
+        """cos(y_1, y_i) for every item i of each list: B x K, in float32."""
+        y = F.normalize(y.float(), dim=-1)
+        return torch.einsum("bd,bkd->bk", y[:, 0], y)
+
+
+def _init(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -1,0 +1,146 @@
+"""Serving a trained CSA model: re-sort each query's top-K by refined affinity features."""
+from __future__ import annotations
+
+import torch
+
+from ..._checks import positive_int
+from ..._tensors import as_tensor, to_caller
+from ...ops import affinity
+from ...ranking import Progress, Ranking, Reranker, register
+from ...search import sort_by_score
+from .checkpoint import load_model
+from .model import CSA
+
+
+class _GraphedModel:
+    """Replays a CUDA graph of the model per input shape: at small batches the launch
+    overhead of ~30 kernels would otherwise dominate. At most ``max_graphs`` shapes are kept."""
+
+    def __init__(self, model: CSA, max_graphs: int = 8):
+        self.model, self.max_graphs, self.graphs = model, max_graphs, {}
+
+    def __call__(self, A: torch.Tensor) -> torch.Tensor:
+        key = (tuple(A.shape), A.dtype)
+        if key not in self.graphs:
+            if len(self.graphs) >= self.max_graphs:
+                return self.model(A)
+            static_in = A.clone()
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):  # warm-up outside the capture (allocator, lazy init)
+                    self.model(static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.model(static_in)
+            self.graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self.graphs[key]
+        static_in.copy_(A)
+        graph.replay()
+        return static_out.clone()
+
+
+@torch.no_grad()
+def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, *, batch_size: int = 64,
+               dtype: torch.dtype | None = None, forward=None, progress: Progress = None) -> torch.Tensor:
+    """cos(y_query, y_i) for the candidates ``top`` (B x R database indices) of each query: B x R.
+
+    Each list is the query followed by its R candidates (K = R + 1 items); anchors are
+    its first L items. ``dtype``: the precision of the affinity features and the model.
+    """
+    L = model.num_anchors
+    B, R = top.shape
+    if R + 1 < L:
+        raise ValueError(f"ranking: has {R} candidates per query but the model uses L={L} anchors "
+                         f"(the query and its top {L - 1}); rank at least {L - 1} items")
+    forward = model if forward is None else forward
+    dtype = dtype or X.dtype
+    out = torch.empty((B, R), dtype=torch.float32, device=X.device)
+    Xd, Qd = X.to(dtype), Q.to(dtype)
+    for s in range(0, B, batch_size):
+        A = affinity(Xd, top[s:s + batch_size], L, queries=Qd[s:s + batch_size])
+        out[s:s + batch_size] = CSA.scores(forward(A))[:, 1:]
+        if progress is not None:
+            progress(min(s + batch_size, B), B)
+    return out
+
+
+@register("csa")
+class CSAReranker(Reranker):
+    """CSA re-ranking (SPEC §2) with a trained model: the top-K of each ranking are
+    re-sorted by cos(y_query, y_i); the rest keep their place and scores.
+
+    ``CSAReranker.load("csa.pt")`` or ``pycsa.create("csa", checkpoint="csa.pt")``.
+    ``k`` is the list length K (query included), independent of the K used in
+    training; ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA; on CUDA the
+    model runs as CUDA graphs (``cuda_graphs``), one per batch shape.
+    """
+
+    needs_checkpoint = True
+
+    def __init__(self, checkpoint=None, *, model: CSA | None = None, k: int = 1024, batch_size: int = 64,
+                 device=None, dtype: torch.dtype | None = None, cuda_graphs: bool = True,
+                 num_anchors: int | None = None):
+        if model is None:
+            if checkpoint is None:
+                raise ValueError("checkpoint: CSA needs a trained model: CSAReranker.load(path) or "
+                                 "create('csa', checkpoint=path); train one with `pycsa train` or pycsa.csa.train")
+            model = load_model(checkpoint, num_anchors)
+        elif num_anchors is not None and model.num_anchors != num_anchors:
+            raise ValueError(f"model: has L={model.num_anchors} anchors, not {num_anchors}")
+        self.k = positive_int(k, "k")
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
+        self._model = model.eval()
+        self._placed = {}
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "CSAReranker":
+        return cls(path, **kwargs)
+
+    @property
+    def model(self) -> CSA:
+        return self._model
+
+    def _model_on(self, device: torch.device, dtype: torch.dtype):
+        """The model on the data's device in the serving precision (cached), and how to call it."""
+        key = (device, dtype)
+        if key not in self._placed:
+            m = self._model.to(device=device, dtype=dtype).eval()
+            fwd = _GraphedModel(m) if device.type == "cuda" and self.cuda_graphs else m
+            self._placed = {key: (m, fwd)}
+        return self._placed[key]
+
+    def rerank(self, queries, database, ranking, *, k: int | None = None, progress: Progress = None):
+        """Re-ranks; ``ranking`` is a :class:`Ranking` (indices, scores) or a plain B x R array
+        of database indices, in which case the new indices alone are returned."""
+        if k is not None:
+            old, self.k = self.k, positive_int(k, "k")
+            try:
+                return self.rerank(queries, database, ranking, progress=progress)
+            finally:
+                self.k = old
+        if isinstance(ranking, Ranking) or (isinstance(ranking, tuple) and len(ranking) == 2):
+            return super().rerank(queries, database, ranking, progress=progress)
+        idx, was_numpy = as_tensor(ranking, "ranks")
+        out = super().rerank(queries, database, Ranking(idx, torch.zeros(idx.shape, device=idx.device)),
+                             progress=progress)
+        return out.indices
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        device = torch.device(self.device) if self.device is not None else X.device
+        dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        model, forward = self._model_on(device, dtype)
+        idx = ranking.indices
+        m = min(self.k - 1, idx.shape[1])  # the query is the list's first item
+        top = idx[:, :m].to(device)
+        new_scores = csa_scores(model, Q.to(device), X.to(device), top, batch_size=self.batch_size, dtype=dtype,
+                                forward=forward, progress=progress).to(idx.device)
+        new_scores, new_top = sort_by_score(new_scores, top.to(idx.device))
+        indices = idx.clone()
+        indices[:, :m] = new_top
+        scores = ranking.scores.clone().float()
+        scores[:, :m] = new_scores
+        return Ranking(indices, scores)

@@ -1,0 +1,285 @@
+"""Training CSA (SPEC §2): samples from labelled features, contrastive + MSE loss, SGD with
+warm-up and cosine decay, validation mAP per epoch, resumable checkpoints, DDP."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..._checks import positive_int
+from ..._tensors import as_tensor, check_features
+from ...evaluate import class_map
+from ...ops import affinity
+from ...ranking import Progress
+from ...search import search
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .model import CSA
+from .serve import csa_scores
+
+
+@dataclass
+class TrainResult:
+    model: CSA
+    """The trained model, in eval mode."""
+    history: list = field(default_factory=list)
+    """One dict per epoch: epoch, loss, contrastive, mse, lr, val_map (None without validation data)."""
+
+
+@dataclass
+class _SampleSet:
+    X: torch.Tensor  # N x d features of one extractor
+    ranks: torch.Tensor  # N x (max(K, L) - 1): each image's neighbours, itself left out
+    relevant: torch.Tensor  # N x (max(K, L) - 1): same label as the image
+
+
+def neighbours_without_self(X: torch.Tensor, depth: int) -> torch.Tensor:
+    """Each row's top-``depth`` other rows (its own index removed wherever it ranks)."""
+    n = X.shape[0]
+    _, idx = search(X, X, min(depth + 1, n))
+    idx = torch.as_tensor(idx, device=X.device)
+    is_self = idx == torch.arange(n, device=X.device).unsqueeze(1)
+    # a stable sort moves each row's own index to the end and keeps the others in order
+    order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
+    return idx.gather(1, order)[:, :depth]
+
+
+def build_samples(features: list, labels: torch.Tensor, K: int, L: int) -> list[_SampleSet]:
+    """One sample per image and feature set: the image as query and its top-max(K, L)
+    list (itself first) in the same feature set."""
+    depth = max(K, L) - 1
+    sets = []
+    for X in features:
+        ranks = neighbours_without_self(X, depth)
+        # a negative label marks a distractor: relevant to nothing, not even another distractor
+        relevant = (labels[ranks] == labels.unsqueeze(1)) & (labels.unsqueeze(1) >= 0)
+        sets.append(_SampleSet(X, ranks, relevant))
+    return sets
+
+
+def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: torch.Generator):
+    """Affinity features (b x K x L) and relevance (b x K, the query counted relevant) of
+    samples ``ids`` (set * N + image), rows 2..K randomly permuted as the authors do."""
+    n = sets[0].X.shape[0]
+    A_parts, rel_parts = [], []
+    for s, sset in enumerate(sets):
+        img = ids[(ids // n) == s] % n
+        if img.numel() == 0:
+            continue
+        img = img.to(sset.X.device)
+        A_parts.append(affinity(sset.X, sset.ranks[img], L, queries=sset.X[img])[:, :K])
+        rel = sset.relevant[img][:, :K - 1]
+        rel_parts.append(torch.cat([torch.ones_like(rel[:, :1]), rel], dim=1))
+    A, rel = torch.cat(A_parts), torch.cat(rel_parts)
+    b = A.shape[0]
+    perm = torch.argsort(torch.rand(b, K - 1, generator=gen), dim=1).to(A.device) + 1
+    order = torch.cat([torch.zeros(b, 1, dtype=perm.dtype, device=A.device), perm], dim=1)
+    return A.gather(1, order.unsqueeze(-1).expand(-1, -1, A.shape[2])), rel.gather(1, order)
+
+
+def csa_loss(y: torch.Tensor, rec: torch.Tensor, A: torch.Tensor, relevant: torch.Tensor, tau: float = 2.0,
+             lam: float = 0.2):
+    """L_C + λ·L_M (SPEC §2). L_C: −log of the softmax mass (temperature τ) of the relevant
+    items among items 2..K, by cosine to the query's refined feature; lists without a
+    relevant item are left out. L_M: squared distance between each affinity row and its
+    reconstruction from y, both L2-normalised, averaged over items."""
+    s = CSA.scores(y)[:, 1:] / tau
+    pos = relevant[:, 1:]
+    has = pos.any(dim=1)
+    if has.any():
+        lse_pos = torch.logsumexp(s.masked_fill(~pos, float("-inf")), dim=1)
+        l_c = (torch.logsumexp(s, dim=1) - lse_pos)[has].mean()
+    else:
+        l_c = s.sum() * 0.0
+    l_m = (F.normalize(rec.float(), dim=-1) - F.normalize(A.float(), dim=-1)).pow(2).sum(-1).mean()
+    return l_c + lam * l_m, l_c.detach(), l_m.detach()
+
+
+@torch.no_grad()
+def validation_map(model: CSA, X: torch.Tensor, labels, k: int, *, batch_size: int = 64) -> float:
+    """Class mAP on a labelled set, every image a query against the others, after CSA
+    re-ranks each query's top-``k`` (query included)."""
+    X = torch.as_tensor(X)
+    n = X.shape[0]
+    top = neighbours_without_self(X, n - 1)
+    m = min(k - 1, n - 1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=X.device.type == "cuda"):
+            s = csa_scores(model, X, X, top[:, :m], batch_size=batch_size, dtype=X.dtype)
+    finally:
+        model.train(was_training)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    top[:, :m] = top[:, :m].gather(1, order)
+    own = torch.arange(n, device=X.device).unsqueeze(1)
+    full = torch.cat([top, own], dim=1).cpu().numpy()  # the query itself last, dropped by exclude_self
+    labels = np.asarray(torch.as_tensor(labels).cpu())
+    return class_map(full, labels, labels, exclude_self=True)
+
+
+def _features_list(features, name):
+    if isinstance(features, (list, tuple)):
+        items = [as_tensor(f, f"{name}[{i}]")[0] for i, f in enumerate(features)]
+    else:
+        items = [as_tensor(features, name)[0]]
+    if not items:
+        raise ValueError(f"{name}: empty list")
+    for i, X in enumerate(items):
+        check_features(X, f"{name}[{i}]")
+        if X.shape[0] != items[0].shape[0]:
+            raise ValueError(f"{name}[{i}]: {X.shape[0]} rows; every feature set must describe the same "
+                             f"{items[0].shape[0]} images (in the same order)")
+    return [X.float() for X in items]
+
+
+def _labels(labels, n, name):
+    y = torch.as_tensor(np.asarray(labels))
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} labels (one per image), got shape {tuple(y.shape)}")
+    if y.is_floating_point():
+        raise TypeError(f"{name}: expected integer class labels, got {y.dtype}")
+    return y.long()
+
+
+def _distributed():
+    """(rank, world size), starting the process group when launched by torchrun."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return 0, 1
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def train(features, labels, *, val_features=None, val_labels=None, K: int = 512, L: int = 512, dim: int = 768,
+          depth: int = 2, heads: int = 12, dropout: float = 0.1, drop_path: float = 0.1, epochs: int = 100,
+          batch_size: int = 256, lr: float | None = None, warmup_epochs: int | None = None, momentum: float = 0.9,
+          weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None, device=None,
+          checkpoint=None, resume=None, seed: int = 0, val_k: int | None = None, progress: Progress = None,
+          on_epoch=None) -> TrainResult:
+    """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
+
+    ``features``: one N x d matrix, or a list of matrices of the same N images from
+    different extractors (their samples are pooled: the paper's augmentation).
+    ``labels``: N class/cluster ids (negative: a distractor, relevant to nothing). Every image is a query; its list is itself and its
+    top-(max(K, L) - 1) neighbours in the same feature set, rows 2..K permuted.
+    Optimiser: SGD (momentum, weight decay), lr = 0.1 x batch/256 unless given,
+    linear warm-up for ``warmup_epochs`` then cosine decay to 0, stepped per batch.
+    ``amp``: bfloat16 autocast (default on for CUDA). ``checkpoint``: path written after
+    every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
+    continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
+    after each epoch. Under torchrun, training runs data-parallel (DDP): ``batch_size``
+    is the global batch, split over the processes; rank 0 validates and writes checkpoints.
+    """
+    for name, v in (("K", K), ("L", L), ("epochs", epochs), ("batch_size", batch_size)):
+        positive_int(v, name)
+    if K < 2:
+        raise ValueError(f"K: must be >= 2 (the query and at least one candidate), got {K}")
+    feats = _features_list(features, "features")
+    n = feats[0].shape[0]
+    y = _labels(labels, n, "labels")
+    if max(K, L) > n:
+        raise ValueError(f"K, L: the lists need max(K, L) = {max(K, L)} images but the training set has {n}")
+
+    rank, world = _distributed()
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    amp = device.type == "cuda" if amp is None else bool(amp)
+    lr = 0.1 * batch_size / 256 if lr is None else float(lr)
+    warmup_epochs = (max(1, epochs // 20) if epochs > 1 else 0) if warmup_epochs is None else int(warmup_epochs)
+
+    torch.manual_seed(seed)
+    model = CSA(L, dim, depth, heads, dropout, drop_path).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sets = build_samples([X.to(device) for X in feats], y.to(device), K, L)
+    n_samples = len(sets) * n
+    steps = math.ceil(n_samples / batch_size)
+    if n_samples % batch_size and n_samples % batch_size < world:
+        steps -= 1  # every process needs a share of every batch
+    total, warm = epochs * steps, warmup_epochs * steps
+
+    def schedule(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    train_config = dict(K=K, L=L, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+                        momentum=momentum, weight_decay=weight_decay, tau=tau, lam=lam, amp=amp, seed=seed,
+                        feature_sets=len(feats), images=n)
+    history, start = [], 0
+    if resume is not None:
+        payload = load_checkpoint(resume)
+        want = model.config
+        got = payload["model_config"]
+        for key in ("num_anchors", "dim", "depth", "heads"):
+            if got[key] != want[key]:
+                label = "L" if key == "num_anchors" else key
+                raise ValueError(f"resume: {resume} was trained with {label}={got[key]}, this run asks for "
+                                 f"{label}={want[key]}")
+        model.load_state_dict(model_from_checkpoint(payload, resume).state_dict())
+        if "optimizer" not in payload:
+            raise ValueError(f"resume: {resume} holds a model only (no optimiser state); start a new run from it")
+        opt.load_state_dict(payload["optimizer"])
+        sched.load_state_dict(payload["scheduler"])
+        history, start = list(payload.get("history", [])), int(payload["epoch"])
+
+    net = model
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    val_X = None if val_features is None else _features_list(val_features, "val_features")[0].to(device)
+    val_y = None if val_X is None else _labels(val_labels, val_X.shape[0], "val_labels")
+    val_k = val_k or max(K, L)
+
+    for epoch in range(start, epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # same order on every process
+        order = torch.randperm(n_samples, generator=gen)
+        sums = torch.zeros(3, dtype=torch.float64)
+        for step in range(steps):
+            ids = order[step * batch_size:(step + 1) * batch_size][rank::world]
+            A, rel = make_batch(sets, ids, K, L, gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                out, rec = net(A, reconstruct=True)
+            loss, l_c, l_m = csa_loss(out, rec, A, rel, tau, lam)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step + 1} "
+                                         f"(loss {float(loss)}); lower lr (now {sched.get_last_lr()[0]:.3g})")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            sums += torch.tensor([float(loss.detach()), float(l_c), float(l_m)], dtype=torch.float64)
+            if progress is not None:
+                progress(epoch * steps + step + 1, total)
+        if world > 1:
+            import torch.distributed as dist
+
+            reduced = sums.to(device)  # nccl reduces CUDA tensors only
+            dist.all_reduce(reduced)
+            sums = reduced.cpu()
+        means = (sums / max(1, steps * world)).tolist()
+        record = {"epoch": epoch + 1, "loss": means[0], "contrastive": means[1], "mse": means[2],
+                  "lr": sched.get_last_lr()[0], "val_map": None}
+        if rank == 0:
+            if val_X is not None:
+                record["val_map"] = validation_map(model, val_X, val_y, val_k)
+            history.append(record)
+            if checkpoint is not None:
+                save_checkpoint(checkpoint, model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                epoch=epoch + 1, history=history, train_config=train_config)
+            if on_epoch is not None:
+                on_epoch(record)
+        else:
+            history.append(record)
+        if world > 1:
+            torch.distributed.barrier()
+    return TrainResult(model.eval(), history)
