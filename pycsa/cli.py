@@ -128,7 +128,7 @@ def _demo_csa_checkpoint(args) -> str:
     t0 = time.perf_counter()
     with progress_bar("csa: training", unit="batch") as cb:
         pycsa.csa.train(train_set.database, train_set.db_labels, K=96, L=96, dim=64, depth=2, heads=1, epochs=4,
-                        batch_size=16, lr=0.3, dropout=0.0, drop_path=0.0, checkpoint=path, progress=cb)
+                        batch_size=16, lr=0.03, dropout=0.0, drop_path=0.0, checkpoint=path, progress=cb)
     print(f"csa: trained in {time.perf_counter() - t0:.1f} s (the table's time is re-ranking only)\n")
     return path
 
