@@ -245,6 +245,19 @@ def test_reranker_resorts_the_top_k_and_keeps_the_rest(ckpt):
     assert bool((new.scores[:, :9] >= new.scores[:, 1:10]).all())
 
 
+def test_k_smaller_than_L_uses_the_full_anchor_list(ckpt):
+    """The paper serves K=128 with L=512: rows are the top-K, anchors the top-L."""
+    X, _ = _features(n=50)
+    Q = X[:3] + 0.01
+    s, i = pycsa.search(Q, X, 20)
+    new = CSAReranker.load(ckpt, k=4).rerank(Q, X, pycsa.Ranking(i, s))
+    assert torch.equal(new.indices[:, 3:], i[:, 3:])
+    with torch.no_grad():
+        A = pycsa.ops.affinity(X, i[:, :7], 8, queries=Q)[:, :4]  # 4 rows x the 8 anchors
+        want = CSA.scores(load_model(ckpt)(A))[:, 1:]
+    assert torch.allclose(torch.sort(new.scores[:, :3], 1).values, torch.sort(want, 1).values, atol=1e-5)
+
+
 def test_reranker_accepts_plain_ranks_numpy_and_registry(ckpt):
     X, _ = _features(n=50)
     Q = X[:3].numpy()

@@ -42,24 +42,28 @@ class _GraphedModel:
 
 
 @torch.no_grad()
-def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, *, batch_size: int = 64,
+def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor, k: int, *, batch_size: int = 64,
                dtype: torch.dtype | None = None, forward=None, progress: Progress = None) -> torch.Tensor:
-    """cos(y_query, y_i) for the candidates ``top`` (B x R database indices) of each query: B x R.
+    """cos(y_query, y_i) for the first k - 1 candidates of each query's ranking: B x (k - 1).
 
-    Each list is the query followed by its R candidates (K = R + 1 items); anchors are
-    its first L items. ``dtype``: the precision of the affinity features and the model.
+    ``ranks``: B x R database indices, best first. Each list is the query followed by
+    its candidates (K = k items); the anchors are the query and its top L - 1, so
+    ranks must hold at least L - 1 columns even when k < L. ``dtype``: the precision
+    of the affinity features and the model.
     """
     L = model.num_anchors
-    B, R = top.shape
-    if R + 1 < L:
+    B, R = ranks.shape
+    if R < L - 1:
         raise ValueError(f"ranking: has {R} candidates per query but the model uses L={L} anchors "
                          f"(the query and its top {L - 1}); rank at least {L - 1} items")
+    m = min(k - 1, R)
+    need = max(m, L - 1)  # k < L: affinity rows of the whole anchor list, of which the first k are kept
     forward = model if forward is None else forward
     dtype = dtype or X.dtype
-    out = torch.empty((B, R), dtype=torch.float32, device=X.device)
+    out = torch.empty((B, m), dtype=torch.float32, device=X.device)
     Xd, Qd = X.to(dtype), Q.to(dtype)
     for s in range(0, B, batch_size):
-        A = affinity(Xd, top[s:s + batch_size], L, queries=Qd[s:s + batch_size])
+        A = affinity(Xd, ranks[s:s + batch_size, :need], L, queries=Qd[s:s + batch_size])[:, :m + 1]
         out[s:s + batch_size] = CSA.scores(forward(A))[:, 1:]
         if progress is not None:
             progress(min(s + batch_size, B), B)
@@ -135,10 +139,9 @@ class CSAReranker(Reranker):
         model, forward = self._model_on(device, dtype)
         idx = ranking.indices
         m = min(self.k - 1, idx.shape[1])  # the query is the list's first item
-        top = idx[:, :m].to(device)
-        new_scores = csa_scores(model, Q.to(device), X.to(device), top, batch_size=self.batch_size, dtype=dtype,
-                                forward=forward, progress=progress).to(idx.device)
-        new_scores, new_top = sort_by_score(new_scores, top.to(idx.device))
+        new_scores = csa_scores(model, Q.to(device), X.to(device), idx.to(device), self.k, batch_size=self.batch_size,
+                                dtype=dtype, forward=forward, progress=progress).to(idx.device)
+        new_scores, new_top = sort_by_score(new_scores, idx[:, :m])
         indices = idx.clone()
         indices[:, :m] = new_top
         scores = ranking.scores.clone().float()

@@ -110,7 +110,7 @@ def validation_map(model: CSA, X: torch.Tensor, labels, k: int, *, batch_size: i
     model.eval()
     try:
         with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=X.device.type == "cuda"):
-            s = csa_scores(model, X, X, top[:, :m], batch_size=batch_size, dtype=X.dtype)
+            s = csa_scores(model, X, X, top, m + 1, batch_size=batch_size, dtype=X.dtype)
     finally:
         model.train(was_training)
     order = torch.sort(s, dim=1, descending=True, stable=True).indices
