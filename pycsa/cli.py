@@ -39,23 +39,23 @@ def _needs_checkpoint(name: str) -> bool:
     return name in pycsa.available() and getattr(pycsa.ranking.registered(name), "needs_checkpoint", False)
 
 
-def build_reranker(name: str, checkpoint=None):
-    """A re-ranker or chain by name; learned methods (CSA) get the checkpoint."""
+def build_reranker(name: str, checkpoint=None, csa_k=None):
+    """A re-ranker or chain by name; learned methods (CSA) get the checkpoint (and list length)."""
     parts = name.split("+")
     made = []
     for part in parts:
         if _needs_checkpoint(part):
             if checkpoint is None:
                 raise ValueError(f"--checkpoint: {part!r} needs a trained model (train one with `pycsa train`)")
-            made.append(pycsa.create(part, checkpoint=checkpoint))
+            made.append(pycsa.create(part, checkpoint=checkpoint, **({} if csa_k is None else {"k": csa_k})))
         else:
             made.append(pycsa.create(part))
     return made[0] if len(made) == 1 else pycsa.Chain(made)
 
 
-def run_reranker(name: str, Q, X, ranking, checkpoint=None):
+def run_reranker(name: str, Q, X, ranking, checkpoint=None, csa_k=None):
     """Fits and applies one re-ranker with progress bars; returns (new ranking, seconds)."""
-    reranker = build_reranker(name, checkpoint)
+    reranker = build_reranker(name, checkpoint, csa_k)
     t0 = time.perf_counter()
     with progress_bar(f"{name}: offline", unit="item") as cb:
         reranker.fit(X, progress=cb)
@@ -281,7 +281,7 @@ def run_eval(args) -> int:
     rows = score("cosine", indices, scores, time.perf_counter() - t0)
     ranking = pycsa.Ranking(indices, scores)
     for name in methods:
-        new, seconds = run_reranker(name, Q, X, ranking, args.checkpoint)
+        new, seconds = run_reranker(name, Q, X, ranking, args.checkpoint, args.csa_k)
         rows += score(name, new.indices, new.scores, seconds)
 
     columns = {"revisited": ["method", "protocol", "mAP", "mP@1", "mP@5", "mP@10", "time (s)"],
@@ -351,7 +351,7 @@ def run_train(args) -> int:
             K=args.K, L=args.L, dim=args.dim, depth=args.depth, heads=args.heads, dropout=args.dropout,
             drop_path=args.drop_path, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
-            checkpoint=args.out, resume=args.resume, seed=args.seed, progress=cb,
+            checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, progress=cb,
             on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
     if result.history:
         print(f"wrote {args.out}")
@@ -367,7 +367,7 @@ def run_rerank(args) -> int:
     k = min(X.shape[0], args.k)
     with progress_bar("initial search") as cb:
         scores, indices = pycsa.search(Q, X, k, progress=cb)
-    new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), args.checkpoint)
+    new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), args.checkpoint, args.csa_k)
     np.savez(args.out, indices=np.asarray(new.indices), scores=np.asarray(new.scores))
     print(f"{methods[0]}: re-ranked {Q.shape[0]} queries (top {k} of {X.shape[0]}) in {seconds:.3f} s; "
           f"wrote {args.out} (indices, scores: queries x {k}, best first)")
@@ -404,6 +404,7 @@ def main(argv=None) -> int:
     ev.add_argument("--checkpoint", help="trained model for learned re-rankers (csa); 'all' includes them only with it")
     ev.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="evaluate on one half of the classes only (e.g. the half a model was not trained on)")
+    ev.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
     ev.set_defaults(run=run_eval)
 
     tr = sub.add_parser("train", help="train a CSA model on labelled features")
@@ -424,7 +425,9 @@ def main(argv=None) -> int:
     tr.add_argument("--drop-path", type=float, default=0.1)
     tr.add_argument("--epochs", type=int, default=100)
     tr.add_argument("--batch-size", type=int, default=256)
-    tr.add_argument("--lr", type=float, default=None, help="default 0.1 x batch / 256")
+    tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                    help="sgd: the paper's recipe (needs long training); adamw: converges in fewer steps")
+    tr.add_argument("--lr", type=float, default=None, help="default 0.1 x batch / 256 (sgd), 1e-3 x batch / 256 (adamw)")
     tr.add_argument("--warmup-epochs", type=int, default=None)
     tr.add_argument("--tau", type=float, default=2.0)
     tr.add_argument("--lam", type=float, default=0.2)
@@ -440,6 +443,7 @@ def main(argv=None) -> int:
     rr.add_argument("--method", required=True, help="re-ranker name or chain 'a+b'")
     rr.add_argument("--checkpoint", help="trained model for learned re-rankers (csa)")
     rr.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
+    rr.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
     rr.add_argument("--out", required=True, help=".npz file for the new ranking (indices, scores)")
     rr.set_defaults(run=run_rerank)
 

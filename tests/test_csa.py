@@ -328,3 +328,13 @@ def test_ddp_training_with_torchrun(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert load_model(out).config["num_anchors"] == 8
     assert proc.stdout.count("epoch   2") == 1  # rank 0 reports
+
+
+def test_adamw_option_and_bad_optimizer():
+    X, y = _features(n=40)
+    res = train(X, y, K=8, L=8, dim=32, depth=1, heads=1, epochs=2, batch_size=8, optimizer="adamw")
+    assert len(res.history) == 2 and all(np.isfinite(h["loss"]) for h in res.history)
+    with pytest.raises(ValueError, match="optimizer: expected 'sgd' or 'adamw'"):
+        train(X, y, K=8, L=8, dim=32, depth=1, heads=1, epochs=1, optimizer="lamb")
+    with pytest.raises(ValueError, match=r"K, L: the lists need max\(K, L\) = 64 images but the training set has 40"):
+        train(X, y, K=64, L=8, epochs=1)

@@ -162,16 +162,17 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
           depth: int = 2, heads: int = 12, dropout: float = 0.1, drop_path: float = 0.1, epochs: int = 100,
           batch_size: int = 256, lr: float | None = None, warmup_epochs: int | None = None, momentum: float = 0.9,
           weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None, device=None,
-          checkpoint=None, resume=None, seed: int = 0, val_k: int | None = None, progress: Progress = None,
-          on_epoch=None) -> TrainResult:
+          checkpoint=None, resume=None, seed: int = 0, val_k: int | None = None, optimizer: str = "sgd",
+          progress: Progress = None, on_epoch=None) -> TrainResult:
     """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
 
     ``features``: one N x d matrix, or a list of matrices of the same N images from
     different extractors (their samples are pooled: the paper's augmentation).
     ``labels``: N class/cluster ids (negative: a distractor, relevant to nothing). Every image is a query; its list is itself and its
     top-(max(K, L) - 1) neighbours in the same feature set, rows 2..K permuted.
-    Optimiser: SGD (momentum, weight decay), lr = 0.1 x batch/256 unless given,
-    linear warm-up for ``warmup_epochs`` then cosine decay to 0, stepped per batch.
+    Optimiser: SGD (momentum, weight decay), lr = 0.1 x batch/256 unless given, as the
+    paper; ``optimizer="adamw"`` (lr 1e-3 x batch/256 by default) converges in far fewer
+    steps on small training sets. Both: linear warm-up for ``warmup_epochs`` then cosine decay to 0, stepped per batch.
     ``amp``: bfloat16 autocast (default on for CUDA). ``checkpoint``: path written after
     every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
     continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
@@ -193,12 +194,19 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     amp = device.type == "cuda" if amp is None else bool(amp)
-    lr = 0.1 * batch_size / 256 if lr is None else float(lr)
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {optimizer!r}")
+    if lr is None:
+        lr = (0.1 if optimizer == "sgd" else 1e-3) * batch_size / 256
+    lr = float(lr)
     warmup_epochs = (max(1, epochs // 20) if epochs > 1 else 0) if warmup_epochs is None else int(warmup_epochs)
 
     torch.manual_seed(seed)
     model = CSA(L, dim, depth, heads, dropout, drop_path).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sets = build_samples([X.to(device) for X in feats], y.to(device), K, L)
     n_samples = len(sets) * n
     steps = math.ceil(n_samples / batch_size)
@@ -212,7 +220,7 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    train_config = dict(K=K, L=L, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+    train_config = dict(optimizer=optimizer, K=K, L=L, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                         momentum=momentum, weight_decay=weight_decay, tau=tau, lam=lam, amp=amp, seed=seed,
                         feature_sets=len(feats), images=n)
     history, start = [], 0
