@@ -13,8 +13,9 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ATOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
 RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # the output's own rounding
 
-# (B, H, T, D): ones, primes, the CPU query block (64) and key block (512) crossed, head dims 32/64/other
-SHAPES = [(1, 1, 1, 64), (2, 3, 7, 64), (3, 2, 67, 32), (1, 12, 521, 64), (2, 1, 129, 17), (0, 2, 5, 64), (2, 2, 0, 64)]
+# (B, H, T, D): ones, primes, the CPU query block (64) and key block (1024) crossed, head dims 32/64/other
+SHAPES = [(1, 1, 1, 64), (2, 3, 7, 64), (3, 2, 67, 32), (1, 4, 521, 64), (2, 2, 1031, 64), (2, 1, 129, 17),
+          (0, 2, 5, 64), (2, 2, 0, 64)]
 
 
 def _qkv(B, H, T, D, dtype, device, seed=0):

@@ -30,7 +30,7 @@ namespace pycsa {
 namespace {
 
 constexpr int64_t kBlockQ = 64;   // query rows per work item
-constexpr int64_t kBlockK = 512;  // keys per GEMM: long enough for BLAS, scores stay in L2
+constexpr int64_t kBlockK = 1024;  // keys per GEMM: long enough for BLAS, 256 KB of scores stay in L2
 
 // exp(x), relative error < 2e-7 on [-87, 88]; branch-free so loops over it vectorise.
 inline float exp_fast(float x) {
@@ -111,13 +111,18 @@ void attention_cpu_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
       if (rows == 0) continue;
 
       if (packed != bh) {
-        for (int64_t j = 0; j < len; ++j) {
-          const scalar_t* kr = at4(k, kp, b, h, j);
-          const scalar_t* vr = at4(v, vp, b, h, j);
-          for (int64_t c = 0; c < D; ++c) {
-            kt[c * len + j] = static_cast<gemm_t>(kr[c]);
-            vb[j * D + c] = static_cast<gemm_t>(vr[c]);
+        // K^T in tiles of 16 keys, so each write fills a cache line instead of touching
+        // D lines 4 KB apart per key.
+        for (int64_t j0 = 0; j0 < len; j0 += 16) {
+          const int64_t nj = std::min<int64_t>(16, len - j0);
+          const scalar_t* kr[16];
+          for (int64_t j = 0; j < nj; ++j) {
+            kr[j] = at4(k, kp, b, h, j0 + j);
+            const scalar_t* vr = at4(v, vp, b, h, j0 + j);
+            for (int64_t c = 0; c < D; ++c) vb[(j0 + j) * D + c] = static_cast<gemm_t>(vr[c]);
           }
+          for (int64_t c = 0; c < D; ++c)
+            for (int64_t j = 0; j < nj; ++j) kt[c * len + j0 + j] = static_cast<gemm_t>(kr[j][c]);
         }
         packed = bh;
       }
