@@ -7,7 +7,7 @@
 set -euo pipefail
 M=${1:-../shared/data/mpeg7/mpeg7_mobilenetv2_imagenet_gap1280.npz}
 C=$(git rev-parse --short HEAD)
-OUT=bench/results/csa-mpeg7-$C
+OUT=bench/results/$(date +%F)-csa-mpeg7-$C
 DIR=$(mktemp -d)
 MODEL=(--K 128 --L 128 --dim 64 --heads 1 --epochs 6 --batch-size 16 --dropout 0 --drop-path 0 --seed 0)
 run() { echo '```'; echo "\$ $*"; "$@" 2>/dev/null; echo '```'; echo; }

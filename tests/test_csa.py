@@ -338,3 +338,17 @@ def test_adamw_option_and_bad_optimizer():
         train(X, y, K=8, L=8, dim=32, depth=1, heads=1, epochs=1, optimizer="lamb")
     with pytest.raises(ValueError, match=r"K, L: the lists need max\(K, L\) = 64 images but the training set has 40"):
         train(X, y, K=64, L=8, epochs=1)
+
+
+def test_pooled_feature_sets_double_the_samples():
+    """The paper's augmentation: several extractors' features of the same images."""
+    X1, y = _features(n=40, seed=1)
+    X2, _ = _features(n=40, seed=2)
+    sets = build_samples([X1, X2], y, K=8, L=8)
+    assert len(sets) == 2 and not torch.equal(sets[0].ranks, sets[1].ranks)
+    A, rel = make_batch(sets, torch.tensor([0, 40]), 8, 8, torch.Generator().manual_seed(0))
+    assert torch.allclose(A[0, 0, 0], X1[0] @ X1[0]) and torch.allclose(A[1, 0, 0], X2[0] @ X2[0])
+    res = train([X1, X2], y, K=8, L=8, dim=32, depth=1, heads=1, epochs=1, batch_size=16)
+    assert len(res.history) == 1
+    with pytest.raises(ValueError, match=r"features\[1\]: 30 rows"):
+        train([X1, X2[:30]], y, K=8, L=8, epochs=1)
