@@ -39,23 +39,57 @@ def _needs_checkpoint(name: str) -> bool:
     return name in pycsa.available() and getattr(pycsa.ranking.registered(name), "needs_checkpoint", False)
 
 
-def build_reranker(name: str, checkpoint=None, csa_k=None):
-    """A re-ranker or chain by name; learned methods (CSA) get the checkpoint (and list length)."""
-    parts = name.split("+")
+def _checkpoints(items) -> dict:
+    """--checkpoint values, 'METHOD=PATH' or a bare PATH (for csa), as {method: path}."""
+    out = {}
+    for item in items or []:
+        method, sep, path = item.partition("=")
+        if not sep:
+            method, path = "csa", item
+        if not _needs_checkpoint(method):
+            raise ValueError(f"--checkpoint: {method!r} is not a learned re-ranker (learned: "
+                             f"{', '.join(n for n in pycsa.available() if _needs_checkpoint(n))})")
+        out[method] = path
+    return out
+
+
+def _learned(args) -> dict:
+    """What learned re-rankers need from the command line: checkpoints, CSA's K, RRT's local descriptors."""
+    from pycsa.datasets import load_local_descriptors
+
+    locals_ = getattr(args, "locals", None)
+    qlocals = getattr(args, "query_locals", None)
+    return {"checkpoints": _checkpoints(getattr(args, "checkpoint", None)), "csa_k": getattr(args, "csa_k", None),
+            "locals": None if locals_ is None else load_local_descriptors(locals_),
+            "query_locals": None if qlocals is None else load_local_descriptors(qlocals)}
+
+
+def build_reranker(name: str, learned: dict | None = None):
+    """A re-ranker or chain by name; learned methods get their checkpoint (and CSA's K, RRT's locals)."""
+    learned = learned or {"checkpoints": {}}
     made = []
-    for part in parts:
-        if _needs_checkpoint(part):
-            if checkpoint is None:
-                raise ValueError(f"--checkpoint: {part!r} needs a trained model (train one with `pycsa train`)")
-            made.append(pycsa.create(part, checkpoint=checkpoint, **({} if csa_k is None else {"k": csa_k})))
-        else:
+    for part in name.split("+"):
+        if not _needs_checkpoint(part):
             made.append(pycsa.create(part))
+            continue
+        path = learned["checkpoints"].get(part)
+        if path is None:
+            raise ValueError(f"--checkpoint: {part!r} needs a trained model: --checkpoint {part}=PATH "
+                             f"(train one with `pycsa train --method {part}`)")
+        kwargs = {}
+        if part == "csa" and learned.get("csa_k") is not None:
+            kwargs["k"] = learned["csa_k"]
+        if part == "rrt":
+            if learned.get("locals") is None:
+                raise ValueError("--locals: rrt needs the database's local descriptors (an .npz with local, offsets)")
+            kwargs.update(locals=learned["locals"], query_locals=learned.get("query_locals"))
+        made.append(pycsa.create(part, checkpoint=path, **kwargs))
     return made[0] if len(made) == 1 else pycsa.Chain(made)
 
 
-def run_reranker(name: str, Q, X, ranking, checkpoint=None, csa_k=None):
+def run_reranker(name: str, Q, X, ranking, learned: dict | None = None):
     """Fits and applies one re-ranker with progress bars; returns (new ranking, seconds)."""
-    reranker = build_reranker(name, checkpoint, csa_k)
+    reranker = build_reranker(name, learned)
     t0 = time.perf_counter()
     with progress_bar(f"{name}: offline", unit="item") as cb:
         reranker.fit(X, progress=cb)
@@ -98,12 +132,12 @@ def run_demo(args) -> int:
     rows = [_score_row("cosine (initial search)", indices, data.gnd, time.perf_counter() - t0)]
     ranking = pycsa.Ranking(indices, scores)
 
-    methods = _methods(args.methods)
-    checkpoint = args.checkpoint
-    if checkpoint is None and any(_needs_checkpoint(p) for m in methods for p in m.split("+")):
-        checkpoint = _demo_csa_checkpoint(args)
+    learned = _learned(args)
+    methods = _methods(args.methods, learned=set(learned["checkpoints"]) | {"csa"})
+    if "csa" not in learned["checkpoints"] and any(p == "csa" for m in methods for p in m.split("+")):
+        learned["checkpoints"]["csa"] = _demo_csa_checkpoint(args)
     for name in methods:
-        new, seconds = run_reranker(name, Q, X, ranking, checkpoint)
+        new, seconds = run_reranker(name, Q, X, ranking, learned)
         rows.append(_score_row(name, new.indices, data.gnd, seconds))
 
     columns = ["method", "easy mAP", "medium mAP", "hard mAP", "mP@10 (M)", "time (s)"]
@@ -133,13 +167,13 @@ def _demo_csa_checkpoint(args) -> str:
     return path
 
 
-def _methods(spec: str, learned: bool = True) -> list[str]:
-    """Comma-separated names; 'all' stands for every registered one (the learned ones only
-    when ``learned``, i.e. a checkpoint is at hand), 'a+b' for a chain."""
+def _methods(spec: str, learned=frozenset()) -> list[str]:
+    """Comma-separated names; 'all' stands for every registered one (a learned one only
+    when it is in ``learned``, i.e. its checkpoint is at hand), 'a+b' for a chain."""
     names = []
     for m in (m.strip() for m in spec.split(",")):
         if m == "all":
-            names.extend(n for n in pycsa.available() if learned or not _needs_checkpoint(n))
+            names.extend(n for n in pycsa.available() if n in learned or not _needs_checkpoint(n))
         elif m:
             names.append(m)
     if not names:
@@ -236,7 +270,8 @@ def _plot(rows: list[dict], mode: str, title: str, out: str) -> None:
 
 
 def run_eval(args) -> int:
-    methods = _methods(args.method, learned=args.checkpoint is not None)
+    learned = _learned(args)
+    methods = _methods(args.method, learned=set(learned["checkpoints"]))
     if args.k < 1:
         raise ValueError(f"--k: must be a positive int, got {args.k}")
     fs = load_retrieval_features(args.features)
@@ -281,7 +316,7 @@ def run_eval(args) -> int:
     rows = score("cosine", indices, scores, time.perf_counter() - t0)
     ranking = pycsa.Ranking(indices, scores)
     for name in methods:
-        new, seconds = run_reranker(name, Q, X, ranking, args.checkpoint, args.csa_k)
+        new, seconds = run_reranker(name, Q, X, ranking, learned)
         rows += score(name, new.indices, new.scores, seconds)
 
     columns = {"revisited": ["method", "protocol", "mAP", "mP@1", "mP@5", "mP@10", "time (s)"],
@@ -326,7 +361,18 @@ def _training_sets(paths: list, split: str):
     return sets
 
 
+_TRAIN_DEFAULTS = {
+    "csa": dict(depth=2, heads=12, dim=768, epochs=100, batch_size=256, dropout=0.1, weight_decay=1e-5),
+    "rrt": dict(depth=6, heads=4, dim=128, epochs=10, batch_size=32, dropout=0.1, lr=1e-4, weight_decay=5e-4),
+}
+
+
 def run_train(args) -> int:
+    for key, value in _TRAIN_DEFAULTS[args.method].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.method == "rrt":
+        return _run_train_rrt(args)
     sets = _training_sets(args.features, args.class_split)
     val = None
     if args.val_features:
@@ -350,6 +396,7 @@ def run_train(args) -> int:
             val_features=None if val is None else val.database, val_labels=None if val is None else val.db_labels,
             K=args.K, L=args.L, dim=args.dim, depth=args.depth, heads=args.heads, dropout=args.dropout,
             drop_path=args.drop_path, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
             checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, progress=cb,
             on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
@@ -358,8 +405,52 @@ def run_train(args) -> int:
     return 0
 
 
+def _run_train_rrt(args) -> int:
+    from pycsa.datasets import load_local_descriptors
+
+    if len(args.features) != 1:
+        raise ValueError("--features: RRT trains on one feature set (with --locals)")
+    if not args.locals:
+        raise ValueError("--locals: RRT needs the local descriptors of the training images")
+    fs = load_retrieval_features(args.features[0])
+    if not (fs.queries_are_database and fs.has_labels):
+        raise ValueError(f"--features: {args.features[0]} must hold one labelled matrix to train on")
+    local = load_local_descriptors(args.locals)
+    if local.num_images != fs.database.shape[0]:
+        raise ValueError(f"--locals: {local.num_images} images but {args.features[0]} has {fs.database.shape[0]}")
+
+    def split(part):
+        if part == "all":
+            return fs.database, local, fs.db_labels
+        classes = np.unique(fs.db_labels[fs.db_labels >= 0])
+        half = classes[: classes.size // 2] if part == "first" else classes[classes.size // 2:]
+        keep = np.nonzero(np.isin(fs.db_labels, half))[0]
+        return fs.database[keep], local.subset(keep), fs.db_labels[keep]
+
+    G, loc, y = split(args.class_split)
+    val = split(args.val_class_split) if args.val_class_split != "all" or args.val_features else None
+    if args.val_features:
+        raise ValueError("--val-features: for rrt use --val-class-split on the same files")
+    print(f"pycsa {pycsa.__version__} train rrt: {G.shape[0]} images (global d={G.shape[1]}, "
+          f"{int(loc.counts.sum())} local descriptors of d={loc.dim}), {np.unique(y).size} classes"
+          + (f"; validation: {val[0].shape[0]} images" if val else ""))
+    print(f"model: depth={args.depth} heads={args.heads} ffn={args.ffn}; top-{args.topk} triplets; "
+          f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
+    fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}"  # noqa: E731
+                     + (f"  val mAP {100 * r['val_map']:.2f}" if r["val_map"] is not None else ""))
+    with progress_bar("rrt: training", unit="batch") as cb:
+        pycsa.rrt.train(G, loc, y, val=val, topk=args.topk, dim=loc.dim, depth=args.depth, heads=args.heads,
+                        ffn=args.ffn, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, weight_decay=args.weight_decay, max_local=args.max_local, device=args.device,
+                        checkpoint=args.out, seed=args.seed, progress=cb,
+                        on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def run_rerank(args) -> int:
-    methods = _methods(args.method, learned=args.checkpoint is not None)
+    learned = _learned(args)
+    methods = _methods(args.method, learned=set(learned["checkpoints"]))
     if len(methods) != 1:
         raise ValueError("--method: name one re-ranker (or one chain 'a+b') for `pycsa rerank`")
     fs = load_retrieval_features(args.features)
@@ -367,7 +458,7 @@ def run_rerank(args) -> int:
     k = min(X.shape[0], args.k)
     with progress_bar("initial search") as cb:
         scores, indices = pycsa.search(Q, X, k, progress=cb)
-    new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), args.checkpoint, args.csa_k)
+    new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), learned)
     np.savez(args.out, indices=np.asarray(new.indices), scores=np.asarray(new.scores))
     print(f"{methods[0]}: re-ranked {Q.shape[0]} queries (top {k} of {X.shape[0]}) in {seconds:.3f} s; "
           f"wrote {args.out} (indices, scores: queries x {k}, best first)")
@@ -384,7 +475,8 @@ def main(argv=None) -> int:
     demo.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
     demo.add_argument("--methods", default="all", help="comma-separated re-rankers, or 'all' (see `pycsa methods`)")
     demo.add_argument("--json", help="also write the table as JSON to this file")
-    demo.add_argument("--checkpoint", help="CSA checkpoint (default: train a small one on a separate synthetic set)")
+    demo.add_argument("--checkpoint", action="append",
+                      help="csa=PATH (default: train a small CSA on a separate synthetic set)")
     demo.set_defaults(run=run_demo)
 
     ev = sub.add_parser("eval", help="evaluate the initial search and re-rankers on a features file")
@@ -401,7 +493,11 @@ def main(argv=None) -> int:
                          "label protocols rank the whole database")
     ev.add_argument("--json", help="also write the table rows as JSON to this file")
     ev.add_argument("--plot", help="also write a bar chart of mAP per method to this PNG file (needs matplotlib)")
-    ev.add_argument("--checkpoint", help="trained model for learned re-rankers (csa); 'all' includes them only with it")
+    ev.add_argument("--checkpoint", action="append",
+                    help="METHOD=PATH of a trained model (csa, rrt; a bare PATH is csa); repeatable. "
+                         "'all' includes a learned method only with its checkpoint")
+    ev.add_argument("--locals", help="local descriptors of the database (rrt): .npz/.pt with local, offsets[, scale]")
+    ev.add_argument("--query-locals", help="local descriptors of the queries when they are not the database rows")
     ev.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="evaluate on one half of the classes only (e.g. the half a model was not trained on)")
     ev.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
@@ -411,20 +507,25 @@ def main(argv=None) -> int:
     tr.add_argument("--features", required=True, action="append",
                     help="labelled features file; repeat to pool several extractors' features of the same images")
     tr.add_argument("--out", required=True, help="checkpoint path, written after every epoch")
-    tr.add_argument("--method", default="csa", choices=["csa"], help="what to train (csa)")
+    tr.add_argument("--method", default="csa", choices=["csa", "rrt"], help="what to train (csa, rrt)")
+    tr.add_argument("--locals", help="rrt: local descriptors of the training images (.npz: local, offsets, scale)")
+    tr.add_argument("--topk", type=int, default=100, help="rrt: triplets from each anchor's top-k (default 100)")
+    tr.add_argument("--ffn", type=int, default=1024, help="rrt: feed-forward width (default 1024)")
+    tr.add_argument("--max-local", type=int, default=500, help="rrt: local descriptors per image at most (500)")
+    tr.add_argument("--weight-decay", type=float, default=None, help="default 1e-5 (csa), 5e-4 (rrt)")
     tr.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="train on one half of the classes only")
     tr.add_argument("--val-features", help="labelled features for the validation mAP after each epoch")
     tr.add_argument("--val-class-split", default="all", choices=["all", "first", "second"])
     tr.add_argument("--K", type=int, default=512, help="ranking list length in training (default 512)")
     tr.add_argument("--L", type=int, default=512, help="anchors (default 512)")
-    tr.add_argument("--dim", type=int, default=768)
-    tr.add_argument("--depth", type=int, default=2)
-    tr.add_argument("--heads", type=int, default=12)
-    tr.add_argument("--dropout", type=float, default=0.1)
+    tr.add_argument("--dim", type=int, default=None, help="csa: hidden size (768)")
+    tr.add_argument("--depth", type=int, default=None, help="blocks (csa 2, rrt 6)")
+    tr.add_argument("--heads", type=int, default=None, help="attention heads (csa 12, rrt 4)")
+    tr.add_argument("--dropout", type=float, default=None, help="default 0.1")
     tr.add_argument("--drop-path", type=float, default=0.1)
-    tr.add_argument("--epochs", type=int, default=100)
-    tr.add_argument("--batch-size", type=int, default=256)
+    tr.add_argument("--epochs", type=int, default=None, help="default 100 (csa), 10 (rrt)")
+    tr.add_argument("--batch-size", type=int, default=None, help="default 256 (csa), 32 anchors (rrt)")
     tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                     help="sgd: the paper's recipe (needs long training); adamw: converges in fewer steps")
     tr.add_argument("--lr", type=float, default=None, help="default 0.1 x batch / 256 (sgd), 1e-3 x batch / 256 (adamw)")
@@ -441,7 +542,9 @@ def main(argv=None) -> int:
     rr = sub.add_parser("rerank", help="initial search and one re-ranker on a features file; saves the ranking")
     rr.add_argument("--features", required=True)
     rr.add_argument("--method", required=True, help="re-ranker name or chain 'a+b'")
-    rr.add_argument("--checkpoint", help="trained model for learned re-rankers (csa)")
+    rr.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
+    rr.add_argument("--locals", help="local descriptors of the database (rrt)")
+    rr.add_argument("--query-locals", help="local descriptors of the queries when they are not the database rows")
     rr.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
     rr.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
     rr.add_argument("--out", required=True, help=".npz file for the new ranking (indices, scores)")

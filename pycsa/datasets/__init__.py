@@ -1,3 +1,4 @@
 from .gnd import load_gnd
 from .features import FeatureSet, load_features, load_retrieval_features
 from .synthetic_reid import ReidData, make_reid, make_reid_preset
+from .local import LocalDescriptors, load_local_descriptors, make_local_descriptors

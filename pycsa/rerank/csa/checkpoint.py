@@ -13,19 +13,19 @@ FORMAT = "pycsa.csa"
 VERSION = 1
 
 
-def save_checkpoint(path, model: CSA, **state) -> None:
+def save_checkpoint(path, model, *, fmt: str = FORMAT, **state) -> None:
     """Writes atomically (a temporary file renamed into place): a run stopped mid-write
-    leaves the previous checkpoint intact."""
+    leaves the previous checkpoint intact. ``model.config`` must rebuild the model."""
     path = Path(os.fspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": FORMAT, "version": VERSION, "model_config": dict(model.config),
+    payload = {"format": fmt, "version": VERSION, "model_config": dict(model.config),
                "state_dict": model.state_dict(), **state}
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path) -> dict:
+def load_checkpoint(path, *, fmt: str = FORMAT, what: str = "pycsa CSA", how: str = "`pycsa train`") -> dict:
     """The checkpoint's contents; FileNotFoundError or ValueError saying what is wrong.
 
     Read with ``weights_only=True``: a checkpoint cannot run code when loaded.
@@ -37,8 +37,8 @@ def load_checkpoint(path) -> dict:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, foreign format, ...
         raise ValueError(f"checkpoint: cannot read {path} ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"checkpoint: {path} is not a pycsa CSA checkpoint (train one with `pycsa train`)")
+    if not isinstance(payload, dict) or payload.get("format") != fmt:
+        raise ValueError(f"checkpoint: {path} is not a {what} checkpoint (train one with {how})")
     if payload.get("version", 0) > VERSION:
         raise ValueError(f"checkpoint: {path} has format version {payload['version']}; this pycsa reads "
                          f"up to {VERSION}: upgrade pycsa")

@@ -1,0 +1,150 @@
+"""Local descriptors: a variable number per image, stored flat with offsets.
+
+Image i owns rows ``offsets[i]:offsets[i+1]`` of ``descriptors`` (M x d), each with a
+scale index (into the extractor's list of input scales). This is how DELG-style
+extractors write them and how ``../shared/data/mpeg7/mpeg7_mobilenetv2_local128.npz``
+stores them (keys ``local``, ``offsets``, ``scale``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_DESC_KEYS = ("local", "descriptors", "local_descriptors")
+
+
+@dataclass
+class LocalDescriptors:
+    descriptors: torch.Tensor
+    """M x d, all images' descriptors one after another."""
+    offsets: torch.Tensor
+    """N + 1 int64, non-decreasing, offsets[0] = 0, offsets[-1] = M."""
+    scales: torch.Tensor
+    """M int64 scale indices (0 when the extractor has one scale)."""
+
+    def __post_init__(self):
+        self.descriptors = torch.as_tensor(np.asarray(self.descriptors) if not isinstance(self.descriptors, torch.Tensor)
+                                           else self.descriptors)
+        self.offsets = torch.as_tensor(self.offsets).long()
+        self.scales = torch.as_tensor(self.scales).long()
+        D, off, sc = self.descriptors, self.offsets, self.scales
+        if D.dim() != 2 or not D.is_floating_point():
+            raise ValueError(f"descriptors: expected an M x d float matrix, got shape {tuple(D.shape)} ({D.dtype})")
+        if off.dim() != 1 or off.numel() < 1 or int(off[0]) != 0:
+            raise ValueError("offsets: expected N + 1 values starting at 0")
+        if off.numel() > 1 and bool((off.diff() < 0).any()):
+            raise ValueError("offsets: must be non-decreasing (image i owns rows offsets[i]:offsets[i+1])")
+        if int(off[-1]) != D.shape[0]:
+            raise ValueError(f"offsets: the last offset is {int(off[-1])} but there are {D.shape[0]} descriptors")
+        if sc.shape != (D.shape[0],):
+            raise ValueError(f"scales: expected one scale index per descriptor ({D.shape[0]}), got shape {tuple(sc.shape)}")
+        if sc.numel() and int(sc.min()) < 0:
+            raise ValueError("scales: indices must be >= 0")
+        if not bool(torch.isfinite(D).all()):
+            raise ValueError("descriptors: contain NaN or inf")
+
+    @property
+    def num_images(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def dim(self) -> int:
+        return self.descriptors.shape[1]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.offsets.diff()
+
+    @property
+    def num_scales(self) -> int:
+        return int(self.scales.max()) + 1 if self.scales.numel() else 1
+
+    def subset(self, images) -> "LocalDescriptors":
+        """The descriptors of the given images, in that order."""
+        images = torch.as_tensor(np.asarray(images)).long()
+        counts = self.counts[images]
+        rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in images.tolist()]) \
+            if images.numel() else torch.zeros(0, dtype=torch.long)
+        return LocalDescriptors(self.descriptors[rows], torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+                                self.scales[rows])
+
+    def padded(self, images: torch.Tensor, max_count: int | None = None):
+        """Descriptors of ``images`` padded to P x C x d, their scales P x C and counts P
+        (the first ``max_count`` descriptors of an image when it has more)."""
+        images = images.long().cpu()
+        start, counts = self.offsets[images], self.counts[images]
+        if max_count is not None:
+            counts = counts.clamp(max=max_count)
+        C = int(counts.max()) if counts.numel() else 0
+        j = torch.arange(C)
+        valid = j < counts.unsqueeze(1)
+        rows = torch.where(valid, start.unsqueeze(1) + j, torch.zeros((), dtype=torch.long))
+        desc = self.descriptors[rows] * valid.unsqueeze(-1)
+        return desc, self.scales[rows] * valid, counts
+
+    def to(self, device) -> "LocalDescriptors":
+        return LocalDescriptors(self.descriptors.to(device), self.offsets, self.scales)
+
+
+def load_local_descriptors(path) -> LocalDescriptors:
+    """From .npz (or .pt holding a dict): ``local`` (M x d), ``offsets`` (N + 1) and
+    optionally ``scale`` (M). Raises FileNotFoundError / ValueError naming what is wrong."""
+    path = Path(os.fspath(path))
+    if not path.is_file():
+        raise FileNotFoundError(f"local descriptors file not found: {path}")
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    elif path.suffix == ".pt":
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"{path}: cannot read ({exc})") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of tensors")
+    else:
+        raise ValueError(f"{path}: expected .npz or .pt")
+    key = next((k for k in _DESC_KEYS if k in data), None)
+    if key is None or "offsets" not in data:
+        raise ValueError(f"{path}: needs {' or '.join(_DESC_KEYS)} and 'offsets'; keys present: {', '.join(sorted(data))}")
+    desc = torch.as_tensor(np.asarray(data[key])).float()
+    scales = data.get("scale", data.get("scales_index"))
+    if scales is None or np.asarray(scales).shape != (desc.shape[0],):
+        scales = np.zeros(desc.shape[0], dtype=np.int64)
+    return LocalDescriptors(desc, torch.as_tensor(np.asarray(data["offsets"])), torch.as_tensor(np.asarray(scales)).long())
+
+
+def make_local_descriptors(labels, *, dim: int = 128, min_count: int = 20, max_count: int = 120,
+                           parts_per_class: int = 40, shared: float = 0.4, noise: float = 0.35,
+                           num_scales: int = 2, seed: int = 0) -> LocalDescriptors:
+    """Synthetic local descriptors, a variable number per image (``min_count``..``max_count``).
+
+    Each class has ``parts_per_class`` random unit "parts"; a share ``shared`` of an
+    image's descriptors are noisy copies of parts of its class (what two photos of
+    one landmark share), the rest clutter unique to the image. Negative labels
+    (distractors) get clutter only. Rows L2-normalised, float32; seeded.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels[labels >= 0])
+    parts = {c: rng.standard_normal((parts_per_class, dim)) for c in classes}
+    counts = rng.integers(min_count, max_count + 1, size=labels.shape[0])
+    out = []
+    for lab, n in zip(labels, counts):
+        d = rng.standard_normal((n, dim))
+        if lab >= 0:
+            k = rng.binomial(n, shared)
+            pick = rng.integers(0, parts_per_class, size=k)
+            d[:k] = parts[lab][pick] + noise * rng.standard_normal((k, dim))
+        out.append(d / np.linalg.norm(d, axis=1, keepdims=True))
+    desc = np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    scales = rng.integers(0, num_scales, size=desc.shape[0])
+    return LocalDescriptors(torch.from_numpy(desc), torch.from_numpy(offsets), torch.from_numpy(scales))

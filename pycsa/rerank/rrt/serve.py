@@ -1,0 +1,87 @@
+"""Serving RRT: re-sort each query's top-k by the pair logits, all pairs batched."""
+from __future__ import annotations
+
+import torch
+
+from ..._checks import positive_int
+from ...datasets.local import LocalDescriptors
+from ...ranking import Progress, Ranking, Reranker, register
+from ...search import sort_by_score
+from ..csa.checkpoint import load_checkpoint
+from .model import RRT
+from .train import FORMAT, rerank_scores
+
+
+def load_rrt(path) -> RRT:
+    payload = load_checkpoint(path, fmt=FORMAT, what="pycsa RRT", how="`pycsa train --method rrt`")
+    model = RRT(**payload["model_config"])
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint: {path}: the weights do not fit the stored configuration ({exc})") from exc
+    return model.eval()
+
+
+@register("rrt")
+class RRTReranker(Reranker):
+    """Reranking Transformers (SPEC §8): each query's top-``top`` re-sorted by the logit of
+    the (query, candidate) pair; the rest keep their place and scores.
+
+    Needs local descriptors: ``locals`` for the database (a :class:`LocalDescriptors`,
+    one entry per database row) and ``query_locals`` for the queries (omit it when the
+    queries are the database rows themselves, in order).
+    """
+
+    needs_checkpoint = True
+    needs_locals = True
+
+    def __init__(self, checkpoint=None, *, model: RRT | None = None, locals: LocalDescriptors | None = None,
+                 query_locals: LocalDescriptors | None = None, top: int = 100, batch_pairs: int = 256,
+                 max_local: int | None = 500, device=None, dtype: torch.dtype | None = None):
+        if model is None:
+            if checkpoint is None:
+                raise ValueError("checkpoint: RRT needs a trained model: RRTReranker.load(path) or "
+                                 "create('rrt', checkpoint=path, locals=...); train one with `pycsa train --method rrt`")
+            model = load_rrt(checkpoint)
+        self.top = positive_int(top, "top")
+        self.batch_pairs = positive_int(batch_pairs, "batch_pairs")
+        self.max_local, self.device, self.dtype = max_local, device, dtype
+        self._model = model.eval()
+        self._locals, self._query_locals = locals, query_locals
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "RRTReranker":
+        return cls(path, **kwargs)
+
+    def fit(self, database, *, locals: LocalDescriptors | None = None, progress: Progress = None) -> "RRTReranker":
+        if locals is not None:
+            self._locals = locals
+        return self
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        if self._locals is None:
+            raise ValueError("locals: RRT needs the database's local descriptors (RRTReranker(..., locals=...))")
+        if self._locals.num_images != X.shape[0]:
+            raise ValueError(f"locals: has {self._locals.num_images} images but the database has {X.shape[0]} rows")
+        q_locals = self._query_locals
+        if q_locals is None:
+            if not (Q.shape == X.shape and torch.equal(Q, X)):
+                raise ValueError("query_locals: the queries are not the database rows; give their local descriptors")
+            q_locals = self._locals
+        if q_locals.num_images != Q.shape[0]:
+            raise ValueError(f"query_locals: has {q_locals.num_images} images but there are {Q.shape[0]} queries")
+        device = torch.device(self.device) if self.device is not None else X.device
+        dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        model = self._model.to(device=device, dtype=dtype)
+        idx = ranking.indices
+        m = min(self.top, idx.shape[1])
+        top = idx[:, :m].cpu()
+        logits = rerank_scores(model, X.to(device, dtype), self._locals.to(device), top, Gq=Q.to(device, dtype),
+                               local_q=q_locals.to(device), batch_pairs=self.batch_pairs, max_local=self.max_local,
+                               progress=progress).to(idx.device)
+        new_scores, new_top = sort_by_score(logits, idx[:, :m])
+        indices = idx.clone()
+        indices[:, :m] = new_top
+        scores = ranking.scores.clone().float()
+        scores[:, :m] = new_scores
+        return Ranking(indices, scores)

@@ -1,0 +1,142 @@
+"""Training RRT (SPEC §8): triplets from each anchor's top-k by global similarity (one
+positive, one negative), binary cross-entropy on the pair logits, AdamW."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..._checks import positive_int
+from ...datasets.local import LocalDescriptors
+from ...evaluate import class_map
+from ...ranking import Progress
+from ..csa.checkpoint import save_checkpoint
+from ..csa.train import neighbours_without_self
+from .model import RRT
+
+FORMAT = "pycsa.rrt"
+
+
+@dataclass
+class TrainResult:
+    model: RRT
+    history: list = field(default_factory=list)
+
+
+def pair_logits(model: RRT, G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: torch.Tensor,
+                max_local: int | None = None, Gq: torch.Tensor | None = None, local_q: LocalDescriptors | None = None):
+    """Logits of the pairs (qi[p], di[p]); queries from (Gq, local_q) when given, else the database."""
+    Gq = G if Gq is None else Gq
+    local_q = local if local_q is None else local_q
+    dev = G.device
+    lq, sq, nq = local_q.padded(qi, max_local)
+    ld, sd, nd = local.padded(di, max_local)
+    return model(Gq[qi.to(dev)], lq.to(dev), sq, nq, G[di.to(dev)], ld.to(dev), sd, nd)
+
+
+@torch.no_grad()
+def rerank_scores(model: RRT, G, local, top: torch.Tensor, *, Gq=None, local_q=None, batch_pairs: int = 256,
+                  max_local: int | None = None, progress: Progress = None) -> torch.Tensor:
+    """Logit of every (query b, candidate top[b, j]) pair: B x k, in batches of pairs."""
+    B, k = top.shape
+    qi = torch.arange(B).repeat_interleave(k)
+    di = top.reshape(-1).cpu()
+    out = torch.empty(B * k)
+    for s in range(0, B * k, batch_pairs):
+        out[s:s + batch_pairs] = pair_logits(model, G, local, qi[s:s + batch_pairs], di[s:s + batch_pairs], max_local,
+                                             Gq, local_q).cpu()
+        if progress is not None:
+            progress(min(s + batch_pairs, B * k) // k, B)
+    return out.view(B, k)
+
+
+@torch.no_grad()
+def validation_map(model, G, local, labels, topk: int = 100, max_local=None, batch_pairs: int = 256) -> float:
+    """Class mAP, every image a query against the others, its top-k re-sorted by RRT."""
+    n = G.shape[0]
+    full = neighbours_without_self(G, n - 1)
+    k = min(topk, n - 1)
+    was = model.training
+    model.eval()
+    try:
+        s = rerank_scores(model, G, local, full[:, :k].cpu(), batch_pairs=batch_pairs, max_local=max_local)
+    finally:
+        model.train(was)
+    order = torch.sort(s, dim=1, descending=True, stable=True).indices
+    full[:, :k] = full[:, :k].gather(1, order.to(full.device))
+    ranks = torch.cat([full, torch.arange(n, device=full.device).unsqueeze(1)], dim=1).cpu().numpy()
+    labels = np.asarray(labels)
+    return class_map(ranks, labels, labels, exclude_self=True)
+
+
+def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: int = 100, dim: int = 128,
+          depth: int = 6, heads: int = 4, ffn: int = 1024, dropout: float = 0.1, epochs: int = 10,
+          batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-4, max_local: int | None = 500,
+          device=None, checkpoint=None, seed: int = 0, progress: Progress = None, on_epoch=None) -> TrainResult:
+    """Trains RRT on labelled images with global features (N x G) and local descriptors.
+
+    Each epoch every anchor whose global top-``topk`` (itself left out) holds a positive
+    and a negative gives two pairs: (anchor, a random positive, 1) and (anchor, a
+    random negative, 0); ``batch_size`` anchors per step. ``val=(global, local, labels)``
+    adds the validation mAP (top-``topk`` re-ranked) after each epoch. ``checkpoint``
+    is written after every epoch. Negative labels are distractors (never positive).
+    """
+    for name, v in (("topk", topk), ("epochs", epochs), ("batch_size", batch_size)):
+        positive_int(v, name)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    G = torch.as_tensor(np.asarray(global_features), dtype=torch.float32).to(device)
+    y = torch.as_tensor(np.asarray(labels)).long()
+    if G.dim() != 2 or G.shape[0] != local.num_images or y.shape != (G.shape[0],):
+        raise ValueError(f"global_features, local, labels: expected {G.shape[0]} images in each, got "
+                         f"{tuple(G.shape)}, {local.num_images} and {tuple(y.shape)}")
+    torch.manual_seed(seed)
+    model = RRT(G.shape[1], dim, depth, heads, ffn, max(local.num_scales, 1), dropout).to(device)
+    if local.dim != dim:
+        raise ValueError(f"local: descriptors have dimension {local.dim} but dim={dim}")
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    top = neighbours_without_self(G, min(topk, G.shape[0] - 1)).cpu()
+    rel = (y[top] == y.unsqueeze(1)) & (y.unsqueeze(1) >= 0)
+    usable = torch.nonzero(rel.any(1) & (~rel).any(1)).squeeze(1)
+    if usable.numel() == 0:
+        raise ValueError("labels: no image has both a positive and a negative in its global top-k")
+    steps = math.ceil(usable.numel() / batch_size)
+    history = []
+    for epoch in range(epochs):
+        model.train()
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        anchors = usable[torch.randperm(usable.numel(), generator=gen)]
+        # one random positive and one random negative of each anchor's list
+        noise = torch.rand(anchors.numel(), top.shape[1], generator=gen)
+        r = rel[anchors]
+        pos = top[anchors].gather(1, torch.where(r, noise, -1.0).argmax(1, keepdim=True)).squeeze(1)
+        neg = top[anchors].gather(1, torch.where(~r, noise, -1.0).argmax(1, keepdim=True)).squeeze(1)
+        total = 0.0
+        for step in range(steps):
+            a = anchors[step * batch_size:(step + 1) * batch_size]
+            p, n_ = pos[step * batch_size:(step + 1) * batch_size], neg[step * batch_size:(step + 1) * batch_size]
+            qi, di = torch.cat([a, a]), torch.cat([p, n_])
+            target = torch.cat([torch.ones(a.numel()), torch.zeros(a.numel())]).to(device)
+            loss = F.binary_cross_entropy_with_logits(pair_logits(model, G, local, qi, di, max_local), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step + 1}; lower lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            if progress is not None:
+                progress(epoch * steps + step + 1, epochs * steps)
+        record = {"epoch": epoch + 1, "loss": total / steps, "val_map": None}
+        if val is not None:
+            vG = torch.as_tensor(np.asarray(val[0]), dtype=torch.float32).to(device)
+            record["val_map"] = validation_map(model, vG, val[1], val[2], topk, max_local)
+        history.append(record)
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, model, fmt=FORMAT, optimizer=opt.state_dict(), epoch=epoch + 1,
+                            history=history, train_config=dict(topk=topk, epochs=epochs, batch_size=batch_size, lr=lr,
+                                                               weight_decay=weight_decay, max_local=max_local, seed=seed))
+        if on_epoch is not None:
+            on_epoch(record)
+    return TrainResult(model.eval(), history)
