@@ -60,6 +60,7 @@ def _learned(args) -> dict:
     locals_ = getattr(args, "locals", None)
     qlocals = getattr(args, "query_locals", None)
     return {"checkpoints": _checkpoints(getattr(args, "checkpoint", None)), "csa_k": getattr(args, "csa_k", None),
+            "rrt_top": getattr(args, "rrt_top", None),
             "locals": None if locals_ is None else load_local_descriptors(locals_),
             "query_locals": None if qlocals is None else load_local_descriptors(qlocals)}
 
@@ -83,6 +84,8 @@ def build_reranker(name: str, learned: dict | None = None):
             if learned.get("locals") is None:
                 raise ValueError("--locals: rrt needs the database's local descriptors (an .npz with local, offsets)")
             kwargs.update(locals=learned["locals"], query_locals=learned.get("query_locals"))
+            if learned.get("rrt_top") is not None:
+                kwargs["top"] = learned["rrt_top"]
         made.append(pycsa.create(part, checkpoint=path, **kwargs))
     return made[0] if len(made) == 1 else pycsa.Chain(made)
 
@@ -276,7 +279,10 @@ def run_eval(args) -> int:
         raise ValueError(f"--k: must be a positive int, got {args.k}")
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
+        rows = fs.class_half_rows(args.class_split)
         fs = fs.class_half(args.class_split)
+        if learned["locals"] is not None:
+            learned["locals"] = learned["locals"].subset(rows)
     Q, X = fs.queries, fs.database
     if args.gnd:
         mode = "revisited"
@@ -422,9 +428,7 @@ def _run_train_rrt(args) -> int:
     def split(part):
         if part == "all":
             return fs.database, local, fs.db_labels
-        classes = np.unique(fs.db_labels[fs.db_labels >= 0])
-        half = classes[: classes.size // 2] if part == "first" else classes[classes.size // 2:]
-        keep = np.nonzero(np.isin(fs.db_labels, half))[0]
+        keep = fs.class_half_rows(part)
         return fs.database[keep], local.subset(keep), fs.db_labels[keep]
 
     G, loc, y = split(args.class_split)
@@ -498,6 +502,7 @@ def main(argv=None) -> int:
                          "'all' includes a learned method only with its checkpoint")
     ev.add_argument("--locals", help="local descriptors of the database (rrt): .npz/.pt with local, offsets[, scale]")
     ev.add_argument("--query-locals", help="local descriptors of the queries when they are not the database rows")
+    ev.add_argument("--rrt-top", type=int, default=None, help="RRT re-ranks each query's top-N (default 100)")
     ev.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="evaluate on one half of the classes only (e.g. the half a model was not trained on)")
     ev.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
@@ -545,6 +550,7 @@ def main(argv=None) -> int:
     rr.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
     rr.add_argument("--locals", help="local descriptors of the database (rrt)")
     rr.add_argument("--query-locals", help="local descriptors of the queries when they are not the database rows")
+    rr.add_argument("--rrt-top", type=int, default=None, help="RRT re-ranks each query's top-N (default 100)")
     rr.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
     rr.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
     rr.add_argument("--out", required=True, help=".npz file for the new ranking (indices, scores)")

@@ -182,3 +182,21 @@ def test_reranker_errors(tmp_path):
     save_checkpoint(csa_ckpt, pycsa.csa.CSA(num_anchors=4, dim=8, heads=1))
     with pytest.raises(ValueError, match="is not a pycsa RRT checkpoint"):
         RRTReranker.load(csa_ckpt)
+
+
+def test_cli_train_and_eval_rrt(shared_data, tmp_path, capsys):
+    import pycsa.cli
+
+    M = str(shared_data / "mpeg7" / "mpeg7_mobilenetv2_imagenet_gap1280.npz")
+    Lc = str(shared_data / "mpeg7" / "mpeg7_mobilenetv2_local128.npz")
+    out = tmp_path / "rrt.pt"
+    assert pycsa.cli.main(["train", "--method", "rrt", "--features", M, "--locals", Lc, "--class-split", "first",
+                           "--val-class-split", "second", "--depth", "1", "--ffn", "64", "--epochs", "1",
+                           "--topk", "5", "--max-local", "10", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "epoch   1" in text and "val mAP" in text and out.exists()
+    assert pycsa.cli.main(["eval", "--features", M, "--method", "rrt", "--checkpoint", f"rrt={out}",
+                           "--locals", Lc, "--rrt-top", "5", "--class-split", "second"]) == 0
+    assert "rrt" in capsys.readouterr().out
+    assert pycsa.cli.main(["eval", "--features", M, "--method", "rrt", "--checkpoint", f"rrt={out}"]) == 2
+    assert "--locals: rrt needs" in capsys.readouterr().err

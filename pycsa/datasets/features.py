@@ -96,10 +96,10 @@ class FeatureSet:
     def has_cams(self) -> bool:
         return self.query_cams is not None and self.db_cams is not None
 
-    def class_half(self, part: str) -> "FeatureSet":
-        """The items of the first or the second half of the classes (sorted label ids;
-        negative labels, distractors, are dropped): a class-disjoint train/test split.
-        Only for sets whose queries are the database (one labelled matrix)."""
+    def class_half_rows(self, part: str) -> np.ndarray:
+        """Rows of the first or the second half of the classes (sorted label ids; negative
+        labels, distractors, are dropped): a class-disjoint train/test split. Only for
+        sets whose queries are the database (one labelled matrix)."""
         if part not in ("first", "second"):
             raise ValueError(f"part: expected 'first' or 'second', got {part!r}")
         if not (self.queries_are_database and self.has_labels):
@@ -108,7 +108,11 @@ class FeatureSet:
         if classes.size < 2:
             raise ValueError(f"a class split needs at least 2 classes, found {classes.size}")
         half = classes.size // 2
-        keep = np.isin(self.db_labels, classes[:half] if part == "first" else classes[half:])
+        return np.nonzero(np.isin(self.db_labels, classes[:half] if part == "first" else classes[half:]))[0]
+
+    def class_half(self, part: str) -> "FeatureSet":
+        """The items of :meth:`class_half_rows`, as a feature set of their own."""
+        keep = self.class_half_rows(part)
         X, y = self.database[keep], self.db_labels[keep]
         return replace(self, queries=X, database=X, query_labels=y, db_labels=y,
                        names=None if self.names is None else self.names[keep])
