@@ -15,6 +15,14 @@ namespace pycsa {
 void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& lengths);
 
+// What the kernels read: q, k, v with a dense head dimension (any strides elsewhere,
+// e.g. views of a fused qkv projection) and contiguous lengths (undefined if absent).
+struct AttentionInputs {
+  at::Tensor q, k, v, lengths;
+};
+AttentionInputs attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const std::optional<at::Tensor>& lengths);
+
 // 1/sqrt(D) unless the caller gives a scale.
 inline double attention_scale(const at::Tensor& q, std::optional<double> scale) {
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(q.size(3), 1)));

@@ -31,4 +31,10 @@ void check_attention_args(const at::Tensor& q, const at::Tensor& k, const at::Te
   }
 }
 
+AttentionInputs attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                 const std::optional<at::Tensor>& lengths) {
+  auto dense_last = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
+  return {dense_last(q), dense_last(k), dense_last(v), lengths.has_value() ? lengths->contiguous() : at::Tensor()};
+}
+
 }  // namespace pycsa

@@ -162,12 +162,7 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const std::optional<at::Tensor>& lengths, std::optional<double> scale) {
   check_attention_args(q, k, v, lengths);
   TORCH_CHECK_VALUE(q.device().is_cpu(), "q: expected a CPU tensor");
-  // Any layout of (batch, heads, tokens) works, e.g. views of a fused qkv projection;
-  // the head dimension must be dense.
-  auto dense_last = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-  const at::Tensor qc = dense_last(q), kc = dense_last(k), vc = dense_last(v);
-  at::Tensor len;
-  if (lengths.has_value()) len = lengths->contiguous();
+  const auto [qc, kc, vc, len] = attention_inputs(q, k, v, lengths);
 
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;

@@ -296,10 +296,7 @@ at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
   check_attention_args(q, k, v, lengths);
   TORCH_CHECK_VALUE(q.is_cuda(), "q: expected a CUDA tensor");
   const c10::cuda::CUDAGuard guard(q.device());
-  auto dense_last = [](const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); };
-  const at::Tensor qc = dense_last(q), kc = dense_last(k), vc = dense_last(v);
-  at::Tensor len;
-  if (lengths.has_value()) len = lengths->contiguous();
+  const auto [qc, kc, vc, len] = attention_inputs(q, k, v, lengths);
 
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
