@@ -183,3 +183,14 @@ def _search_torch(Q, X, k, block_elems, progress):
         if progress is not None:
             progress(min(q, qs + q_step), q)
     return scores, indices
+
+
+def neighbours_without_self(X: torch.Tensor, depth: int) -> torch.Tensor:
+    """Each row's top-``depth`` other rows (its own index removed wherever it ranks)."""
+    n = X.shape[0]
+    _, idx = search(X, X, min(depth + 1, n))
+    idx = torch.as_tensor(idx, device=X.device)
+    is_self = idx == torch.arange(n, device=X.device).unsqueeze(1)
+    # a stable sort moves each row's own index to the end and keeps the others in order
+    order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
+    return idx.gather(1, order)[:, :depth]

@@ -13,7 +13,8 @@ import pycsa.cli
 from pycsa.csa import CSA, CSAReranker, build_samples, csa_loss, load_model, save_checkpoint, train
 from pycsa.datasets.synthetic import make_retrieval
 from pycsa.evaluate import class_map, revisited
-from pycsa.rerank.csa.train import make_batch, neighbours_without_self
+from pycsa.rerank.csa.train import make_batch
+from pycsa.search import neighbours_without_self
 
 # small enough to train in seconds on 2 cores, large enough to learn (see test_learns_*)
 FAST = dict(dim=64, depth=2, heads=1, batch_size=16, lr=0.03, dropout=0.0, drop_path=0.0)

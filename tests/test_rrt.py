@@ -8,7 +8,7 @@ import torch
 import pycsa
 from pycsa.datasets.local import LocalDescriptors, load_local_descriptors, make_local_descriptors
 from pycsa.rrt import RRT, RRTReranker, pair_logits, train
-from pycsa.rerank.csa.checkpoint import save_checkpoint
+from pycsa.rerank.checkpoint import save_checkpoint
 from pycsa.rerank.rrt.train import FORMAT
 
 
@@ -179,7 +179,7 @@ def test_reranker_errors(tmp_path):
     out = RRTReranker.load(path, locals=s, query_locals=_store(counts=(2, 4), seed=3)).rerank(Q, G, ranking)
     assert out.indices.shape == (2, 2)
     csa_ckpt = tmp_path / "csa.pt"
-    save_checkpoint(csa_ckpt, pycsa.csa.CSA(num_anchors=4, dim=8, heads=1))
+    pycsa.csa.save_checkpoint(csa_ckpt, pycsa.csa.CSA(num_anchors=4, dim=8, heads=1))
     with pytest.raises(ValueError, match="is not a pycsa RRT checkpoint"):
         RRTReranker.load(csa_ckpt)
 

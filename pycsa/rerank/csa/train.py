@@ -15,7 +15,7 @@ from ..._tensors import as_tensor, check_features
 from ...evaluate import class_map
 from ...ops import affinity
 from ...ranking import Progress
-from ...search import search
+from ...search import neighbours_without_self
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import CSA
 from .serve import csa_scores
@@ -34,17 +34,6 @@ class _SampleSet:
     X: torch.Tensor  # N x d features of one extractor
     ranks: torch.Tensor  # N x (max(K, L) - 1): each image's neighbours, itself left out
     relevant: torch.Tensor  # N x (max(K, L) - 1): same label as the image
-
-
-def neighbours_without_self(X: torch.Tensor, depth: int) -> torch.Tensor:
-    """Each row's top-``depth`` other rows (its own index removed wherever it ranks)."""
-    n = X.shape[0]
-    _, idx = search(X, X, min(depth + 1, n))
-    idx = torch.as_tensor(idx, device=X.device)
-    is_self = idx == torch.arange(n, device=X.device).unsqueeze(1)
-    # a stable sort moves each row's own index to the end and keeps the others in order
-    order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
-    return idx.gather(1, order)[:, :depth]
 
 
 def build_samples(features: list, labels: torch.Tensor, K: int, L: int) -> list[_SampleSet]:

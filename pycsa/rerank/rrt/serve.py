@@ -7,7 +7,7 @@ from ..._checks import positive_int
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress, Ranking, Reranker, register
 from ...search import sort_by_score
-from ..csa.checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint
 from .model import RRT
 from .train import FORMAT, rerank_scores
 

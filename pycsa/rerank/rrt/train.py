@@ -13,8 +13,8 @@ from ..._checks import positive_int
 from ...datasets.local import LocalDescriptors
 from ...evaluate import class_map
 from ...ranking import Progress
-from ..csa.checkpoint import save_checkpoint
-from ..csa.train import neighbours_without_self
+from ...search import neighbours_without_self
+from ..checkpoint import save_checkpoint
 from .model import RRT
 
 FORMAT = "pycsa.rrt"
