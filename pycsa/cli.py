@@ -408,7 +408,41 @@ def run_train(args) -> int:
             on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
     if result.history:
         print(f"wrote {args.out}")
+    if args.plot:
+        _plot_training(result.history, f"CSA training: {Path(args.features[0]).name}", args.plot)
+        print(f"wrote {args.plot}")
     return 0
+
+
+def _plot_training(history: list, title: str, out: str) -> None:
+    """Loss per epoch (left axis) and validation mAP (right axis, when measured)."""
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("--plot needs matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    epochs = [h["epoch"] for h in history]
+    fig, ax = plt.subplots(figsize=(7.0, 4.2), dpi=120)
+    ax.plot(epochs, [h["loss"] for h in history], "o-", color="tab:blue", label="training loss")
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("training loss", color="tab:blue")
+    ax.grid(alpha=0.3)
+    handles = ax.get_lines()
+    if any(h.get("val_map") is not None for h in history):
+        ax2 = ax.twinx()
+        pts = [(h["epoch"], 100 * h["val_map"]) for h in history if h.get("val_map") is not None]
+        ax2.plot(*zip(*pts), "s-", color="tab:orange", label="validation mAP")
+        ax2.set_ylabel("validation mAP (%)", color="tab:orange")
+        handles = handles + ax2.get_lines()
+    ax.legend(handles, [h.get_label() for h in handles], loc="center right", frameon=False)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 def _run_train_rrt(args) -> int:
@@ -443,12 +477,15 @@ def _run_train_rrt(args) -> int:
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}"  # noqa: E731
                      + (f"  val mAP {100 * r['val_map']:.2f}" if r["val_map"] is not None else ""))
     with progress_bar("rrt: training", unit="batch") as cb:
-        pycsa.rrt.train(G, loc, y, val=val, topk=args.topk, dim=loc.dim, depth=args.depth, heads=args.heads,
+        result = pycsa.rrt.train(G, loc, y, val=val, topk=args.topk, dim=loc.dim, depth=args.depth, heads=args.heads,
                         ffn=args.ffn, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, weight_decay=args.weight_decay, max_local=args.max_local, device=args.device,
                         checkpoint=args.out, seed=args.seed, progress=cb,
                         on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
     print(f"wrote {args.out}")
+    if args.plot:
+        _plot_training(result.history, f"RRT training: {Path(args.features[0]).name}", args.plot)
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -542,6 +579,7 @@ def main(argv=None) -> int:
     tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     tr.add_argument("--resume", help="continue from this checkpoint")
     tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
     tr.set_defaults(run=run_train)
 
     rr = sub.add_parser("rerank", help="initial search and one re-ranker on a features file; saves the ranking")

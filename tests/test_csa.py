@@ -300,10 +300,11 @@ def test_cli_train_eval_rerank(tmp_path, shared_data, capsys):
     out = tmp_path / "csa.pt"
     args = ["train", "--features", M, "--class-split", "first", "--val-features", M, "--val-class-split", "second",
             "--K", "64", "--L", "64", "--dim", "64", "--heads", "1", "--epochs", "1", "--batch-size", "32",
-            "--dropout", "0", "--drop-path", "0", "--out", str(out)]
+            "--dropout", "0", "--drop-path", "0", "--out", str(out), "--plot", str(tmp_path / "curve.png")]
     assert pycsa.cli.main(args) == 0
     text = capsys.readouterr().out
     assert "epoch   1" in text and "val mAP" in text and out.exists()
+    assert (tmp_path / "curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert pycsa.cli.main(["eval", "--features", M, "--class-split", "second", "--method", "csa",
                            "--checkpoint", str(out)]) == 0
     assert "csa" in capsys.readouterr().out
