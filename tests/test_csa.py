@@ -354,3 +354,14 @@ def test_pooled_feature_sets_double_the_samples():
     assert len(res.history) == 1
     with pytest.raises(ValueError, match=r"features\[1\]: 30 rows"):
         train([X1, X2[:30]], y, K=8, L=8, epochs=1)
+
+
+def test_serving_in_another_dtype_leaves_the_model_untouched(ckpt):
+    X, _ = _features(n=50)
+    s, i = pycsa.search(X[:3], X, 20)
+    r = CSAReranker.load(ckpt, k=11)
+    before = [p.clone() for p in r.model.parameters()]
+    r16 = CSAReranker(model=r.model, k=11, dtype=torch.bfloat16)
+    out16 = r16.rerank(X[:3], X, pycsa.Ranking(i, s))
+    assert out16.indices.shape == i.shape
+    assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(before, r.model.parameters()))

@@ -8,6 +8,7 @@ from ..._tensors import as_tensor, to_caller
 from ...ops import affinity
 from ...ranking import Progress, Ranking, Reranker, register
 from ...search import sort_by_score
+from ..placement import placed
 from .checkpoint import load_model
 from .model import CSA
 
@@ -112,7 +113,7 @@ class CSAReranker(Reranker):
         """The model on the data's device in the serving precision (cached), and how to call it."""
         key = (device, dtype)
         if key not in self._placed:
-            m = self._model.to(device=device, dtype=dtype).eval()
+            m = placed(self._model, device, dtype)
             fwd = _GraphedModel(m) if device.type == "cuda" and self.cuda_graphs else m
             self._placed = {key: (m, fwd)}
         return self._placed[key]

@@ -8,6 +8,7 @@ from ...datasets.local import LocalDescriptors
 from ...ranking import Progress, Ranking, Reranker, register
 from ...search import sort_by_score
 from ..checkpoint import load_checkpoint
+from ..placement import placed
 from .model import RRT
 from .train import FORMAT, rerank_scores
 
@@ -47,6 +48,7 @@ class RRTReranker(Reranker):
         self.batch_pairs = positive_int(batch_pairs, "batch_pairs")
         self.max_local, self.device, self.dtype = max_local, device, dtype
         self._model = model.eval()
+        self._placed = {}
         self._locals, self._query_locals = locals, query_locals
 
     @classmethod
@@ -72,7 +74,10 @@ class RRTReranker(Reranker):
             raise ValueError(f"query_locals: has {q_locals.num_images} images but there are {Q.shape[0]} queries")
         device = torch.device(self.device) if self.device is not None else X.device
         dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        model = self._model.to(device=device, dtype=dtype)
+        key = (device, dtype)
+        if key not in self._placed:
+            self._placed = {key: placed(self._model, device, dtype)}
+        model = self._placed[key]
         idx = ranking.indices
         m = min(self.top, idx.shape[1])
         top = idx[:, :m].cpu()
