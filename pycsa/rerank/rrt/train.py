@@ -44,10 +44,14 @@ def rerank_scores(model: RRT, G, local, top: torch.Tensor, *, Gq=None, local_q=N
     B, k = top.shape
     qi = torch.arange(B).repeat_interleave(k)
     di = top.reshape(-1).cpu()
+    # Pairs of similar length share a batch: the linear layers run over each batch's
+    # longest sequence, so sorting by length cuts their work on padding.
+    lq = (local if local_q is None else local_q).counts[qi]
+    order = torch.sort(lq + local.counts[di], stable=True).indices
     out = torch.empty(B * k)
     for s in range(0, B * k, batch_pairs):
-        out[s:s + batch_pairs] = pair_logits(model, G, local, qi[s:s + batch_pairs], di[s:s + batch_pairs], max_local,
-                                             Gq, local_q).cpu()
+        sel = order[s:s + batch_pairs]
+        out[sel] = pair_logits(model, G, local, qi[sel], di[sel], max_local, Gq, local_q).float().cpu()
         if progress is not None:
             progress(min(s + batch_pairs, B * k) // k, B)
     return out.view(B, k)
