@@ -21,7 +21,6 @@ import time
 
 import torch
 
-import pycsa
 from pycsa.csa import CSA, csa_scores
 from pycsa.rerank.csa.serve import _GraphedModel
 

@@ -280,7 +280,7 @@ def run_eval(args) -> int:
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
         rows = fs.class_half_rows(args.class_split)
-        fs = fs.class_half(args.class_split)
+        fs = fs.subset(rows)
         if learned["locals"] is not None:
             learned["locals"] = learned["locals"].subset(rows)
     Q, X = fs.queries, fs.database
@@ -387,7 +387,7 @@ def run_train(args) -> int:
             raise ValueError(f"--val-features: {args.val_features} must hold one labelled matrix")
         if args.val_class_split != "all":
             val = val.class_half(args.val_class_split)
-    n, d = sets[0].database.shape
+    n = sets[0].database.shape[0]
     print(f"pycsa {pycsa.__version__} train csa: {len(sets)} feature set(s) x {n} images (d={', '.join(str(fs.database.shape[1]) for fs in sets)}), "
           f"{np.unique(sets[0].db_labels).size} classes"
           + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))
@@ -465,10 +465,10 @@ def _run_train_rrt(args) -> int:
         keep = fs.class_half_rows(part)
         return fs.database[keep], local.subset(keep), fs.db_labels[keep]
 
-    G, loc, y = split(args.class_split)
-    val = split(args.val_class_split) if args.val_class_split != "all" or args.val_features else None
     if args.val_features:
         raise ValueError("--val-features: for rrt use --val-class-split on the same files")
+    G, loc, y = split(args.class_split)
+    val = split(args.val_class_split) if args.val_class_split != "all" else None
     print(f"pycsa {pycsa.__version__} train rrt: {G.shape[0]} images (global d={G.shape[1]}, "
           f"{int(loc.counts.sum())} local descriptors of d={loc.dim}), {np.unique(y).size} classes"
           + (f"; validation: {val[0].shape[0]} images" if val else ""))

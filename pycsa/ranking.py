@@ -13,6 +13,7 @@ from typing import Callable, ClassVar, NamedTuple, Optional
 import torch
 
 from ._tensors import as_tensor, check_features, to_caller
+from .search import sort_by_score
 
 Progress = Optional[Callable[[int, int], None]]  # (done, total); the CLI passes a progress bar
 
@@ -22,6 +23,19 @@ class Ranking(NamedTuple):
 
     indices: object
     scores: object
+
+
+def resort_top(ranking: Ranking, top_scores: torch.Tensor) -> Ranking:
+    """``ranking`` (torch tensors) with its first m = ``top_scores.shape[1]`` items re-sorted
+    by ``top_scores`` (descending, equal scores by the lower index) and scored by them; the
+    items past m keep their place and score."""
+    m = top_scores.shape[1]
+    new_scores, new_top = sort_by_score(top_scores, ranking.indices[:, :m])
+    indices = ranking.indices.clone()
+    indices[:, :m] = new_top
+    scores = ranking.scores.clone().float()
+    scores[:, :m] = new_scores
+    return Ranking(indices, scores)
 
 
 class Reranker:

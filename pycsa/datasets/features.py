@@ -112,10 +112,15 @@ class FeatureSet:
 
     def class_half(self, part: str) -> "FeatureSet":
         """The items of :meth:`class_half_rows`, as a feature set of their own."""
-        keep = self.class_half_rows(part)
-        X, y = self.database[keep], self.db_labels[keep]
+        return self.subset(self.class_half_rows(part))
+
+    def subset(self, rows) -> "FeatureSet":
+        """The given items of a labelled set whose queries are the database, in that order."""
+        if not (self.queries_are_database and self.has_labels):
+            raise ValueError("subset: needs one labelled matrix (every item a query against the others)")
+        X, y = self.database[rows], self.db_labels[rows]
         return replace(self, queries=X, database=X, query_labels=y, db_labels=y,
-                       names=None if self.names is None else self.names[keep])
+                       names=None if self.names is None else self.names[rows])
 
 
 # --------------------------------------------------------------------------- reading

@@ -27,8 +27,7 @@ class LocalDescriptors:
     """M int64 scale indices (0 when the extractor has one scale)."""
 
     def __post_init__(self):
-        self.descriptors = torch.as_tensor(np.asarray(self.descriptors) if not isinstance(self.descriptors, torch.Tensor)
-                                           else self.descriptors)
+        self.descriptors = torch.as_tensor(self.descriptors)
         self.offsets = torch.as_tensor(self.offsets).long()
         self.scales = torch.as_tensor(self.scales).long()
         D, off, sc = self.descriptors, self.offsets, self.scales
@@ -87,6 +86,9 @@ class LocalDescriptors:
         return desc, self.scales[rows] * valid, counts
 
     def to(self, device) -> "LocalDescriptors":
+        """The store with its descriptors on ``device`` (itself when they are there already)."""
+        if self.descriptors.device == torch.device(device):
+            return self
         return LocalDescriptors(self.descriptors.to(device), self.offsets, self.scales)
 
 

@@ -18,8 +18,8 @@ import torch
 from .._checks import positive_int
 from .._tensors import as_tensor, check_features, to_caller
 from ..ops import affinity, weighted_gather_sum
-from ..ranking import Progress, Ranking, Reranker, register
-from ..search import sort_by_score, topk_lower_index
+from ..ranking import Progress, Ranking, Reranker, register, resort_top
+from ..search import topk_lower_index
 
 
 def _check_params(M, K, beta, refine):
@@ -86,17 +86,9 @@ def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None):
     rk = rk.to(X.device).long()
     if rk.numel() and (int(rk.min()) < 0 or int(rk.max()) >= X.shape[0]):
         raise IndexError(f"ranks: indices must lie in [0, {X.shape[0]}) (database rows)")
-    m = min(M, rk.shape[1])
-    top = rk[:, :m]
-    final = superglobal_scores(Q.to(X.device), X, top, K, beta, refine)
-    final, top = sort_by_score(final, top)
-    new = rk.clone()
-    new[:, :m] = top
-    new_scores = None
-    if scores is not None:
-        new_scores = scores.clone().float()
-        new_scores[:, :m] = final
-    return to_caller(new, was_numpy), new_scores
+    final = superglobal_scores(Q.to(X.device), X, rk[:, :M], K, beta, refine)
+    new = resort_top(Ranking(rk, torch.zeros(rk.shape, device=rk.device) if scores is None else scores), final)
+    return to_caller(new.indices, was_numpy), None if scores is None else new.scores
 
 
 @register("superglobal")

@@ -4,10 +4,9 @@ from __future__ import annotations
 import torch
 
 from ..._checks import positive_int
-from ..._tensors import as_tensor, to_caller
+from ..._tensors import as_tensor
 from ...ops import affinity
-from ...ranking import Progress, Ranking, Reranker, register
-from ...search import sort_by_score
+from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..placement import placed
 from .checkpoint import load_model
 from .model import CSA
@@ -129,7 +128,7 @@ class CSAReranker(Reranker):
                 self.k = old
         if isinstance(ranking, Ranking) or (isinstance(ranking, tuple) and len(ranking) == 2):
             return super().rerank(queries, database, ranking, progress=progress)
-        idx, was_numpy = as_tensor(ranking, "ranks")
+        idx, _ = as_tensor(ranking, "ranks")
         out = super().rerank(queries, database, Ranking(idx, torch.zeros(idx.shape, device=idx.device)),
                              progress=progress)
         return out.indices
@@ -139,12 +138,6 @@ class CSAReranker(Reranker):
         dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         model, forward = self._model_on(device, dtype)
         idx = ranking.indices
-        m = min(self.k - 1, idx.shape[1])  # the query is the list's first item
         new_scores = csa_scores(model, Q.to(device), X.to(device), idx.to(device), self.k, batch_size=self.batch_size,
-                                dtype=dtype, forward=forward, progress=progress).to(idx.device)
-        new_scores, new_top = sort_by_score(new_scores, idx[:, :m])
-        indices = idx.clone()
-        indices[:, :m] = new_top
-        scores = ranking.scores.clone().float()
-        scores[:, :m] = new_scores
-        return Ranking(indices, scores)
+                                dtype=dtype, forward=forward, progress=progress)
+        return resort_top(ranking, new_scores.to(idx.device))

@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from ..._checks import positive_int
 from ..._tensors import as_tensor, check_features
-from ...evaluate import class_map
 from ...ops import affinity
 from ...ranking import Progress
 from ...search import neighbours_without_self
+from ..validation import resorted_class_map
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import CSA
 from .serve import csa_scores
@@ -92,22 +92,15 @@ def validation_map(model: CSA, X: torch.Tensor, labels, k: int, *, batch_size: i
     """Class mAP on a labelled set, every image a query against the others, after CSA
     re-ranks each query's top-``k`` (query included)."""
     X = torch.as_tensor(X)
-    n = X.shape[0]
-    top = neighbours_without_self(X, n - 1)
-    m = min(k - 1, n - 1)
+    top = neighbours_without_self(X, X.shape[0] - 1)
     was_training = model.training
     model.eval()
     try:
         with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=X.device.type == "cuda"):
-            s = csa_scores(model, X, X, top, m + 1, batch_size=batch_size, dtype=X.dtype)
+            s = csa_scores(model, X, X, top, k, batch_size=batch_size, dtype=X.dtype)
     finally:
         model.train(was_training)
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    top[:, :m] = top[:, :m].gather(1, order)
-    own = torch.arange(n, device=X.device).unsqueeze(1)
-    full = torch.cat([top, own], dim=1).cpu().numpy()  # the query itself last, dropped by exclude_self
-    labels = np.asarray(torch.as_tensor(labels).cpu())
-    return class_map(full, labels, labels, exclude_self=True)
+    return resorted_class_map(top, s, labels)
 
 
 def _features_list(features, name):

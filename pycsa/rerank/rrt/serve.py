@@ -5,8 +5,7 @@ import torch
 
 from ..._checks import positive_int
 from ...datasets.local import LocalDescriptors
-from ...ranking import Progress, Ranking, Reranker, register
-from ...search import sort_by_score
+from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..checkpoint import load_checkpoint
 from ..placement import placed
 from .model import RRT
@@ -57,7 +56,7 @@ class RRTReranker(Reranker):
 
     def fit(self, database, *, locals: LocalDescriptors | None = None, progress: Progress = None) -> "RRTReranker":
         if locals is not None:
-            self._locals = locals
+            self._locals, self._placed = locals, {}
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
@@ -75,18 +74,11 @@ class RRTReranker(Reranker):
         device = torch.device(self.device) if self.device is not None else X.device
         dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
         key = (device, dtype)
-        if key not in self._placed:
-            self._placed = {key: placed(self._model, device, dtype)}
-        model = self._placed[key]
-        idx = ranking.indices
-        m = min(self.top, idx.shape[1])
-        top = idx[:, :m].cpu()
-        logits = rerank_scores(model, X.to(device, dtype), self._locals.to(device), top, Gq=Q.to(device, dtype),
-                               local_q=q_locals.to(device), batch_pairs=self.batch_pairs, max_local=self.max_local,
-                               progress=progress).to(idx.device)
-        new_scores, new_top = sort_by_score(logits, idx[:, :m])
-        indices = idx.clone()
-        indices[:, :m] = new_top
-        scores = ranking.scores.clone().float()
-        scores[:, :m] = new_scores
-        return Ranking(indices, scores)
+        if key not in self._placed:  # the model and the database's descriptors, moved once per device
+            self._placed = {key: (placed(self._model, device, dtype), self._locals.to(device))}
+        model, db_locals = self._placed[key]
+        q_locals = db_locals if q_locals is self._locals else q_locals.to(device)
+        top = ranking.indices[:, :self.top].cpu()
+        logits = rerank_scores(model, X.to(device, dtype), db_locals, top, Gq=Q.to(device, dtype), local_q=q_locals,
+                               batch_pairs=self.batch_pairs, max_local=self.max_local, progress=progress)
+        return resort_top(ranking, logits.to(ranking.indices.device))

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from ..._checks import positive_int
 from ...datasets.local import LocalDescriptors
-from ...evaluate import class_map
 from ...ranking import Progress
 from ...search import neighbours_without_self
 from ..checkpoint import save_checkpoint
+from ..validation import resorted_class_map
 from .model import RRT
 
 FORMAT = "pycsa.rrt"
@@ -60,20 +60,14 @@ def rerank_scores(model: RRT, G, local, top: torch.Tensor, *, Gq=None, local_q=N
 @torch.no_grad()
 def validation_map(model, G, local, labels, topk: int = 100, max_local=None, batch_pairs: int = 256) -> float:
     """Class mAP, every image a query against the others, its top-k re-sorted by RRT."""
-    n = G.shape[0]
-    full = neighbours_without_self(G, n - 1)
-    k = min(topk, n - 1)
+    full = neighbours_without_self(G, G.shape[0] - 1)
     was = model.training
     model.eval()
     try:
-        s = rerank_scores(model, G, local, full[:, :k].cpu(), batch_pairs=batch_pairs, max_local=max_local)
+        s = rerank_scores(model, G, local, full[:, :topk].cpu(), batch_pairs=batch_pairs, max_local=max_local)
     finally:
         model.train(was)
-    order = torch.sort(s, dim=1, descending=True, stable=True).indices
-    full[:, :k] = full[:, :k].gather(1, order.to(full.device))
-    ranks = torch.cat([full, torch.arange(n, device=full.device).unsqueeze(1)], dim=1).cpu().numpy()
-    labels = np.asarray(labels)
-    return class_map(ranks, labels, labels, exclude_self=True)
+    return resorted_class_map(full, s, labels)
 
 
 def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: int = 100, dim: int = 128,
