@@ -3,6 +3,8 @@
 // build facts Python needs.
 #include <torch/extension.h>
 
+#include "cpu/cpu_features.h"
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pycsa C++/CUDA kernels; use them through pycsa.ops";
 #ifdef PYCSA_WITH_CUDA
@@ -10,4 +12,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  m.def("native_bf16_gemm", &pycsa::native_bf16_gemm,
+        "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX): bf16 GEMMs beat float32 ones");
 }

@@ -1,9 +1,14 @@
 """Initial retrieval: exact inner-product top-k (SPEC §1).
 
-CPU: faiss ``IndexFlatIP`` when faiss is installed, else a blocked torch search.
-CUDA: the blocked torch search on the GPU. Neither holds the full q x n score
-matrix: the torch path keeps at most ``block_elems`` scores at a time
-(256 MB in float32 by default). Ties (equal float32 scores) are broken by the
+CPU: on processors with bfloat16 dot products (AVX512-BF16, AMX) and a float32
+database of at least 4,096 rows, a bfloat16 first pass over the whole database
+(C++, about twice the speed of a float32 GEMM) picks candidates that are then
+scored again in float32; a bound on the bfloat16 error proves, row by row, that
+no item left out can reach the top-k, and the rows it cannot prove (rare) are
+searched again exactly. Elsewhere faiss ``IndexFlatIP`` when faiss is installed,
+else a blocked torch search. CUDA: the blocked torch search on the GPU. None
+holds the full q x n score matrix: the torch path keeps at most ``block_elems``
+scores at a time (256 MB in float32 by default). Ties (equal float32 scores) are broken by the
 lower database index. Exact duplicates of a row may still differ in the last
 bit when BLAS computes them in different blocks.
 
@@ -16,7 +21,9 @@ from typing import Callable, Optional
 
 import torch
 
+from . import ops
 from ._tensors import as_tensor, check_features, to_caller
+from .ops import _extension
 
 Progress = Optional[Callable[[int, int], None]]  # (done, total) in queries
 
@@ -30,22 +37,31 @@ class Index:
     """An exact inner-product index over ``database`` (rows are items).
 
     The database is held by reference: after changing it in place, build a new Index.
-    ``backend``: "auto" (faiss on CPU when installed, else torch), "faiss" or "torch".
+    ``backend``: "auto" (the bfloat16 prefilter where the CPU has bfloat16 dot
+    products and the database is float32 with at least 4,096 rows; faiss on CPU
+    when installed; else torch), "bf16" (the prefilter; float32 CPU databases on
+    any CPU, slow without bfloat16 instructions), "faiss" or "torch". Every
+    backend is exact; the prefilter keeps a bfloat16 copy of the database (half
+    the float32 size).
     """
 
     def __init__(self, database, *, backend: str = "auto", block_elems: int = 1 << 26):
         X, _ = as_tensor(database, "database")
         check_features(X, "database")
-        if backend not in ("auto", "faiss", "torch"):
-            raise ValueError(f"backend: expected 'auto', 'faiss' or 'torch', got {backend!r}")
+        if backend not in ("auto", "bf16", "faiss", "torch"):
+            raise ValueError(f"backend: expected 'auto', 'bf16', 'faiss' or 'torch', got {backend!r}")
         if backend == "faiss" and (faiss is None or X.device.type != "cpu"):
             raise ValueError("backend: 'faiss' needs faiss-cpu installed and CPU inputs")
+        if backend == "bf16" and not (X.device.type == "cpu" and X.dtype == torch.float32
+                                      and _extension.has_cpu_kernels()):
+            raise ValueError("backend: 'bf16' needs a float32 CPU database and the compiled pycsa kernels")
         self.database = X
         self.block_elems = block_elems
-        self._faiss = None
-        if X.device.type == "cpu" and faiss is not None and backend != "torch":
-            self._faiss = faiss.IndexFlatIP(X.shape[1])
-            self._faiss.add(X.float().contiguous().numpy())
+        self._prefilter = None
+        if backend == "bf16" or (backend == "auto" and _Bf16Prefilter.worthwhile(X)):
+            self._prefilter = _Bf16Prefilter(X)
+        self._use_faiss = X.device.type == "cpu" and faiss is not None and backend != "torch"
+        self._faiss = None  # built on first use: behind the prefilter only rows it cannot prove need it
 
     @property
     def ntotal(self) -> int:
@@ -69,11 +85,19 @@ class Index:
             raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= X.shape[0]:
             raise ValueError(f"k: must be an int in [1, {X.shape[0]}] (the database size), got {k!r}")
-        if self._faiss is not None:
-            scores, indices = _search_faiss(self._faiss, Q, k, progress)
+        if self._prefilter is not None and self._prefilter.applies(Q, k):
+            scores, indices = self._prefilter.search(Q, k, self._exact, progress)
         else:
-            scores, indices = _search_torch(Q, X, k, self.block_elems, progress)
+            scores, indices = self._exact(Q, k, progress)
         return to_caller(scores, was_numpy), to_caller(indices, was_numpy)
+
+    def _exact(self, Q, k, progress=None):
+        if self._use_faiss:
+            if self._faiss is None:
+                self._faiss = faiss.IndexFlatIP(self.database.shape[1])
+                self._faiss.add(self.database.float().contiguous().numpy())
+            return _search_faiss(self._faiss, Q, k, progress)
+        return _search_torch(Q, self.database, k, self.block_elems, progress)
 
 
 def search(queries, database, k: int, *, backend: str = "auto", block_elems: int = 1 << 26,
@@ -82,7 +106,7 @@ def search(queries, database, k: int, *, backend: str = "auto", block_elems: int
 
     Returns ``(scores, indices)``, each q x k, best first (float32 scores, int64
     indices), as torch tensors or numpy arrays like ``queries``. ``backend``:
-    "auto", "faiss" (CPU only) or "torch". For many searches of one database,
+    "auto", "bf16" (CPU only), "faiss" (CPU only) or "torch". For many searches of one database,
     build an :class:`Index` once.
     """
     Q, _ = as_tensor(queries, "queries")
@@ -92,6 +116,97 @@ def search(queries, database, k: int, *, backend: str = "auto", block_elems: int
     if Q.dim() == 2 and X.dim() == 2 and Q.shape[1] != X.shape[1]:
         raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
     return Index(database, backend=backend, block_elems=block_elems).search(queries, k, progress=progress)
+
+
+class _Bf16Prefilter:
+    """Exact float32 top-k through a bfloat16 first pass.
+
+    For each query the first pass (``ops.inner_product_topk`` on bfloat16 copies)
+    keeps the best ``k + margin`` candidates and the best approximate score a of
+    any item left out; the candidates are scored again in float32 and sorted
+    (score, then index). ``_score_bound(a)`` bounds the float32 score of every
+    item left out, so when it is below the k-th float32 score no such item can
+    enter the top-k or tie with it, and the row is exact. Other rows are searched
+    again with ``exact`` (the float32 search).
+    """
+
+    min_rows = 4096
+    queries_per_call = 4096  # progress granularity; also bounds the candidate buffers
+
+    def __init__(self, X: torch.Tensor):
+        self.database = X
+        self.unproven = 0  # rows of the last search that went to the exact search
+        self.low = X.bfloat16()
+        # Per database: max ||x||, max ||x̃|| and max ||x - x̃|| (float64, in blocks).
+        self.norm = self.norm_low = self.rounding = 0.0
+        for start in range(0, X.shape[0], 65536):
+            x = X[start:start + 65536].double()
+            xl = self.low[start:start + 65536].double()
+            if x.numel():
+                self.norm = max(self.norm, float(x.norm(dim=1).max()))
+                self.norm_low = max(self.norm_low, float(xl.norm(dim=1).max()))
+                self.rounding = max(self.rounding, float((x - xl).norm(dim=1).max()))
+
+    @classmethod
+    def worthwhile(cls, X: torch.Tensor) -> bool:
+        return (X.device.type == "cpu" and X.dtype == torch.float32 and X.shape[0] >= cls.min_rows
+                and _extension.has_cpu_kernels() and bool(_extension._C.native_bf16_gemm()))
+
+    @staticmethod
+    def margin(k: int) -> int:
+        return max(32, k)
+
+    def applies(self, Q: torch.Tensor, k: int) -> bool:
+        # Large features could overflow bfloat16 (max 3.4e38) or the float32 scores.
+        return (2 * (k + self.margin(k)) <= self.database.shape[0] and Q.dtype == torch.float32
+                and Q.shape[0] > 0 and self.norm < 1e15 and float(Q.abs().max()) < 1e15)
+
+    def _score_bound(self, Q: torch.Tensor, Ql: torch.Tensor, approx: torch.Tensor) -> torch.Tensor:
+        """Per query, an upper bound on the float32 score of any row whose approximate score is <= approx
+        (``approx``: one value per query, or q x m values).
+
+        With x̃ = bf16(x), q̃ = bf16(q), d features, g = d·2^-24 / (1 - d·2^-24)
+        (any float32 summation order, FMA or not), u = 2^-8, and the first pass's
+        float32 sum c of the products of q̃ and x̃ rounded once to bfloat16, a = bf16(c):
+          c <= f(a) = a / (1 - u) for a >= 0, a / (1 + u) below (rounding keeps the
+               sign and moves by at most u|c|; f increases, so f(approx) bounds them all)
+          |c - q̃·x̃|    <= g ||q̃|| max||x̃||
+          |q̃·x̃ - q·x|  <= ||q|| max||x - x̃|| + ||q - q̃|| max||x̃||
+          |fp32(q·x) - q·x| <= g ||q|| max||x||
+        plus an absolute 1e-30 for bfloat16 subnormals flushed to zero.
+        """
+        d, u = Q.shape[1], 2.0 ** -8
+        g = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
+        q, ql, a = Q.double(), Ql.double(), approx.double()
+        nq, nql, rq = q.norm(dim=1), ql.norm(dim=1), (q - ql).norm(dim=1)
+        c = torch.where(a >= 0, a / (1 - u), a / (1 + u))
+        eps = g * nql * self.norm_low + nq * self.rounding + rq * self.norm_low + g * nq * self.norm
+        eps = eps.reshape(-1, *([1] * (a.dim() - 1)))  # approx: one per query, or q x m
+        return c + eps * (1 + 1e-6) + 1e-30
+
+    def search(self, Q: torch.Tensor, k: int, exact, progress: Progress):
+        q, n = Q.shape[0], self.database.shape[0]
+        kc = k + self.margin(k)
+        scores = torch.empty((q, k), dtype=torch.float32)
+        indices = torch.empty((q, k), dtype=torch.int64)
+        self.unproven = 0
+        for start in range(0, q, self.queries_per_call):
+            Qb = Q[start:start + self.queries_per_call]
+            Ql = Qb.bfloat16()
+            approx, cand = ops.inner_product_topk(Ql, self.low, kc + 1)
+            left_out = approx[:, kc]  # the best approximate score of any item not kept
+            cand = cand[:, :kc]
+            rescored = ops.affinity(self.database, cand, 1, queries=Qb)[:, 1:, 0]
+            s, i = sort_by_score(rescored, cand)
+            s, i = s[:, :k], i[:, :k]
+            unproven = torch.nonzero(~(self._score_bound(Qb, Ql, left_out) < s[:, k - 1].double())).flatten()
+            if unproven.numel():
+                s[unproven], i[unproven] = exact(Qb[unproven], k)
+                self.unproven += unproven.numel()
+            scores[start:start + Qb.shape[0]], indices[start:start + Qb.shape[0]] = s, i
+            if progress is not None:
+                progress(start + Qb.shape[0], q)
+        return scores, indices
 
 
 def sort_by_score(scores: torch.Tensor, indices: torch.Tensor):

@@ -10,7 +10,9 @@ import importlib
 
 search_module = importlib.import_module("pycsa.search")  # the package exports the function under this name
 
-BACKENDS = ["torch"] + (["faiss"] if search_module.faiss is not None else [])
+BACKENDS = ["torch"] + (["faiss"] if search_module.faiss is not None else []) + \
+    (["bf16"] if pycsa.ops.has_cpu_kernels() else [])
+NATIVE_BF16 = pycsa.ops.has_cpu_kernels() and search_module._Bf16Prefilter.worthwhile(torch.zeros(4096, 1))
 
 
 def _brute(Q, X, k):
@@ -88,3 +90,63 @@ def test_cuda_matches_cpu(device):
 def test_bad_input(args, exc, word):
     with pytest.raises(exc, match=word):
         pycsa.search(*args)
+
+
+def _unit(g, *shape):
+    return torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1)
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_bf16_prefilter_is_exact_and_proves_most_rows():
+    # Retrieval-like data: near-duplicates of database rows, so both the top and
+    # the dense tail of near-equal scores (near-ties for the bound) are exercised.
+    g = torch.Generator().manual_seed(0)
+    X = _unit(g, 6007, 64)
+    Q = torch.nn.functional.normalize(X[:300] + 0.4 * torch.randn(300, 64, generator=g), dim=1)
+    index = pycsa.Index(X, backend="bf16")
+    for k in (1, 10, 100):
+        s, i = index.search(Q, k)
+        s_ref, i_ref = _brute(Q, X, k)
+        np.testing.assert_allclose(s.numpy(), s_ref, rtol=0, atol=1e-6)
+        # equal indices wherever the float64 scores are not within float32 error of each other
+        clear = np.abs(s_ref - np.take_along_axis(s_ref, np.argsort(-s_ref, 1, kind="stable"), 1)) < 1e-9
+        assert clear.all() and (i.numpy() == i_ref).mean() > 0.999
+        assert index._prefilter.unproven <= 0.02 * Q.shape[0]  # the bound is tight enough to matter
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+@pytest.mark.parametrize("scale", [1.0, 1e-20, 1e12])
+def test_bf16_score_bound_holds_for_every_row(scale):
+    # Wide dynamic range within a row (magnitudes 1e-3..1e3) and extreme overall scales.
+    g = torch.Generator().manual_seed(1)
+    d = 517
+    X = torch.randn(2000, d, generator=g) * 10 ** (6 * torch.rand(2000, d, generator=g) - 3) * scale
+    Q = torch.randn(37, d, generator=g) * 10 ** (6 * torch.rand(37, d, generator=g) - 3)
+    pre = search_module._Bf16Prefilter(X)
+    Ql = Q.bfloat16()
+    approx = (Ql.float() @ pre.low.float().T).bfloat16()  # what the first pass computes, row by row
+    for rescored in (Q @ X.T, (Q.double() @ X.double().T).float()):  # two float32 summation orders
+        bound = pre._score_bound(Q, Ql, approx)
+        assert rescored.double().le(bound).all()
+        # and not vacuous: within 2 % of the Cauchy-Schwarz scale ||q|| max||x|| (about 2^-7 is expected)
+        slack = (bound - rescored.double()).max(dim=1).values
+        assert (slack < 0.02 * Q.double().norm(dim=1) * pre.norm + 1e-30).all()
+
+
+@pytest.mark.skipif(not NATIVE_BF16, reason="the CPU has no bfloat16 dot products")
+def test_auto_uses_the_prefilter_only_where_it_pays():
+    g = torch.Generator().manual_seed(2)
+    assert pycsa.Index(_unit(g, 4096, 16))._prefilter is not None
+    assert pycsa.Index(_unit(g, 4095, 16))._prefilter is None  # small: the plain exact search
+    assert pycsa.Index(_unit(g, 5000, 16).double())._prefilter is None  # float64 stays float64
+    index = pycsa.Index(_unit(g, 5000, 16))
+    Q = _unit(g, 3, 16)
+    for k in (2000, 5000):  # too deep for a prefilter to save work: the exact search serves
+        s, i = index.search(Q, k)
+        np.testing.assert_array_equal(i.numpy()[:, :50], _brute(Q, index.database, k)[1][:, :50])
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_bf16_backend_refuses_what_it_cannot_serve():
+    with pytest.raises(ValueError, match="backend"):
+        pycsa.Index(torch.zeros(10, 3, dtype=torch.float64), backend="bf16")

@@ -8,5 +8,6 @@ from .affinity import affinity
 from .attention import attention
 from .gather_sum import weighted_gather_sum
 from .graph import csr_add_transpose, csr_cross_dense, gnn_propagate
+from .topk import inner_product_topk
 
-__all__ = ["affinity", "attention", "weighted_gather_sum", "csr_add_transpose", "gnn_propagate", "csr_cross_dense", "reference", "has_cpu_kernels", "has_cuda_kernels"]
+__all__ = ["affinity", "attention", "weighted_gather_sum", "csr_add_transpose", "gnn_propagate", "csr_cross_dense", "inner_product_topk", "reference", "has_cpu_kernels", "has_cuda_kernels"]

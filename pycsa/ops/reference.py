@@ -72,3 +72,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a length-0 row is all -inf: no weights
     out = torch.matmul(p, v.to(acc)) * valid[:, None, :, None]
     return out.to(q.dtype)
+
+
+def inner_product_topk(queries: torch.Tensor, database: torch.Tensor, k: int):
+    """Top-k of queries · databaseᵀ per row, best first, equal scores by the lower index.
+
+    Scores are float32 sums of the products; for bfloat16 inputs each score is then
+    rounded to bfloat16 (what a bfloat16 GEMM writes) and returned as float32.
+    """
+    S = queries.float() @ database.float().T
+    if queries.dtype == torch.bfloat16:
+        S = S.bfloat16().float()
+    order = torch.sort(-S, dim=1, stable=True).indices[:, :k]  # stable: lower index first among equals
+    return S.gather(1, order), order
