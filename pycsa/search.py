@@ -185,7 +185,7 @@ class _Bf16Prefilter:
         return c + eps * (1 + 1e-6) + 1e-30
 
     def search(self, Q: torch.Tensor, k: int, exact, progress: Progress):
-        q, n = Q.shape[0], self.database.shape[0]
+        q = Q.shape[0]
         kc = k + self.margin(k)
         scores = torch.empty((q, k), dtype=torch.float32)
         indices = torch.empty((q, k), dtype=torch.int64)
