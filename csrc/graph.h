@@ -18,6 +18,11 @@ Csr csr_add_transpose_cpu(const at::Tensor& rowptr, const at::Tensor& col, const
 Csr gnn_propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
                       const at::Tensor& nbr, const at::Tensor& weight);
 
+// csr_cross_dense(gnn_propagate(A, nbr, weight), split) without forming the
+// propagated gallery rows: the GNN's last layer and its query-gallery similarity.
+at::Tensor gnn_propagate_cross_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
+                                   const at::Tensor& nbr, const at::Tensor& weight, int64_t split);
+
 // Dense A[:split] · A[split:]ᵀ, shape split x (n - split): the query-gallery similarity.
 at::Tensor csr_cross_dense_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
                                int64_t split);

@@ -18,6 +18,7 @@ TORCH_LIBRARY(pycsa, m) {
   m.def("csr_add_transpose(Tensor rowptr, Tensor col, Tensor val) -> (Tensor, Tensor, Tensor)");
   m.def("gnn_propagate(Tensor rowptr, Tensor col, Tensor val, Tensor nbr, Tensor weight) -> (Tensor, Tensor, Tensor)");
   m.def("csr_cross_dense(Tensor rowptr, Tensor col, Tensor val, int split) -> Tensor");
+  m.def("gnn_propagate_cross(Tensor rowptr, Tensor col, Tensor val, Tensor nbr, Tensor weight, int split) -> Tensor");
   m.def("k_reciprocal_features(Tensor query, Tensor gallery, int k1, int k2, float lambda_value) -> Tensor");
   m.def("inner_product_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
 }
@@ -31,5 +32,6 @@ TORCH_LIBRARY_IMPL(pycsa, CPU, m) {
   m.impl("csr_add_transpose", &pycsa::csr_add_transpose_cpu);
   m.impl("gnn_propagate", &pycsa::gnn_propagate_cpu);
   m.impl("csr_cross_dense", &pycsa::csr_cross_dense_cpu);
+  m.impl("gnn_propagate_cross", &pycsa::gnn_propagate_cross_cpu);
   m.impl("inner_product_topk", &pycsa::inner_product_topk_cpu);
 }

@@ -139,9 +139,10 @@ class _Bf16Prefilter:
         self.low = X.bfloat16()
         # Per database: max ||x||, max ||x̃|| and max ||x - x̃|| (float64, in blocks).
         self.norm = self.norm_low = self.rounding = 0.0
-        for start in range(0, X.shape[0], 65536):
-            x = X[start:start + 65536].double()
-            xl = self.low[start:start + 65536].double()
+        step = max(1, (1 << 22) // max(1, X.shape[1]))  # float64 blocks of 32 MB
+        for start in range(0, X.shape[0], step):
+            x = X[start:start + step].double()
+            xl = self.low[start:start + step].double()
             if x.numel():
                 self.norm = max(self.norm, float(x.norm(dim=1).max()))
                 self.norm_low = max(self.norm_low, float(xl.norm(dim=1).max()))
@@ -177,8 +178,12 @@ class _Bf16Prefilter:
         """
         d, u = Q.shape[1], 2.0 ** -8
         g = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
-        q, ql, a = Q.double(), Ql.double(), approx.double()
-        nq, nql, rq = q.norm(dim=1), ql.norm(dim=1), (q - ql).norm(dim=1)
+        nq, nql, rq = (torch.empty(Q.shape[0], dtype=torch.float64) for _ in range(3))
+        step = max(1, (1 << 22) // max(1, d))  # float64 a block at a time: no q x d copies
+        for s in range(0, Q.shape[0], step):
+            q, ql = Q[s:s + step].double(), Ql[s:s + step].double()
+            nq[s:s + step], nql[s:s + step], rq[s:s + step] = q.norm(dim=1), ql.norm(dim=1), (q - ql).norm(dim=1)
+        a = approx.double()
         c = torch.where(a >= 0, a / (1 - u), a / (1 + u))
         eps = g * nql * self.norm_low + nq * self.rounding + rq * self.norm_low + g * nq * self.norm
         eps = eps.reshape(-1, *([1] * (a.dim() - 1)))  # approx: one per query, or q x m

@@ -55,6 +55,20 @@ def test_cross_dense(n, split):
     assert torch.allclose(out.double(), want, atol=1e-5)
 
 
+@pytest.mark.parametrize("n, per_row, k, split", [(1, 1, 1, 0), (1, 1, 1, 1), (2, 2, 2, 1), (13, 4, 3, 5),
+                                                  (97, 11, 7, 31), (301, 7, 5, 300)])
+def test_propagate_cross_equals_propagate_then_cross(n, per_row, k, split):
+    A = _random_csr(n, per_row, seed=5 * n + split)  # empty rows too: their u_j = 0 gives 0
+    g = torch.Generator().manual_seed(n + k)
+    nbr = torch.randint(0, n, (n, k), generator=g)
+    w = torch.rand(n, k, generator=g)
+    w[0] = 0  # a row whose mix is all zero
+    out = pycsa.ops.gnn_propagate_cross(*A, nbr, w, split)
+    want = reference.gnn_propagate_cross(_dense(A).double(), nbr, w.double(), split)
+    assert out.shape == (split, n - split) and out.dtype == torch.float32
+    assert torch.allclose(out.double(), want, atol=1e-5)
+
+
 def test_bad_graphs_raise():
     rowptr, col, val = _random_csr(10, 3, seed=0, empty_rows=False)
     with pytest.raises(IndexError, match="col"):
@@ -71,3 +85,10 @@ def test_bad_graphs_raise():
         pycsa.ops.gnn_propagate(rowptr, col, val, torch.zeros(10, 2, dtype=torch.int64), torch.ones(10, 3))
     with pytest.raises(ValueError, match="split"):
         pycsa.ops.csr_cross_dense(rowptr, col, val, 11)
+    nbr, w = torch.zeros(10, 2, dtype=torch.int64), torch.ones(10, 2)
+    with pytest.raises(ValueError, match="split"):
+        pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr, w, -1)
+    with pytest.raises(IndexError, match="nbr"):
+        pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr - 1, w, 3)
+    with pytest.raises(ValueError, match="weight"):
+        pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr, w[:, :1], 3)

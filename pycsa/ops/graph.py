@@ -39,3 +39,15 @@ def csr_cross_dense(rowptr, col, val, split: int) -> torch.Tensor:
     """Dense A[:split]·A[split:]ᵀ (split x (n - split)): the query-gallery similarity."""
     _require_cpu_kernels("csr_cross_dense", rowptr, col, val)
     return torch.ops.pycsa.csr_cross_dense(rowptr, col, val, int(split))
+
+
+def gnn_propagate_cross(rowptr, col, val, nbr, weight, split: int) -> torch.Tensor:
+    """``csr_cross_dense(*gnn_propagate(rowptr, col, val, nbr, weight), split)`` in one pass.
+
+    The last GNN layer's gallery rows (the largest sparse matrix of the method)
+    are never formed: A'_i·A'_j = Σ_b weight[j, b]·(A·A'_iᵀ)[nbr[j, b]] / ||u_j||,
+    so a query row costs one sparse A·A'_iᵀ (held as n dense floats) and k
+    gathers per gallery item (2.6x fewer multiply-adds on Market-sized graphs).
+    """
+    _require_cpu_kernels("gnn_propagate_cross", rowptr, col, val, nbr, weight)
+    return torch.ops.pycsa.gnn_propagate_cross(rowptr, col, val, nbr, weight, int(split))

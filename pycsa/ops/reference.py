@@ -42,6 +42,11 @@ def csr_cross_dense(A: torch.Tensor, split: int) -> torch.Tensor:
     return A[:split] @ A[split:].T
 
 
+def gnn_propagate_cross(A: torch.Tensor, nbr: torch.Tensor, weight: torch.Tensor, split: int) -> torch.Tensor:
+    """The GNN's last layer and its query-gallery similarity: csr_cross_dense(gnn_propagate(A))."""
+    return csr_cross_dense(gnn_propagate(A, nbr, weight), split)
+
+
 def weighted_gather_sum(source: torch.Tensor, index: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """out[r] = Σ_j weight[r, j]·source[index[r, j]] (materialises the r x k x d gather)."""
     acc = torch.float64 if source.dtype == torch.float64 else torch.float32

@@ -3,7 +3,9 @@
 1. kNN graph of the joint set Z = [Q; G]: top-k1 of Z Zᵀ per row (exact, blocked:
    pycsa.Index, so Z Zᵀ is never held), adjacency A = 1 on those edges, W = S².
 2. Two layers of A ← A + Aᵀ; A[i] ← Σ_{j<k2} W[i,j]·A[R[i,j]]; row L2 normalisation.
-3. Similarity A_Q A_Gᵀ, optionally blended: (1 - lamb)·that + lamb·Q Gᵀ.
+3. Similarity A_Q A_Gᵀ, optionally blended: (1 - lamb)·that + lamb·Q Gᵀ. The second
+   layer and this product run as one kernel (ops.gnn_propagate_cross) that never
+   forms the gallery's last-layer rows.
 
 Memory: A starts with k1 entries per row; A + Aᵀ at most doubles a row; a layer's
 row i has at most Σ_{j<k2} nnz((A+Aᵀ)[R[i,j]]) entries (≤ N). On re-ID data the
@@ -17,7 +19,7 @@ import torch
 
 from .._checks import positive_int, unit_interval
 from .._tensors import as_tensor, check_features, to_caller
-from ..ops import csr_add_transpose, csr_cross_dense, gnn_propagate
+from ..ops import csr_add_transpose, csr_cross_dense, gnn_propagate, gnn_propagate_cross
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index, topk_lower_index
 
@@ -41,10 +43,13 @@ def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, 
     W = (S.float() ** 2)[:, :k2].contiguous()
     nbr = R[:, :k2].long().contiguous()
     A = (rowptr, col, val)
-    for _ in range(layers):
+    if layers == 0:
+        return csr_cross_dense(*A, num_queries)
+    for _ in range(layers - 1):
         A = csr_add_transpose(*A)
         A = gnn_propagate(*A, nbr, W)
-    return csr_cross_dense(*A, num_queries)
+    # the last layer's gallery rows are never formed (see ops.gnn_propagate_cross)
+    return gnn_propagate_cross(*csr_add_transpose(*A), nbr, W, num_queries)
 
 
 def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: float = 0.0, *,
