@@ -151,7 +151,7 @@ class _Bf16Prefilter:
     @classmethod
     def worthwhile(cls, X: torch.Tensor) -> bool:
         return (X.device.type == "cpu" and X.dtype == torch.float32 and X.shape[0] >= cls.min_rows
-                and _extension.has_cpu_kernels() and bool(_extension._C.native_bf16_gemm()))
+                and _extension.has_cpu_kernels() and bool(getattr(_extension._C, "native_bf16_gemm", bool)()))
 
     @staticmethod
     def margin(k: int) -> int:
