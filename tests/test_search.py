@@ -108,9 +108,11 @@ def test_bf16_prefilter_is_exact_and_proves_most_rows():
         s, i = index.search(Q, k)
         s_ref, i_ref = _brute(Q, X, k)
         np.testing.assert_allclose(s.numpy(), s_ref, rtol=0, atol=1e-6)
-        # equal indices wherever the float64 scores are not within float32 error of each other
-        clear = np.abs(s_ref - np.take_along_axis(s_ref, np.argsort(-s_ref, 1, kind="stable"), 1)) < 1e-9
-        assert clear.all() and (i.numpy() == i_ref).mean() > 0.999
+        # the item at each rank has the true rank's float64 score (indices may differ only
+        # between items whose scores are within float32 error of each other)
+        got = (Q.double() @ X.double().T).gather(1, i).numpy()
+        np.testing.assert_allclose(got, s_ref, rtol=0, atol=2e-6)
+        assert (i.numpy() == i_ref).mean() > 0.999
         assert index._prefilter.unproven <= 0.02 * Q.shape[0]  # the bound is tight enough to matter
 
 
