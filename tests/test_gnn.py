@@ -53,6 +53,21 @@ def test_matches_dense_baseline(device, nq, ng, k1, k2, lamb):
     np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("nq,ng,k1,k2,lamb", CASES)
+def test_torch_sparse_path_matches_the_kernels(device, nq, ng, k1, k2, lamb):
+    # the CUDA path (torch.sparse), run here on every device against the C++ kernels
+    from pycsa.rerank.gnn import gnn_similarity, gnn_similarity_sparse, knn_graph
+
+    Q, G = _feats(nq, ng, seed=nq * 1000 + ng + 1)
+    Z = torch.cat([Q, G])
+    k1 = min(k1, Z.shape[0])
+    S, R = knn_graph(Z, k1)
+    want = gnn_similarity(S, R, nq, min(k2, k1))
+    got = gnn_similarity_sparse(S.to(device), R.to(device), nq, min(k2, k1))
+    assert got.shape == (nq, ng) and got.device.type == device
+    np.testing.assert_allclose(_np(got), want.numpy(), rtol=0, atol=1e-5)
+
+
 def test_defaults_are_the_papers():
     Q, G = _feats(9, 70, seed=4)
     np.testing.assert_allclose(_np(pycsa.gnn_rerank(Q, G)), gnn_rerank_dense_torch(Q, G, 26, 7).numpy(), atol=1e-5)

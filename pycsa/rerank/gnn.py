@@ -15,6 +15,8 @@ k1 is clamped to N and k2 to k1.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from .._checks import positive_int, unit_interval
@@ -52,14 +54,48 @@ def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, 
     return gnn_propagate_cross(*csr_add_transpose(*A), nbr, W, num_queries)
 
 
+def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, layers: int = 2) -> torch.Tensor:
+    """Steps 2-3 of SPEC §3 with torch.sparse on the inputs' device (cuSPARSE on CUDA).
+
+    The CUDA path (no custom graph kernels yet); equal to :func:`gnn_similarity`.
+    Memory: the sparse layers as on the CPU path, plus the gallery's last layer held
+    dense for the final product: 4·g·N bytes (1.8 GB at Market size).
+    """
+    n, k1 = R.shape
+    dev = R.device
+    R = R.long()
+    rows = torch.arange(n, device=dev)
+    A = torch.sparse_coo_tensor(torch.stack([rows.repeat_interleave(k1), R.reshape(-1)]),
+                                torch.ones(n * k1, device=dev), (n, n), check_invariants=False).coalesce()
+    P = torch.sparse_coo_tensor(torch.stack([rows.repeat_interleave(k2), R[:, :k2].reshape(-1)]),
+                                (S.float()[:, :k2] ** 2).reshape(-1), (n, n), check_invariants=False).coalesce()
+    for _ in range(layers):
+        A = (A + A.t()).coalesce()
+        with warnings.catch_warnings():  # torch's "sparse CSR support is in beta" note, from inside mm
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            A = torch.sparse.mm(P, A).coalesce()  # row i: Σ_j W[i, j]·A[R[i, j]]
+        idx, val = A.indices(), A.values()
+        norm = torch.zeros(n, device=dev).index_add_(0, idx[0], val * val).sqrt()[idx[0]]
+        val = torch.where(norm > 0, val / norm.clamp_min(torch.finfo(val.dtype).tiny), val)
+        A = torch.sparse_coo_tensor(idx, val, (n, n), is_coalesced=True, check_invariants=False)
+    idx, val = A.indices(), A.values()
+    query = idx[0] < num_queries
+    Aq = torch.sparse_coo_tensor(idx[:, query], val[query], (num_queries, n), is_coalesced=True,
+                                 check_invariants=False)
+    Ag = torch.zeros(n - num_queries, n, device=dev).index_put_((idx[0, ~query] - num_queries, idx[1, ~query]),
+                                                                val[~query])
+    return torch.sparse.mm(Aq, Ag.T)
+
+
 def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: float = 0.0, *,
                layers: int = 2, return_ranking: bool = False):
     """GNN re-ranking: the q x g similarity (higher is better), or with ``return_ranking``
     the q x g ranking (gallery indices by descending similarity, ties to the lower index).
 
     Inputs are numpy arrays or torch tensors (rows are items, ideally L2-normalised);
-    the result comes back in the same kind and on the same device. The graph kernels
-    run on the CPU today: CUDA inputs are computed there and returned to their device.
+    the result comes back in the same kind and on the same device. CPU: the C++ graph
+    kernels. CUDA: the kNN graph by the blocked GPU search and the layers through
+    torch.sparse (:func:`gnn_similarity_sparse`).
     """
     k1, k2, lamb = _params(k1, k2, lamb)
     Q, was_numpy = as_tensor(query_feats, "query_feats")
@@ -71,12 +107,16 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
     if Q.device != G.device:
         raise ValueError(f"query_feats: on {Q.device} but gallery_feats is on {G.device}")
     device = Q.device
-    Q, G = Q.float().cpu(), G.float().cpu()
+    Q, G = Q.float(), G.float()
     Z = torch.cat([Q, G])
     k1 = min(k1, Z.shape[0])
     k2 = min(k2, k1)
     S, R = knn_graph(Z, k1)
-    sim = gnn_similarity(S, R, Q.shape[0], k2, layers)
+    if device.type == "cpu":
+        sim = gnn_similarity(S, R, Q.shape[0], k2, layers)
+    else:
+        sim = gnn_similarity_sparse(torch.as_tensor(S, device=device), torch.as_tensor(R, device=device),
+                                    Q.shape[0], k2, layers)
     if lamb > 0:
         sim = (1 - lamb) * sim + lamb * (Q @ G.T)
     out = torch.sort(sim, dim=1, descending=True, stable=True).indices if return_ranking else sim
