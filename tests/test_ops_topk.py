@@ -54,6 +54,18 @@ def test_random_inputs_against_float64(dtype):
     assert (s[:, :-1] >= s[:, 1:]).all()
 
 
+def test_nan_scores_rank_last():
+    g = torch.Generator().manual_seed(5)
+    X = _ints(g, 5000, 6, dtype=torch.float32)
+    X[[0, 17, 4500]] = float("nan")  # in the first chunk, a later chunk and the last block
+    Q = _ints(g, 4, 6, dtype=torch.float32)
+    for k in (3, 40, 4998, 5000):
+        s, i = pycsa.ops.inner_product_topk(Q, X, k)
+        s_ref, i_ref = reference.inner_product_topk(Q, X, k)
+        torch.testing.assert_close(i, i_ref, rtol=0, atol=0)
+        assert not torch.isin(i[:, :min(k, 4997)], torch.tensor([0, 17, 4500])).any()
+
+
 def test_strided_inputs():
     g = torch.Generator().manual_seed(4)
     big = _ints(g, 600, 40, dtype=torch.float32)

@@ -6,13 +6,15 @@
 // enter, and 16 scores are skipped at once when none does: most of the q x n
 // scores cost one vector max. Scores equal to the k-th best lose: rows are
 // scanned in index order, so the earlier (lower) index keeps its place.
-// Peak extra memory: the score block plus q x 2k values and indices.
+// A NaN score ranks as -inf (last). Peak extra memory: the score block plus
+// q x 2k values and indices.
 #include "../topk.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -81,15 +83,16 @@ struct RowTopK {
       for (; j + kSkip <= n; j += kSkip) {
         float v[kSkip];
         for (int64_t t = 0; t < kSkip; ++t) v[t] = static_cast<float>(s[j + t]);
-        float m = v[0];
-        for (int64_t t = 1; t < kSkip; ++t) m = std::max(m, v[t]);
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t < kSkip; ++t) m = v[t] > m ? v[t] : m;  // a NaN never wins
         if (!(m > kth)) continue;
         for (int64_t t = 0; t < kSkip; ++t)
           if (v[t] > kth) push(v[t], first + j + t);
       }
     }
     for (; j < n; ++j) {
-      const float v = static_cast<float>(s[j]);
+      float v = static_cast<float>(s[j]);
+      if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();  // keeps the order strict-weak
       if (!compacted || v > kth) push(v, first + j);
     }
   }

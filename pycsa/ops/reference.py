@@ -88,5 +88,6 @@ def inner_product_topk(queries: torch.Tensor, database: torch.Tensor, k: int):
     S = queries.float() @ database.float().T
     if queries.dtype == torch.bfloat16:
         S = S.bfloat16().float()
+    S = S.nan_to_num(nan=float("-inf"), posinf=float("inf"), neginf=float("-inf"))  # NaN ranks last
     order = torch.sort(-S, dim=1, stable=True).indices[:, :k]  # stable: lower index first among equals
     return S.gather(1, order), order
