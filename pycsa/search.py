@@ -137,16 +137,9 @@ class _Bf16Prefilter:
         self.database = X
         self.unproven = 0  # rows of the last search that went to the exact search
         self.low = X.bfloat16()
-        # Per database: max ||x||, max ||x̃|| and max ||x - x̃|| (float64, in blocks).
-        self.norm = self.norm_low = self.rounding = 0.0
-        step = max(1, (1 << 22) // max(1, X.shape[1]))  # float64 blocks of 32 MB
-        for start in range(0, X.shape[0], step):
-            x = X[start:start + step].double()
-            xl = self.low[start:start + step].double()
-            if x.numel():
-                self.norm = max(self.norm, float(x.norm(dim=1).max()))
-                self.norm_low = max(self.norm_low, float(xl.norm(dim=1).max()))
-                self.rounding = max(self.rounding, float((x - xl).norm(dim=1).max()))
+        # max ||x||, max ||x̃|| and max ||x - x̃|| over the database
+        self.norm, self.norm_low, self.rounding = (float(v.max()) if v.numel() else 0.0
+                                                   for v in _rounding_norms(X, self.low))
 
     @classmethod
     def worthwhile(cls, X: torch.Tensor) -> bool:
@@ -178,11 +171,7 @@ class _Bf16Prefilter:
         """
         d, u = Q.shape[1], 2.0 ** -8
         g = d * 2.0 ** -24 / (1 - d * 2.0 ** -24)
-        nq, nql, rq = (torch.empty(Q.shape[0], dtype=torch.float64) for _ in range(3))
-        step = max(1, (1 << 22) // max(1, d))  # float64 a block at a time: no q x d copies
-        for s in range(0, Q.shape[0], step):
-            q, ql = Q[s:s + step].double(), Ql[s:s + step].double()
-            nq[s:s + step], nql[s:s + step], rq[s:s + step] = q.norm(dim=1), ql.norm(dim=1), (q - ql).norm(dim=1)
+        nq, nql, rq = _rounding_norms(Q, Ql)
         a = approx.double()
         c = torch.where(a >= 0, a / (1 - u), a / (1 + u))
         eps = g * nql * self.norm_low + nq * self.rounding + rq * self.norm_low + g * nq * self.norm
@@ -212,6 +201,20 @@ class _Bf16Prefilter:
             if progress is not None:
                 progress(start + Qb.shape[0], q)
         return scores, indices
+
+
+def _rounding_norms(X: torch.Tensor, Xl: torch.Tensor):
+    """Per row, in float64: ||x||, ||x̃|| and ||x - x̃|| for x̃ = Xl's row (its bfloat16 copy).
+
+    Blocks of 32 MB in float64, so no n x d float64 copy exists."""
+    n = X.shape[0]
+    out = tuple(torch.empty(n, dtype=torch.float64) for _ in range(3))
+    step = max(1, (1 << 22) // max(1, X.shape[1]))
+    for s in range(0, n, step):
+        x, xl = X[s:s + step].double(), Xl[s:s + step].double()
+        out[0][s:s + step], out[1][s:s + step], out[2][s:s + step] = \
+            x.norm(dim=1), xl.norm(dim=1), (x - xl).norm(dim=1)
+    return out
 
 
 def sort_by_score(scores: torch.Tensor, indices: torch.Tensor):

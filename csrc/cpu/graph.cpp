@@ -68,13 +68,18 @@ Csr from_rows(std::vector<std::vector<std::pair<int64_t, float>>>& rows) {
 }
 
 // Transpose (CSC of A as a CSR): rows visited in order, so each output row is sorted.
+// idx_t: the type of the stored row indices (int32_t halves the memory traffic of
+// kernels that stream Aᵀ, where n allows).
+template <typename idx_t = int64_t>
 struct Transposed {
-  std::vector<int64_t> ptr, col;
+  std::vector<int64_t> ptr;
+  std::vector<idx_t> col;
   std::vector<float> val;
 };
 
-Transposed transpose(const CsrView& a) {
-  Transposed t;
+template <typename idx_t = int64_t>
+Transposed<idx_t> transpose(const CsrView& a) {
+  Transposed<idx_t> t;
   const int64_t nnz = a.ptr[a.n];
   t.ptr.assign(a.n + 1, 0);
   for (int64_t o = 0; o < nnz; ++o) ++t.ptr[a.col[o] + 1];
@@ -85,7 +90,7 @@ Transposed transpose(const CsrView& a) {
   for (int64_t r = 0; r < a.n; ++r) {
     for (int64_t o = a.ptr[r]; o < a.ptr[r + 1]; ++o) {
       const int64_t dst = next[a.col[o]]++;
-      t.col[dst] = r;
+      t.col[dst] = static_cast<idx_t>(r);
       t.val[dst] = a.val[o];
     }
   }
@@ -96,7 +101,7 @@ Transposed transpose(const CsrView& a) {
 
 Csr csr_add_transpose_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val) {
   const CsrView a = check_csr(rowptr, col, val);
-  const Transposed t = transpose(a);
+  const Transposed<> t = transpose(a);
   std::vector<std::vector<std::pair<int64_t, float>>> rows(a.n);
   at::parallel_for(0, a.n, 256, [&](int64_t lo, int64_t hi) {
     for (int64_t r = lo; r < hi; ++r) {
@@ -177,6 +182,12 @@ struct RowMixer {
     return static_cast<float>(std::sqrt(sq));
   }
 
+  // Appends the mixed row divided by norm (all 0 when norm is 0) to out.
+  void append_normalized(std::vector<std::pair<int64_t, float>>& out, float norm) const {
+    out.reserve(out.size() + touched.size());
+    for (int64_t c : touched) out.emplace_back(c, norm > 0 ? acc[c] / norm : 0.f);
+  }
+
   void clear() {
     for (int64_t c : touched) {
       acc[c] = 0.f;
@@ -196,10 +207,7 @@ Csr gnn_propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at:
   at::parallel_for(0, a.n, 64, [&](int64_t lo, int64_t hi) {
     RowMixer m(a, nb);
     for (int64_t i = lo; i < hi; ++i) {
-      const float norm = m.mix(i);
-      auto& out = rows[i];
-      out.reserve(m.touched.size());
-      for (int64_t c : m.touched) out.emplace_back(c, norm > 0 ? m.acc[c] / norm : 0.f);
+      m.append_normalized(rows[i], m.mix(i));
       m.clear();
     }
   });
@@ -213,9 +221,9 @@ Csr gnn_propagate_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at:
 // so each query row costs Σ_{m ∈ A'_i} nnz(column m of A) scattered adds into Y_i (held
 // dense, n floats, in cache) plus k gathers per gallery item, instead of the
 // Σ_m nnz(A'_q col m)·nnz(A'_g col m) scattered adds of A'_q A'_gᵀ: 2.6x fewer on
-// Market-sized re-ID graphs. Both passes are bound by memory traffic, so Aᵀ is packed
-// as (index, value) pairs with 32-bit indices where n allows, and query rows go in
-// tiles of kCrossTile so each gallery row's neighbours are read once per tile.
+// Market-sized re-ID graphs. Both passes are bound by memory traffic, so Aᵀ keeps
+// 32-bit indices where n allows, and query rows go in tiles of kCrossTile so each
+// gallery row's neighbours are read once per tile.
 // Peak extra memory: Aᵀ, the query rows A'_q, and kCrossTile n-float Y per worker.
 constexpr int64_t kCrossTile = 4;
 
@@ -229,19 +237,9 @@ template <typename idx_t>
 void cross_from_mixed(const CsrView& a, const Neighbours& nb, int64_t split,
                       const std::vector<std::vector<std::pair<int64_t, float>>>& query_rows,
                       const std::vector<float>& inv_norm, float* o) {
-  const int64_t n = a.n, g = n - split, k = nb.k, nnz = a.ptr[n];
-  // Aᵀ as packed (row, value) lists per column
-  std::vector<int64_t> tptr(n + 1, 0);
-  for (int64_t x = 0; x < nnz; ++x) ++tptr[a.col[x] + 1];
-  for (int64_t c = 0; c < n; ++c) tptr[c + 1] += tptr[c];
-  std::vector<PackedEntry<idx_t>> tent(nnz);
-  {
-    std::vector<int64_t> next(tptr.begin(), tptr.end() - 1);
-    for (int64_t r = 0; r < n; ++r)
-      for (int64_t x = a.ptr[r]; x < a.ptr[r + 1]; ++x)
-        tent[next[a.col[x]]++] = {static_cast<idx_t>(r), a.val[x]};
-  }
-  // the gallery's neighbours, packed the same way
+  const int64_t n = a.n, g = n - split, k = nb.k;
+  const Transposed<idx_t> t = transpose<idx_t>(a);
+  // the gallery's neighbours, packed as (index, weight) pairs
   std::vector<PackedEntry<idx_t>> gnb(g * k);
   for (int64_t j = 0; j < g; ++j)
     for (int64_t b = 0; b < k; ++b)
@@ -256,9 +254,7 @@ void cross_from_mixed(const CsrView& a, const Neighbours& nb, int64_t split,
       for (int64_t r = 0; r < rows; ++r) {
         float* y = Y.data() + r * n;
         for (const auto& [m, v] : query_rows[i0 + r]) {
-          const PackedEntry<idx_t>* e = tent.data() + tptr[m];
-          const PackedEntry<idx_t>* end = tent.data() + tptr[m + 1];
-          for (; e < end; ++e) y[e->index] += v * e->value;
+          for (int64_t e = t.ptr[m]; e < t.ptr[m + 1]; ++e) y[t.col[e]] += v * t.val[e];
         }
       }
       for (int64_t j = 0; j < g; ++j) {
@@ -293,9 +289,7 @@ at::Tensor gnn_propagate_cross_cpu(const at::Tensor& rowptr, const at::Tensor& c
       const bool query = i < split;
       const float norm = m.mix(i, /*sorted=*/query);
       if (query) {
-        auto& row = query_rows[i];
-        row.reserve(m.touched.size());
-        for (int64_t c : m.touched) row.emplace_back(c, norm > 0 ? m.acc[c] / norm : 0.f);
+        m.append_normalized(query_rows[i], norm);
       } else {
         inv_norm[i - split] = norm > 0 ? 1.0f / norm : 0.f;
       }
@@ -316,7 +310,7 @@ at::Tensor csr_cross_dense_cpu(const at::Tensor& rowptr, const at::Tensor& col, 
   const CsrView a = check_csr(rowptr, col, val);
   TORCH_CHECK_VALUE(split >= 0 && split <= a.n, "split: must lie in [0, ", a.n, "], got ", split);
   const int64_t g = a.n - split;
-  const Transposed t = transpose(a);  // column c lists the rows holding c, ascending
+  const Transposed<> t = transpose(a);  // column c lists the rows holding c, ascending
   at::Tensor out = at::zeros({split, g}, at::kFloat);
   float* o = out.data_ptr<float>();
   at::parallel_for(0, split, 16, [&](int64_t lo, int64_t hi) {

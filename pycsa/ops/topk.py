@@ -9,11 +9,12 @@ from . import _extension, reference
 def inner_product_topk(queries: torch.Tensor, database: torch.Tensor, k: int):
     """``(scores, indices)``, q x k, of the best ``queries · databaseᵀ`` per row.
 
-    Best first, equal scores by the lower database index. float32 or bfloat16
-    inputs (the same for both); scores are float32 sums, rounded to bfloat16
-    for bfloat16 inputs (returned as float32). A NaN score ranks last, as -inf. CPU: a C++ kernel that never holds
-    the q x n scores (blocks of 256 x 4,096). Other devices: the plain-PyTorch
-    reference (pycsa.search has its own blocked search there).
+    Best first, equal scores by the lower database index; a NaN score ranks last,
+    as -inf. float32 or bfloat16 inputs (the same for both); scores are float32
+    sums, rounded to bfloat16 for bfloat16 inputs (returned as float32). CPU: a
+    C++ kernel that never holds the q x n scores (blocks of 256 x 4,096). Other
+    devices: the plain-PyTorch reference (pycsa.search has its own blocked search
+    there).
     """
     for name, t in (("queries", queries), ("database", database)):
         if not isinstance(t, torch.Tensor) or t.dim() != 2:

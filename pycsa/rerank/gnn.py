@@ -115,8 +115,7 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
     if device.type == "cpu":
         sim = gnn_similarity(S, R, Q.shape[0], k2, layers)
     else:
-        sim = gnn_similarity_sparse(torch.as_tensor(S, device=device), torch.as_tensor(R, device=device),
-                                    Q.shape[0], k2, layers)
+        sim = gnn_similarity_sparse(S, R, Q.shape[0], k2, layers)  # the graph is on the device already
     if lamb > 0:
         sim = (1 - lamb) * sim + lamb * (Q @ G.T)
     out = torch.sort(sim, dim=1, descending=True, stable=True).indices if return_ranking else sim
