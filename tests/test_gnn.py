@@ -55,7 +55,7 @@ def test_matches_dense_baseline(device, nq, ng, k1, k2, lamb):
 
 @pytest.mark.parametrize("nq,ng,k1,k2,lamb", CASES)
 def test_torch_sparse_path_matches_the_kernels(device, nq, ng, k1, k2, lamb):
-    # the CUDA path (torch.sparse), run here on every device against the C++ kernels
+    # the fallback CUDA path (torch.sparse), run here on every device against the C++ kernels
     from pycsa.rerank.gnn import gnn_similarity, gnn_similarity_sparse, knn_graph
 
     Q, G = _feats(nq, ng, seed=nq * 1000 + ng + 1)

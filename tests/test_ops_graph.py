@@ -20,36 +20,44 @@ def _random_csr(n, max_per_row, seed, empty_rows=True):
 
 
 def _dense(csr):
-    return reference.csr_to_dense(*csr)
+    return reference.csr_to_dense(*(t.cpu() for t in csr))
+
+
+def _to(device, *tensors):
+    return [t.to(device) for t in tensors]
 
 
 @pytest.mark.parametrize("n, per_row", [(1, 1), (2, 2), (13, 4), (97, 11), (301, 7)])
-def test_add_transpose(n, per_row):
+def test_add_transpose(n, per_row, device):
     A = _random_csr(n, per_row, seed=n)
-    out = pycsa.ops.csr_add_transpose(*A)
+    out = pycsa.ops.csr_add_transpose(*_to(device, *A))
+    assert all(t.device.type == device for t in out)
     D = _dense(A)
     assert torch.allclose(_dense(out), D + D.T, atol=1e-6)
-    rowptr, col, _ = out
+    rowptr, col, _ = (t.cpu() for t in out)
     for r in range(n):  # rows stay sorted and free of duplicates
         c = col[rowptr[r]:rowptr[r + 1]]
         assert torch.all(c[1:] > c[:-1])
 
 
 @pytest.mark.parametrize("n, per_row, k", [(1, 1, 1), (13, 4, 3), (97, 11, 7), (301, 7, 5)])
-def test_propagate(n, per_row, k):
+def test_propagate(n, per_row, k, device):
     A = _random_csr(n, per_row, seed=3 * n)
     g = torch.Generator().manual_seed(n)
     nbr = torch.randint(0, n, (n, k), generator=g)
     w = torch.rand(n, k, generator=g)
-    out = pycsa.ops.gnn_propagate(*A, nbr, w)
+    out = pycsa.ops.gnn_propagate(*_to(device, *A, nbr, w))
+    if device != "cpu":  # the same CSR structure as the CPU kernel
+        cpu = pycsa.ops.gnn_propagate(*A, nbr, w)
+        assert torch.equal(out[0].cpu(), cpu[0]) and torch.equal(out[1].cpu(), cpu[1])
     want = reference.gnn_propagate(_dense(A).double(), nbr, w.double())
     assert torch.allclose(_dense(out).double(), want, atol=1e-6)
 
 
 @pytest.mark.parametrize("n, split", [(1, 0), (1, 1), (2, 1), (50, 7), (211, 100)])
-def test_cross_dense(n, split):
+def test_cross_dense(n, split, device):
     A = _random_csr(n, 9, seed=n + split)
-    out = pycsa.ops.csr_cross_dense(*A, split)
+    out = pycsa.ops.csr_cross_dense(*_to(device, *A), split).cpu()
     want = reference.csr_cross_dense(_dense(A).double(), split)
     assert out.shape == (split, n - split)
     assert torch.allclose(out.double(), want, atol=1e-5)
@@ -57,20 +65,22 @@ def test_cross_dense(n, split):
 
 @pytest.mark.parametrize("n, per_row, k, split", [(1, 1, 1, 0), (1, 1, 1, 1), (2, 2, 2, 1), (13, 4, 3, 5),
                                                   (97, 11, 7, 31), (301, 7, 5, 300)])
-def test_propagate_cross_equals_propagate_then_cross(n, per_row, k, split):
+def test_propagate_cross_equals_propagate_then_cross(n, per_row, k, split, device):
     A = _random_csr(n, per_row, seed=5 * n + split)  # empty rows too: their u_j = 0 gives 0
     g = torch.Generator().manual_seed(n + k)
     nbr = torch.randint(0, n, (n, k), generator=g)
     w = torch.rand(n, k, generator=g)
     w[0] = 0  # a row whose mix is all zero
-    out = pycsa.ops.gnn_propagate_cross(*A, nbr, w, split)
+    out = pycsa.ops.gnn_propagate_cross(*_to(device, *A, nbr, w), split)
+    assert out.device.type == device
+    out = out.cpu()
     want = reference.gnn_propagate_cross(_dense(A).double(), nbr, w.double(), split)
     assert out.shape == (split, n - split) and out.dtype == torch.float32
     assert torch.allclose(out.double(), want, atol=1e-5)
 
 
-def test_bad_graphs_raise():
-    rowptr, col, val = _random_csr(10, 3, seed=0, empty_rows=False)
+def test_bad_graphs_raise(device):
+    rowptr, col, val = _to(device, *_random_csr(10, 3, seed=0, empty_rows=False))
     with pytest.raises(IndexError, match="col"):
         pycsa.ops.csr_add_transpose(rowptr, col + 10, val)
     with pytest.raises(ValueError, match="rowptr"):
@@ -80,15 +90,22 @@ def test_bad_graphs_raise():
     with pytest.raises(TypeError, match="val"):
         pycsa.ops.csr_add_transpose(rowptr, col, val.double())
     with pytest.raises(IndexError, match="nbr"):
-        pycsa.ops.gnn_propagate(rowptr, col, val, torch.full((10, 2), 10), torch.ones(10, 2))
+        pycsa.ops.gnn_propagate(rowptr, col, val, *_to(device, torch.full((10, 2), 10), torch.ones(10, 2)))
     with pytest.raises(ValueError, match="weight"):
-        pycsa.ops.gnn_propagate(rowptr, col, val, torch.zeros(10, 2, dtype=torch.int64), torch.ones(10, 3))
+        pycsa.ops.gnn_propagate(rowptr, col, val, *_to(device, torch.zeros(10, 2, dtype=torch.int64),
+                                                       torch.ones(10, 3)))
     with pytest.raises(ValueError, match="split"):
         pycsa.ops.csr_cross_dense(rowptr, col, val, 11)
-    nbr, w = torch.zeros(10, 2, dtype=torch.int64), torch.ones(10, 2)
+    nbr, w = _to(device, torch.zeros(10, 2, dtype=torch.int64), torch.ones(10, 2))
     with pytest.raises(ValueError, match="split"):
         pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr, w, -1)
     with pytest.raises(IndexError, match="nbr"):
         pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr - 1, w, 3)
     with pytest.raises(ValueError, match="weight"):
         pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr, w[:, :1], 3)
+
+
+def test_inputs_on_two_devices_raise():
+    rowptr, col, val = _random_csr(10, 3, seed=0)
+    with pytest.raises(ValueError, match="one device"):
+        pycsa.ops.csr_add_transpose(rowptr, col, val.to("meta"))

@@ -21,7 +21,7 @@ import torch
 
 from .._checks import positive_int, unit_interval
 from .._tensors import as_tensor, check_features, to_caller
-from ..ops import csr_add_transpose, csr_cross_dense, gnn_propagate, gnn_propagate_cross
+from ..ops import _extension, csr_add_transpose, csr_cross_dense, gnn_propagate, gnn_propagate_cross
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index, topk_lower_index
 
@@ -36,12 +36,13 @@ def knn_graph(Z: torch.Tensor, k: int):
 
 
 def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, layers: int = 2) -> torch.Tensor:
-    """Steps 2-3 of SPEC §3 on a given kNN graph (S, R: N x k1): the q x g similarity."""
+    """Steps 2-3 of SPEC §3 on a given kNN graph (S, R: N x k1): the q x g similarity,
+    by the graph kernels on the graph's device (C++ on the CPU, csrc/cuda/graph.cu on CUDA)."""
     n, k1 = R.shape
-    rowptr = torch.arange(0, n * k1 + 1, k1, dtype=torch.int64)
-    col, order = torch.sort(R.long(), dim=1)
-    col = col.reshape(-1).contiguous()
-    val = torch.ones(n * k1, dtype=torch.float32)
+    dev = R.device
+    rowptr = torch.arange(0, n * k1 + 1, k1, dtype=torch.int64, device=dev)
+    col = torch.sort(R.long(), dim=1).values.reshape(-1).contiguous()
+    val = torch.ones(n * k1, dtype=torch.float32, device=dev)
     W = (S.float() ** 2)[:, :k2].contiguous()
     nbr = R[:, :k2].long().contiguous()
     A = (rowptr, col, val)
@@ -57,7 +58,8 @@ def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, 
 def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, layers: int = 2) -> torch.Tensor:
     """Steps 2-3 of SPEC §3 with torch.sparse on the inputs' device (cuSPARSE on CUDA).
 
-    The CUDA path (no custom graph kernels yet); equal to :func:`gnn_similarity`.
+    The CUDA path when pycsa was built without its CUDA kernels; equal to
+    :func:`gnn_similarity`.
     Memory: the sparse layers as on the CPU path, plus the gallery's last layer held
     dense for the final product: 4·g·N bytes (1.8 GB at Market size).
     """
@@ -94,8 +96,9 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
 
     Inputs are numpy arrays or torch tensors (rows are items, ideally L2-normalised);
     the result comes back in the same kind and on the same device. CPU: the C++ graph
-    kernels. CUDA: the kNN graph by the blocked GPU search and the layers through
-    torch.sparse (:func:`gnn_similarity_sparse`).
+    kernels. CUDA: the kNN graph by the blocked GPU search and the layers by the CUDA
+    graph kernels (torch.sparse, :func:`gnn_similarity_sparse`, when pycsa was built
+    without CUDA).
     """
     k1, k2, lamb = _params(k1, k2, lamb)
     Q, was_numpy = as_tensor(query_feats, "query_feats")
@@ -112,10 +115,10 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
     k1 = min(k1, Z.shape[0])
     k2 = min(k2, k1)
     S, R = knn_graph(Z, k1)
-    if device.type == "cpu":
-        sim = gnn_similarity(S, R, Q.shape[0], k2, layers)
+    if device.type == "cpu" or _extension.has_cuda_kernels():
+        sim = gnn_similarity(S, R, Q.shape[0], k2, layers)  # the graph is on the device already
     else:
-        sim = gnn_similarity_sparse(S, R, Q.shape[0], k2, layers)  # the graph is on the device already
+        sim = gnn_similarity_sparse(S, R, Q.shape[0], k2, layers)
     if lamb > 0:
         sim = (1 - lamb) * sim + lamb * (Q @ G.T)
     out = torch.sort(sim, dim=1, descending=True, stable=True).indices if return_ranking else sim
