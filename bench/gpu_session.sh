@@ -4,7 +4,8 @@
 #   bash bench/gpu_session.sh build      # PYCSA_WITH_CUDA=1 editable install for sm_90 (no registry needed)
 #   bash bench/gpu_session.sh test       # every CUDA test case (tests/ -k cuda)
 #   bash bench/gpu_session.sh sanitize   # compute-sanitizer memcheck/racecheck/synccheck on the kernels
-#   bash bench/gpu_session.sh bench      # affinity + attention + RRT benchmarks, CSA latency per K
+#   bash bench/gpu_session.sh bench      # affinity + attention + RRT benchmarks, CSA latency per K,
+#                                        # GNN / k-reciprocal at Market size (bench/reid_cuda.py)
 # Writes logs and result tables under $OUT (the device tool brings $OUT back).
 # COMMIT=<short hash> names the result files (the device copy has no .git).
 set -uo pipefail
@@ -27,7 +28,8 @@ case "${1:-all}" in
   sanitize)
     for tool in memcheck racecheck synccheck; do
       compute-sanitizer --tool $tool --error-exitcode 9 $PY -m pytest -q -x -p no:cacheprovider \
-        tests/test_ops_attention.py tests/test_ops_affinity.py -k "cuda and (matches_float64 or masked)" \
+        tests/test_ops_attention.py tests/test_ops_affinity.py tests/test_ops_graph.py tests/test_kreciprocal.py \
+        -k "cuda and (matches_float64 or masked or propagate or cross or add_transpose or baseline or features_route)" \
         > "$OUT/sanitizer-$tool-$C.log" 2>&1
       echo "$tool: rc=$? ($(grep -c 'ERROR SUMMARY: 0 errors' "$OUT/sanitizer-$tool-$C.log") clean summaries)"
       tail -3 "$OUT/sanitizer-$tool-$C.log"
@@ -38,6 +40,7 @@ case "${1:-all}" in
       bench/test_bench_rrt.py -k cuda --benchmark-json "$OUT/bench-cuda-$C.json" 2>&1 | tail -40
     $PY bench/attention_table.py "$OUT/bench-cuda-$C.json" > "$OUT/attention-cuda-$C.md"
     $PY bench/csa_latency.py --device cuda --out "$OUT/csa-latency-cuda-$C.md" 2>&1 | tail -12
+    $PY bench/reid_cuda.py --out "$OUT/reid-cuda-$C.md" 2>&1 | tail -12
     ;;
   *) echo "usage: $0 build|test|sanitize|bench"; exit 2 ;;
 esac

@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import torch
 import pytest
 
 import pycsa
 from _baselines import baselines
+from pycsa.rerank.kreciprocal import k_reciprocal_features
 
 re_ranking_numpy = baselines.re_ranking_numpy
 
@@ -54,14 +56,29 @@ CASES = [
 
 
 @pytest.mark.parametrize("nq,ng,k1,k2,lam", CASES)
-def test_matches_numpy_baseline(nq, ng, k1, k2, lam):
+def test_matches_numpy_baseline(nq, ng, k1, k2, lam, device):
     Q, G = _feats(nq, ng, seed=nq * 1000 + ng)
     qg, qq, gg = _dists(Q, G)
     want = re_ranking_numpy(qg, qq, gg, k1=k1, k2=k2, lambda_value=lam)
-    got = pycsa.k_reciprocal(qg, qq, gg, k1=k1, k2=k2, lambda_value=lam)
-    assert isinstance(got, np.ndarray)
+    if device == "cpu":
+        got = pycsa.k_reciprocal(qg, qq, gg, k1=k1, k2=k2, lambda_value=lam)
+        assert isinstance(got, np.ndarray)
+    else:  # torch tensors stay on their device
+        t = pycsa.k_reciprocal(*(torch.from_numpy(m).to(device) for m in (qg, qq, gg)), k1=k1, k2=k2,
+                               lambda_value=lam)
+        assert t.device.type == device
+        got = t.cpu().numpy()
     assert got.shape == (nq, ng)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("nq,ng,k1,k2", [(1, 1, 20, 6), (7, 29, 5, 3), (40, 300, 20, 6), (13, 101, 20, 1)])
+def test_features_route_matches_the_cpu_kernel(nq, ng, k1, k2, device):
+    Q, G = (torch.from_numpy(x) for x in _feats(nq, ng, seed=nq + ng))
+    want = k_reciprocal_features(Q, G, k1=k1, k2=k2)
+    got = k_reciprocal_features(Q.to(device), G.to(device), k1=k1, k2=k2)
+    assert got.device.type == device and got.shape == (nq, ng)
+    torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-5)
 
 
 def test_matches_numpy_baseline_float32_inputs():

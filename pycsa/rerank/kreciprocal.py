@@ -1,14 +1,13 @@
 """k-reciprocal re-ranking (Zhong et al. 2017; SPEC §4), exact and sparse.
 
 Same result as the numpy function copied into most re-ID code (to float32
-rounding, wherever the inputs have no ties), computed by a C++ kernel that keeps
-V sparse and never forms the joint N x N matrix: memory beyond the inputs and the
-q x g output is O(N·k1) plus O(256·N) per thread. ``k1`` is clamped to N - 1 and
+rounding, wherever the inputs have no ties), computed by a C++ kernel (CPU) or a
+CUDA kernel (csrc/cuda/kreciprocal.cu) that keeps V sparse and never forms the
+joint N x N matrix: memory beyond the inputs and the q x g output is O(N·k1) plus
+O(256·N) per thread on the CPU, one block of 2^25 distances on the GPU. ``k1`` is clamped to N - 1 and
 ``k2`` to N (N = q + g), which is what the original's slicing does.
 """
 from __future__ import annotations
-
-import warnings
 
 import torch
 
@@ -23,17 +22,12 @@ def _params(k1, k2, lambda_value) -> tuple[int, int, float]:
     return positive_int(k1, "k1"), positive_int(k2, "k2"), unit_interval(lambda_value, "lambda_value")
 
 
-def _on_cpu(tensors, what: str):
-    """The kernels run on the CPU for now; CUDA inputs are computed there and returned on their device."""
-    device = tensors[0].device
-    if device.type != "cpu":
-        warnings.warn(f"pycsa.{what}: no CUDA kernel yet; computing on the CPU (inputs copied to host)",
-                      RuntimeWarning, stacklevel=3)
-    _extension.use_kernels(what, torch.device("cpu"))  # a missing extension is reported here
+def _require_kernels(tensors, what: str) -> None:
+    """The kernels run on the inputs' device (a CUDA build is needed for CUDA inputs)."""
+    _extension.use_kernels(what, tensors[0].device)  # a missing CUDA build is reported here
     if _extension._C is None:
         raise RuntimeError(f"pycsa.{what} needs the compiled extension (pycsa._C); "
                            "reinstall with `pip install --no-build-isolation -e .`")
-    return [t.cpu() for t in tensors], device
 
 
 def _matrix(x, name: str, shape: tuple[int, int] | None = None) -> torch.Tensor:
@@ -65,8 +59,9 @@ def k_reciprocal(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda
     if not (qg.device == qq.device == gg.device):
         raise ValueError("q_q_dist/g_g_dist: must be on the same device as q_g_dist")
     dtype = torch.float64 if torch.float64 in (qg.dtype, qq.dtype, gg.dtype) else torch.float32
-    (qg, qq, gg), device = _on_cpu([m.to(dtype) for m in (qg, qq, gg)], "k_reciprocal")
-    out = torch.ops.pycsa.k_reciprocal(qg, qq, gg, k1, k2, lam).to(device)
+    qg, qq, gg = (m.to(dtype) for m in (qg, qq, gg))
+    _require_kernels([qg], "k_reciprocal")
+    out = torch.ops.pycsa.k_reciprocal(qg, qq, gg, k1, k2, lam)
     return to_caller(out, was_numpy)
 
 
@@ -83,8 +78,8 @@ def k_reciprocal_features(query_feats, gallery_feats, k1: int = 20, k2: int = 6,
         raise ValueError("query_feats/gallery_feats: need at least one row each")
     if Q.device != G.device:
         raise ValueError(f"query_feats: on {Q.device} but gallery_feats is on {G.device}")
-    (Q, G), device = _on_cpu([Q.float(), G.float()], "k_reciprocal_features")
-    out = torch.ops.pycsa.k_reciprocal_features(Q, G, k1, k2, lam).to(device)
+    _require_kernels([Q], "k_reciprocal_features")
+    out = torch.ops.pycsa.k_reciprocal_features(Q.float(), G.float(), k1, k2, lam)
     return to_caller(out, was_numpy)
 
 
