@@ -1,4 +1,4 @@
-"""SuperGlobal batched against a plain per-query loop of SPEC §7; chains."""
+"""SuperGlobal batched against the plain per-query loop of SPEC §7 (bench/superglobal_plain.py); chains."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,33 +6,7 @@ import pytest
 import torch
 
 import pycsa
-
-
-def _loop(Q, X, ranks, M, K, beta, refine=10):
-    """SPEC §7 one query at a time, in float64."""
-    out = ranks.clone()
-    for b in range(Q.shape[0]):
-        top = ranks[b, :M]
-        m = len(top)
-        F = X[top].double()
-        S = F @ F.T
-        refined = []
-        for i in range(m):
-            others = [j for j in range(m) if j != i]
-            nbrs = sorted(others, key=lambda j: (-float(S[i, j]), j))[:K]
-            num, den = F[i].clone(), 1.0
-            for j in nbrs:
-                num += beta * S[i, j] * F[j]
-                den += beta * float(S[i, j])
-            refined.append(num / den)
-        R = torch.stack(refined)
-        s1 = R @ Q[b].double()
-        best = sorted(range(m), key=lambda i: (-float(s1[i]), i))[:refine]
-        q2 = R[best].max(dim=0).values
-        final = (s1 + R @ q2) / 2
-        order = sorted(range(m), key=lambda i: (-float(final[i]), int(top[i])))
-        out[b, :m] = top[order]
-    return out
+from _baselines import superglobal_plain
 
 
 def _data(B=5, n=300, d=24, R=60, seed=0):
@@ -44,11 +18,11 @@ def _data(B=5, n=300, d=24, R=60, seed=0):
 
 
 @pytest.mark.parametrize("M, K, beta", [(40, 9, 0.15), (60, 3, 0.5), (1, 9, 0.15), (2, 1, 0.15), (17, 16, 0.15)])
-def test_matches_loop(M, K, beta, device):
+def test_matchessuperglobal_plain(M, K, beta, device):
     Q, X, ranks = _data()
     got = pycsa.superglobal_rerank(Q.to(device), X.to(device), ranks.to(device), M=M, K=K, beta=beta)
     assert got.device.type == device and got.shape == ranks.shape
-    assert torch.equal(got.cpu(), _loop(Q, X, ranks, M, K, beta))
+    assert torch.equal(got.cpu(), superglobal_plain(Q, X, ranks, M, K, beta))
 
 
 def test_tail_unchanged_and_numpy_round_trip():
