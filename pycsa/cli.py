@@ -136,9 +136,11 @@ def run_demo(args) -> int:
     ranking = pycsa.Ranking(indices, scores)
 
     learned = _learned(args)
-    methods = _methods(args.methods, learned=set(learned["checkpoints"]) | {"csa"})
+    methods = _methods(args.methods, learned=set(learned["checkpoints"]) | {"csa", "rrt"})
     if "csa" not in learned["checkpoints"] and any(p == "csa" for m in methods for p in m.split("+")):
         learned["checkpoints"]["csa"] = _demo_csa_checkpoint(args)
+    if any(p == "rrt" for m in methods for p in m.split("+")):
+        _demo_rrt(args, data, learned)
     for name in methods:
         new, seconds = run_reranker(name, Q, X, ranking, learned)
         rows.append(_score_row(name, new.indices, data.gnd, seconds))
@@ -168,6 +170,42 @@ def _demo_csa_checkpoint(args) -> str:
                         batch_size=16, lr=0.03, dropout=0.0, drop_path=0.0, checkpoint=path, progress=cb)
     print(f"csa: trained in {time.perf_counter() - t0:.1f} s (the table's time is re-ranking only)\n")
     return path
+
+
+def _demo_local_descriptors(data, seed: int):
+    """Synthetic local descriptors (32-d, 20..120 per image) for a synthetic retrieval set:
+    images of one class share noisy copies of the class's parts (pycsa.datasets.local);
+    returns (database store, query store)."""
+    from pycsa.datasets.local import make_local_descriptors
+
+    nq = data.queries.shape[0]
+    both = make_local_descriptors(np.concatenate([data.query_labels, data.db_labels]), dim=32, seed=seed)
+    return both.subset(np.arange(nq, nq + data.database.shape[0])), both.subset(np.arange(nq))
+
+
+def _demo_rrt(args, data, learned) -> None:
+    """RRT needs local descriptors: the demo makes synthetic ones for its test set and,
+    without an rrt checkpoint, trains a small RRT on a separate synthetic set (other seed)."""
+    import tempfile
+
+    learned["locals"], learned["query_locals"] = _demo_local_descriptors(data, seed=args.seed + 7)
+    learned.setdefault("rrt_top", None)
+    print("rrt: synthetic local descriptors (32-d, 20..120 per image, shared parts within a class); "
+          "its figures show the mechanics, not what real local features give")
+    if "rrt" in learned["checkpoints"]:
+        return
+    train_set = make_retrieval_preset("small", seed=args.seed + 1000)
+    train_locals, _ = _demo_local_descriptors(train_set, seed=args.seed + 1007)
+    path = str(Path(tempfile.mkdtemp(prefix="pycsa-demo-")) / "rrt-demo.pt")
+    print(f"rrt: no --checkpoint given; training a small model (dim 32, 2 layers, 2 epochs) on a separate "
+          f"synthetic set of {train_set.num_db} items (seed {args.seed + 1000}) -> {path}")
+    t0 = time.perf_counter()
+    with progress_bar("rrt: training", unit="batch") as cb:
+        pycsa.rrt.train(train_set.database, train_locals, train_set.db_labels, topk=50, dim=32, depth=2, heads=1,
+                        ffn=64, dropout=0.0, epochs=2, batch_size=32, lr=1e-3, triplets_per_anchor=4,
+                        checkpoint=path, progress=cb)
+    print(f"rrt: trained in {time.perf_counter() - t0:.1f} s (the table's time is re-ranking only)\n")
+    learned["checkpoints"]["rrt"] = path
 
 
 def _methods(spec: str, learned=frozenset()) -> list[str]:
@@ -472,7 +510,9 @@ def _run_train_rrt(args) -> int:
     print(f"pycsa {pycsa.__version__} train rrt: {G.shape[0]} images (global d={G.shape[1]}, "
           f"{int(loc.counts.sum())} local descriptors of d={loc.dim}), {np.unique(y).size} classes"
           + (f"; validation: {val[0].shape[0]} images" if val else ""))
-    print(f"model: depth={args.depth} heads={args.heads} ffn={args.ffn}; top-{args.topk} triplets; "
+    print(f"model: depth={args.depth} heads={args.heads} ffn={args.ffn}; top-{args.topk} triplets "
+          f"(x{args.triplets_per_anchor} per anchor), match init {args.match_init or 'off'}, "
+          f"augment {'on' if args.augment else 'off'}; "
           f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}"  # noqa: E731
                      + (f"  val mAP {100 * r['val_map']:.2f}" if r["val_map"] is not None else ""))
@@ -480,6 +520,8 @@ def _run_train_rrt(args) -> int:
         result = pycsa.rrt.train(G, loc, y, val=val, topk=args.topk, dim=loc.dim, depth=args.depth, heads=args.heads,
                         ffn=args.ffn, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, weight_decay=args.weight_decay, max_local=args.max_local, device=args.device,
+                        triplets_per_anchor=args.triplets_per_anchor, match_init=args.match_init or None,
+                        augment=args.augment, val_topk=args.val_topk,
                         checkpoint=args.out, seed=args.seed, progress=cb,
                         on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
     print(f"wrote {args.out}")
@@ -554,6 +596,13 @@ def main(argv=None) -> int:
     tr.add_argument("--topk", type=int, default=100, help="rrt: triplets from each anchor's top-k (default 100)")
     tr.add_argument("--ffn", type=int, default=1024, help="rrt: feed-forward width (default 1024)")
     tr.add_argument("--max-local", type=int, default=500, help="rrt: local descriptors per image at most (500)")
+    tr.add_argument("--triplets-per-anchor", type=int, default=1, help="rrt: triplets per anchor and epoch (1)")
+    tr.add_argument("--match-init", type=float, default=5.0,
+                    help="rrt: the first layer starts attending by descriptor similarity, logit = this x cosine "
+                         "(default 5; 0: the plain initialisation)")
+    tr.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                    help="rrt: random signed permutations of the descriptor coordinates per pair (default on)")
+    tr.add_argument("--val-topk", type=int, default=None, help="rrt: validation re-ranks each top-N (default --topk)")
     tr.add_argument("--weight-decay", type=float, default=None, help="default 1e-5 (csa), 5e-4 (rrt)")
     tr.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="train on one half of the classes only")

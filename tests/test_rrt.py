@@ -125,6 +125,32 @@ def test_defaults_are_the_papers():
     assert RRT().config == dict(global_dim=2048, dim=128, depth=6, heads=4, ffn=1024, num_scales=7, dropout=0.1)
 
 
+@pytest.mark.parametrize("heads", [1, 4])
+def test_matching_init_makes_first_layer_logits_beta_times_the_dot_product(heads):
+    m = RRT(global_dim=8, dim=16, depth=2, heads=heads, ffn=8).init_matching(5.0)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(2, 16, generator=g).unbind(0)
+    qkv = m.layers[0].qkv
+    q, k = qkv(x)[:16].view(heads, -1), qkv(y)[16:32].view(heads, -1)
+    dh = 16 // heads
+    logits = (q * k).sum(-1) / dh ** 0.5  # what the attention op computes per head
+    assert torch.allclose(logits, 5.0 * (x * y).view(heads, -1).sum(-1), atol=1e-5)
+
+
+def test_augmentation_keeps_dot_products_within_a_pair_and_changes_the_values():
+    from pycsa.rerank.rrt.train import _permute, _signed_permutations
+
+    g = torch.Generator().manual_seed(1)
+    lq, ld = torch.randn(3, 5, 8, generator=g), torch.randn(3, 7, 8, generator=g)
+    perm, sign = _signed_permutations(3, 8, g)
+    pq, pd = _permute(lq, perm, sign), _permute(ld, perm, sign)
+    assert torch.allclose(pq @ pd.transpose(1, 2), lq @ ld.transpose(1, 2), atol=1e-5)
+    assert torch.allclose(pq @ pq.transpose(1, 2), lq @ lq.transpose(1, 2), atol=1e-5)
+    assert not torch.allclose(pq, lq)
+    gl = torch.randn(3, 8, generator=g)
+    assert torch.allclose((_permute(gl, perm, sign) * pq[:, 0]).sum(-1), (gl * lq[:, 0]).sum(-1), atol=1e-5)
+
+
 # ------------------------------------------------------------------ training and serving
 
 

@@ -66,6 +66,31 @@ class RRT(nn.Module):
         self.head = nn.Linear(dim, 1)
         self.apply(_init)
 
+    @torch.no_grad()
+    def init_matching(self, beta: float) -> "RRT":
+        """Starts the first layer as a soft matcher between the two images' descriptors.
+
+        W_q = W_k = c·I with c² = beta·sqrt(head dim): a token's attention logit to another
+        is beta times their dot product (unit descriptors: beta·cosine, within each head's
+        slice of the coordinates). W_v = W_o = I and segment embeddings of norm 1/2 (random
+        directions): what a token gathers then carries, in its segment part, how much of
+        its attention landed on the other image, i.e. a soft count of its matches, the
+        signal geometric verification uses. Trained from the plain initialisation, the
+        model has to find this bilinear form in the data, which 700 training images do
+        not give it (bench/results: rrt-mpeg7). Biases of q, k, v and the output are zeroed.
+        """
+        dim = self.config["dim"]
+        c = (float(beta) * (dim // self.config["heads"]) ** 0.5) ** 0.5
+        first = self.layers[0]
+        eye = torch.eye(dim, dtype=first.qkv.weight.dtype, device=first.qkv.weight.device)
+        first.qkv.weight.copy_(torch.cat([c * eye, c * eye, eye]))
+        first.qkv.bias.zero_()
+        first.proj.weight.copy_(eye)
+        first.proj.bias.zero_()
+        seg = torch.randn_like(self.segment_embed.weight)
+        self.segment_embed.weight.copy_(0.5 * seg / seg.norm(dim=1, keepdim=True))
+        return self
+
     def forward(self, gq, lq, sq, nq, gd, ld, sd, nd) -> torch.Tensor:
         P, dim = gq.shape[0], self.config["dim"]
         if lq.shape[-1] != dim or ld.shape[-1] != dim:
