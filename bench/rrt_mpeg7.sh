@@ -3,7 +3,7 @@
 # 35 (every image a query, its top-100 re-ranked), against the global (cosine) ranking.
 # Two trainings, same model and budget: with the matching initialisation and the signed-
 # permutation augmentation (the defaults), and as the paper trains (neither).
-# Writes bench/results/<date>-rrt-mpeg7-<commit>.md (+ .json, .png). ~35 min on 2 CPU cores.
+# Writes bench/results/<date>-rrt-mpeg7-<commit>.md (+ .json, .png). ~25 min on 2 CPU cores.
 #   bash bench/rrt_mpeg7.sh [features.npz] [locals.npz]
 set -euo pipefail
 M=${1:-../shared/data/mpeg7/mpeg7_mobilenetv2_imagenet_gap1280.npz}
@@ -11,7 +11,7 @@ L=${2:-../shared/data/mpeg7/mpeg7_mobilenetv2_local128.npz}
 C=$(git rev-parse --short HEAD)
 OUT=bench/results/$(date +%F)-rrt-mpeg7-$C
 DIR=$(mktemp -d)
-MODEL=(--depth 2 --heads 1 --ffn 256 --lr 5e-4 --epochs 6 --triplets-per-anchor 16 --val-topk 30 --seed 0)
+MODEL=(--depth 2 --heads 1 --ffn 256 --lr 5e-4 --epochs 4 --triplets-per-anchor 16 --val-topk 30 --seed 0)
 run() { echo '```'; echo "\$ $*"; "$@" 2>/dev/null; echo '```'; echo; }
 {
   echo "# RRT on MPEG-7, trained on classes 0-34, tested on classes 35-69 (commit $C)"

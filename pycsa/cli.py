@@ -173,13 +173,13 @@ def _demo_csa_checkpoint(args) -> str:
 
 
 def _demo_local_descriptors(data, seed: int):
-    """Synthetic local descriptors (32-d, 20..120 per image) for a synthetic retrieval set:
+    """Synthetic local descriptors (128-d, 20..120 per image) for a synthetic retrieval set:
     images of one class share noisy copies of the class's parts (pycsa.datasets.local);
     returns (database store, query store)."""
     from pycsa.datasets.local import make_local_descriptors
 
     nq = data.queries.shape[0]
-    both = make_local_descriptors(np.concatenate([data.query_labels, data.db_labels]), dim=32, seed=seed)
+    both = make_local_descriptors(np.concatenate([data.query_labels, data.db_labels]), dim=128, seed=seed)
     return both.subset(np.arange(nq, nq + data.database.shape[0])), both.subset(np.arange(nq))
 
 
@@ -190,19 +190,19 @@ def _demo_rrt(args, data, learned) -> None:
 
     learned["locals"], learned["query_locals"] = _demo_local_descriptors(data, seed=args.seed + 7)
     learned.setdefault("rrt_top", None)
-    print("rrt: synthetic local descriptors (32-d, 20..120 per image, shared parts within a class); "
+    print("rrt: synthetic local descriptors (128-d, 20..120 per image, shared parts within a class); "
           "its figures show the mechanics, not what real local features give")
     if "rrt" in learned["checkpoints"]:
         return
     train_set = make_retrieval_preset("small", seed=args.seed + 1000)
     train_locals, _ = _demo_local_descriptors(train_set, seed=args.seed + 1007)
     path = str(Path(tempfile.mkdtemp(prefix="pycsa-demo-")) / "rrt-demo.pt")
-    print(f"rrt: no --checkpoint given; training a small model (dim 32, 2 layers, 2 epochs) on a separate "
+    print(f"rrt: no --checkpoint given; training a small model (2 layers, 1 head, 2 epochs) on a separate "
           f"synthetic set of {train_set.num_db} items (seed {args.seed + 1000}) -> {path}")
     t0 = time.perf_counter()
     with progress_bar("rrt: training", unit="batch") as cb:
-        pycsa.rrt.train(train_set.database, train_locals, train_set.db_labels, topk=50, dim=32, depth=2, heads=1,
-                        ffn=64, dropout=0.0, epochs=2, batch_size=32, lr=1e-3, triplets_per_anchor=4,
+        pycsa.rrt.train(train_set.database, train_locals, train_set.db_labels, topk=100, dim=128, depth=2, heads=1,
+                        ffn=64, dropout=0.0, epochs=2, batch_size=32, lr=1e-3, triplets_per_anchor=8,
                         checkpoint=path, progress=cb)
     print(f"rrt: trained in {time.perf_counter() - t0:.1f} s (the table's time is re-ranking only)\n")
     learned["checkpoints"]["rrt"] = path
