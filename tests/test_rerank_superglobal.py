@@ -25,6 +25,20 @@ def test_matchessuperglobal_plain(M, K, beta, device):
     assert torch.equal(got.cpu(), superglobal_plain(Q, X, ranks, M, K, beta))
 
 
+def test_both_neighbour_routes_agree():
+    # the fused per-list GEMM + top-k (CPU) and the affinity op route (CUDA) on the same lists
+    from pycsa.rerank.superglobal import _list_neighbours
+
+    Q, X, ranks = _data(B=4, n=200, d=16, R=37, seed=3)
+    X[5] = X[7]  # an exact duplicate: a tie in the similarities
+    top = ranks[:, :37]
+    F = X[top]
+    for Kn in (1, 9, 36):
+        a = _list_neighbours(X, top, F, Kn, fused=True)
+        b = _list_neighbours(X, top, F, Kn, fused=False)
+        assert torch.equal(a[1], b[1]) and torch.allclose(a[0], b[0], atol=1e-6)
+
+
 def test_tail_unchanged_and_numpy_round_trip():
     Q, X, ranks = _data(seed=1)
     got = pycsa.superglobal_rerank(Q.numpy(), X.numpy(), ranks.numpy(), M=20)

@@ -9,7 +9,8 @@ Per query, on its top-M list:
 The candidate itself always has weight 1 (the authors take it as the first of its
 K + 1 neighbours, which it is unless an exact duplicate is in the list).
 Memory: queries go in blocks of about ``block_elems`` gathered feature values
-(256 MB in float32); the neighbour sums never materialise the M x K x d gather.
+(256 MB in float32). On the CPU each list's neighbours come from one fused GEMM +
+top-k (pycsa.ops.inner_product_topk), elsewhere from the affinity op (b x M x M).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 
 from .._checks import positive_int
 from .._tensors import as_tensor, check_features, to_caller
-from ..ops import affinity, weighted_gather_sum
+from ..ops import _extension, affinity, inner_product_topk
 from ..ranking import Progress, Ranking, Reranker, register, resort_top
 from ..search import topk_lower_index
 
@@ -28,9 +29,41 @@ def _check_params(M, K, beta, refine):
         raise ValueError(f"beta: must be >= 0, got {beta!r}")
 
 
+def _list_neighbours(X: torch.Tensor, top: torch.Tensor, F: torch.Tensor, Kn: int, fused: bool | None = None):
+    """Each candidate's Kn most similar other candidates of its list (b x M x Kn similarities
+    and list positions, best first, ties to the lower position). ``fused``: per-list GEMM +
+    top-k (the default on the CPU with the extension) or the affinity op's b x M x M."""
+    b, M, _ = F.shape
+    if fused is None:
+        fused = F.device.type == "cpu" and _extension.use_kernels("inner_product_topk", F.device)
+    if fused:
+        # One fused GEMM + top-k per list: the M x M similarities are never held.
+        sims, cols = zip(*(inner_product_topk(F[i], F[i], Kn + 1) for i in range(b)))
+        sims, cols = torch.stack(sims), torch.stack(cols)
+        # drop the candidate itself (or, if exact duplicates pushed it out, the last of the Kn + 1)
+        other = cols != torch.arange(M).view(1, M, 1)
+        keep = other & (other.cumsum(-1) <= Kn)
+        return sims[keep].view(b, M, Kn), cols[keep].view(b, M, Kn)
+    sims = affinity(X, top, M, check_finite=False).float()  # b x M x M, within each list
+    sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    s_nb, j_nb = topk_lower_index(sims.reshape(b * M, M), Kn)
+    return s_nb.view(b, M, Kn), j_nb.view(b, M, Kn)
+
+
+def _aggregate(v: torch.Tensor, w: torch.Tensor, j_nb: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """(v_i + Σ_j w_ij v_j) / den_i for a value per candidate (b x M): x·d'_i without d'_i."""
+    b, M, Kn = j_nb.shape
+    return (v + (w * v.gather(1, j_nb.reshape(b, M * Kn)).view(b, M, Kn)).sum(-1)) / den
+
+
 def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: int = 9, beta: float = 0.15,
                        refine: int = 10, block_elems: int = 1 << 26) -> torch.Tensor:
-    """The final SuperGlobal score (s1 + s2) / 2 of each of the B x M candidates in ``top``."""
+    """The final SuperGlobal score (s1 + s2) / 2 of each of the B x M candidates in ``top``.
+
+    The refined d'_i is linear in the list's features, so q·d'_i and q'·d'_i come from
+    q·d_j and q'·d_j of the list (two M x d products per query); only the 10 refined
+    descriptors that q' pools are formed.
+    """
     B, M = top.shape
     d = X.shape[1]
     out = torch.empty((B, M), dtype=torch.float32, device=Q.device)
@@ -41,20 +74,19 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         t = top[s:s + step]
         b = t.shape[0]
         F = X.index_select(0, t.reshape(-1)).reshape(b, M, d).float()
-        refined = F
         if Kn > 0:
-            sims = affinity(X, t, M, check_finite=False).float()  # b x M x M, within each list
-            sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))  # the candidate is added with weight 1 below
-            s_nb, j_nb = topk_lower_index(sims.reshape(b * M, M), Kn)
-            w = beta * s_nb.reshape(b, M, Kn)
-            rows = j_nb.reshape(b, M, Kn) + M * torch.arange(b, device=F.device).view(b, 1, 1)
-            nb_sum = weighted_gather_sum(F.reshape(b * M, d), rows.reshape(b * M, Kn), w.reshape(b * M, Kn))
-            refined = (F + nb_sum.reshape(b, M, d)) / (1 + w.sum(-1, keepdim=True))
-        q = Q[s:s + step].float()
-        s1 = torch.einsum("bd,bmd->bm", q, refined)
-        best = topk_lower_index(s1, r)[1]
-        q2 = refined[torch.arange(b, device=F.device).unsqueeze(1), best].amax(dim=1)
-        s2 = torch.einsum("bd,bmd->bm", q2, refined)
+            s_nb, j_nb = _list_neighbours(X, t, F, Kn)
+            w = beta * s_nb
+        else:
+            w, j_nb = F.new_zeros((b, M, 0)), torch.zeros((b, M, 0), dtype=torch.long, device=F.device)
+        den = 1 + w.sum(-1)
+        s1 = _aggregate(torch.einsum("bmd,bd->bm", F, Q[s:s + step].float()), w, j_nb, den)
+        best = topk_lower_index(s1, r)[1]  # b x r
+        rows = torch.arange(b, device=F.device).unsqueeze(1)
+        jb, wb = j_nb[rows, best], w[rows, best]  # b x r x Kn
+        refined = (F[rows, best] + (wb.unsqueeze(-1) * F[rows.unsqueeze(-1), jb]).sum(2)) / den[rows, best].unsqueeze(-1)
+        q2 = refined.amax(dim=1)
+        s2 = _aggregate(torch.einsum("bmd,bd->bm", F, q2), w, j_nb, den)
         out[s:s + step] = (s1 + s2) / 2
     return out
 
