@@ -128,16 +128,19 @@ def _labels(labels, n, name):
 
 
 def _distributed():
-    """(rank, world size), starting the process group when launched by torchrun."""
+    """(rank, world size, started): starts the process group when launched by torchrun
+    (``started``: this call started it, so training ends it)."""
     import torch.distributed as dist
 
     if not dist.is_available():
-        return 0, 1
+        return 0, 1, False
+    started = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        started = True
     if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        return dist.get_rank(), dist.get_world_size(), started
+    return 0, 1, False
 
 
 def train(features, labels, *, val_features=None, val_labels=None, K: int = 512, L: int = 512, dim: int = 768,
@@ -171,7 +174,7 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
     if max(K, L) > n:
         raise ValueError(f"K, L: the lists need max(K, L) = {max(K, L)} images but the training set has {n}")
 
-    rank, world = _distributed()
+    rank, world, started = _distributed()
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -272,4 +275,8 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
             history.append(record)
         if world > 1:
             torch.distributed.barrier()
+    if started:
+        # A group left to interpreter shutdown can abort a rank at exit ("terminate called
+        # without an active exception" from a gloo thread), failing a finished run.
+        torch.distributed.destroy_process_group()
     return TrainResult(model.eval(), history)
