@@ -10,6 +10,11 @@ namespace pycsa {
 
 using Csr = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 
+// Shared checks (graph_checks.cpp): dtypes and shapes of a CSR graph and of a layer's
+// neighbour lists (n x k indices and weights).
+void check_csr_layout(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val);
+void check_neighbours_layout(int64_t n, const at::Tensor& nbr, const at::Tensor& weight);
+
 // A + Aᵀ (entries present in both are summed).
 Csr csr_add_transpose_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val);
 

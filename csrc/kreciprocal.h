@@ -5,6 +5,11 @@
 
 namespace pycsa {
 
+// Shared argument checks (kreciprocal_checks.cpp): shapes, dtypes, one device, k1, k2, lambda.
+void check_k_reciprocal_args(int64_t k1, int64_t k2, double lambda);
+void check_k_reciprocal_matrices(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g);
+void check_k_reciprocal_features(const at::Tensor& query, const at::Tensor& gallery);
+
 // Final q x g distance (1 - lambda) * Jaccard + lambda * original, float32.
 // k1 is clamped to N - 1 and k2 to N (N = q + g), as slicing does in the original.
 at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,

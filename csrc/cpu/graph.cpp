@@ -23,12 +23,7 @@ struct CsrView {
 };
 
 CsrView check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val) {
-  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr: expected a 1-D tensor of length n + 1");
-  TORCH_CHECK_TYPE(rowptr.scalar_type() == at::kLong && col.scalar_type() == at::kLong,
-                   "rowptr/col: expected int64");
-  TORCH_CHECK_TYPE(val.scalar_type() == at::kFloat, "val: expected float32, got ", val.scalar_type());
-  TORCH_CHECK_VALUE(col.dim() == 1 && val.dim() == 1 && col.numel() == val.numel(),
-                    "col/val: expected 1-D tensors of equal length");
+  check_csr_layout(rowptr, col, val);
   TORCH_CHECK_VALUE(rowptr.is_cpu() && col.is_cpu() && val.is_cpu(), "rowptr/col/val: expected CPU tensors");
   TORCH_CHECK_VALUE(rowptr.is_contiguous() && col.is_contiguous() && val.is_contiguous(),
                     "rowptr/col/val: expected contiguous tensors");
@@ -136,10 +131,7 @@ struct Neighbours {
 
 Neighbours check_neighbours(const CsrView& a, const at::Tensor& nbr, const at::Tensor& weight, at::Tensor& nb,
                             at::Tensor& w) {
-  TORCH_CHECK_VALUE(nbr.dim() == 2 && nbr.size(0) == a.n, "nbr: expected shape (", a.n, ", k), got ", nbr.sizes());
-  TORCH_CHECK_VALUE(weight.sizes() == nbr.sizes(), "weight: expected shape ", nbr.sizes(), ", got ", weight.sizes());
-  TORCH_CHECK_TYPE(nbr.scalar_type() == at::kLong, "nbr: expected int64");
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat, "weight: expected float32");
+  check_neighbours_layout(a.n, nbr, weight);
   TORCH_CHECK_VALUE(nbr.is_cpu() && weight.is_cpu(), "nbr/weight: expected CPU tensors");
   nb = nbr.contiguous();
   w = weight.contiguous();

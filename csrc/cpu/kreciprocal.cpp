@@ -343,31 +343,12 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
 
 }  // namespace
 
-namespace {
-
-void check_k_args(int64_t k1, int64_t k2, double lambda) {
-  TORCH_CHECK_VALUE(k1 >= 1, "k1: must be >= 1, got ", k1);
-  TORCH_CHECK_VALUE(k2 >= 1, "k2: must be >= 1, got ", k2);
-  TORCH_CHECK_VALUE(lambda >= 0.0 && lambda <= 1.0, "lambda_value: must lie in [0, 1], got ", lambda);
-}
-
-}  // namespace
-
 at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
                             int64_t k1, int64_t k2, double lambda) {
-  TORCH_CHECK_VALUE(q_g.dim() == 2, "q_g_dist: expected a 2-D (q x g) matrix, got ", q_g.dim(), "-D");
+  check_k_reciprocal_matrices(q_g, q_q, g_g);
+  TORCH_CHECK_VALUE(q_g.device().is_cpu(), "q_g_dist/q_q_dist/g_g_dist: expected CPU tensors");
+  check_k_reciprocal_args(k1, k2, lambda);
   const int64_t q = q_g.size(0), g = q_g.size(1);
-  TORCH_CHECK_VALUE(q >= 1 && g >= 1, "q_g_dist: needs at least one query and one gallery item");
-  TORCH_CHECK_VALUE(q_q.dim() == 2 && q_q.size(0) == q && q_q.size(1) == q,
-                    "q_q_dist: expected shape (", q, ", ", q, "), got ", q_q.sizes());
-  TORCH_CHECK_VALUE(g_g.dim() == 2 && g_g.size(0) == g && g_g.size(1) == g,
-                    "g_g_dist: expected shape (", g, ", ", g, "), got ", g_g.sizes());
-  TORCH_CHECK_TYPE(q_g.scalar_type() == q_q.scalar_type() && q_g.scalar_type() == g_g.scalar_type(),
-                   "q_q_dist/g_g_dist: dtypes must match q_g_dist (", q_g.scalar_type(), ")");
-  TORCH_CHECK_VALUE(q_g.device().is_cpu() && q_q.device().is_cpu() && g_g.device().is_cpu(),
-                    "q_g_dist/q_q_dist/g_g_dist: expected CPU tensors");
-  TORCH_CHECK_VALUE(q + g <= std::numeric_limits<int32_t>::max(), "q_g_dist: more than 2^31 items");
-  check_k_args(k1, k2, lambda);
   const at::Tensor a = q_g.contiguous(), b = q_q.contiguous(), c = g_g.contiguous();
   if (a.scalar_type() == at::kDouble) {
     return k_reciprocal_impl(MatrixDistances<double>{a.data_ptr<double>(), b.data_ptr<double>(), c.data_ptr<double>(), q, g},
@@ -380,13 +361,9 @@ at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const 
 
 at::Tensor k_reciprocal_features_cpu(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
                                      double lambda) {
-  TORCH_CHECK_VALUE(query.dim() == 2 && gallery.dim() == 2 && query.size(1) == gallery.size(1),
-                    "query_feats/gallery_feats: expected 2-D arrays with the same number of columns, got ",
-                    query.sizes(), " and ", gallery.sizes());
-  TORCH_CHECK_VALUE(query.size(0) >= 1 && gallery.size(0) >= 1,
-                    "query_feats/gallery_feats: needs at least one query and one gallery item");
-  TORCH_CHECK_VALUE(query.device().is_cpu() && gallery.device().is_cpu(), "query_feats/gallery_feats: expected CPU tensors");
-  check_k_args(k1, k2, lambda);
+  check_k_reciprocal_features(query, gallery);
+  TORCH_CHECK_VALUE(query.device().is_cpu(), "query_feats/gallery_feats: expected CPU tensors");
+  check_k_reciprocal_args(k1, k2, lambda);
   at::Tensor z = at::cat({query, gallery}, 0).to(at::kFloat).contiguous();
   at::Tensor norms = z.mul(z).sum(1);
   return k_reciprocal_impl(FeatureDistances{z, norms, query.size(0), gallery.size(0)}, k1, k2,

@@ -24,12 +24,7 @@ using cuda_sparse::kThreads;
 using cuda_sparse::rows_of;
 
 void check_csr_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val) {
-  TORCH_CHECK_VALUE(rowptr.dim() == 1 && rowptr.numel() >= 1, "rowptr: expected a 1-D tensor of length n + 1");
-  TORCH_CHECK_TYPE(rowptr.scalar_type() == at::kLong && col.scalar_type() == at::kLong,
-                   "rowptr/col: expected int64");
-  TORCH_CHECK_TYPE(val.scalar_type() == at::kFloat, "val: expected float32, got ", val.scalar_type());
-  TORCH_CHECK_VALUE(col.dim() == 1 && val.dim() == 1 && col.numel() == val.numel(),
-                    "col/val: expected 1-D tensors of equal length");
+  check_csr_layout(rowptr, col, val);
   TORCH_CHECK_VALUE(rowptr.is_cuda() && col.device() == rowptr.device() && val.device() == rowptr.device(),
                     "rowptr/col/val: expected CUDA tensors on one device");
   const int64_t n = rowptr.numel() - 1;
@@ -58,10 +53,7 @@ __global__ void inverse_row_norms_kernel(const int64_t* __restrict__ rowptr, con
 }
 
 void check_neighbours_cuda(int64_t n, const at::Tensor& rowptr, const at::Tensor& nbr, const at::Tensor& weight) {
-  TORCH_CHECK_VALUE(nbr.dim() == 2 && nbr.size(0) == n, "nbr: expected shape (", n, ", k), got ", nbr.sizes());
-  TORCH_CHECK_VALUE(weight.sizes() == nbr.sizes(), "weight: expected shape ", nbr.sizes(), ", got ", weight.sizes());
-  TORCH_CHECK_TYPE(nbr.scalar_type() == at::kLong, "nbr: expected int64");
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat, "weight: expected float32");
+  check_neighbours_layout(n, nbr, weight);
   TORCH_CHECK_VALUE(nbr.device() == rowptr.device() && weight.device() == rowptr.device(),
                     "nbr/weight: expected CUDA tensors on the graph's device");
   if (nbr.numel()) {
