@@ -189,7 +189,6 @@ def _demo_rrt(args, data, learned) -> None:
     import tempfile
 
     learned["locals"], learned["query_locals"] = _demo_local_descriptors(data, seed=args.seed + 7)
-    learned.setdefault("rrt_top", None)
     print("rrt: synthetic local descriptors (128-d, 20..120 per image, shared parts within a class); "
           "its figures show the mechanics, not what real local features give")
     if "rrt" in learned["checkpoints"]:

@@ -61,6 +61,21 @@ void check_neighbours_cuda(int64_t n, const at::Tensor& rowptr, const at::Tensor
   }
 }
 
+void check_split(const at::Tensor& rowptr, int64_t split) {
+  const int64_t n = rowptr.numel() - 1;
+  TORCH_CHECK_VALUE(split >= 0 && split <= n, "split: must lie in [0, ", n, "], got ", split);
+}
+
+// Dense A[:split]·A[split:]ᵀ of a checked, contiguous CSR on the current device.
+at::Tensor cross_dense(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val, int64_t split) {
+  const int64_t n = rowptr.numel() - 1;
+  at::Tensor out = at::zeros({split, n - split}, val.options());
+  if (out.numel() == 0 || col.numel() == 0) return out;
+  const cuda_sparse::Transposed t = cuda_sparse::transpose(rowptr, col, val, n);
+  cuda_sparse::cross(rowptr, col, val, t, split, split, cuda_sparse::Product{}, out);
+  return out;
+}
+
 }  // namespace
 
 Csr csr_add_transpose_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& val_in) {
@@ -98,26 +113,19 @@ Csr gnn_propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in, co
 at::Tensor csr_cross_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& val_in,
                                 int64_t split) {
   check_csr_cuda(rowptr_in, col_in, val_in);
+  check_split(rowptr_in, split);
   const c10::cuda::CUDAGuard guard(rowptr_in.device());
-  const at::Tensor rowptr = rowptr_in.contiguous(), col = col_in.contiguous(), val = val_in.contiguous();
-  const int64_t n = rowptr.numel() - 1;
-  TORCH_CHECK_VALUE(split >= 0 && split <= n, "split: must lie in [0, ", n, "], got ", split);
-  const int64_t g = n - split;
-  at::Tensor out = at::zeros({split, g}, val.options());
-  if (out.numel() == 0 || col.numel() == 0) return out;
-  const cuda_sparse::Transposed t = cuda_sparse::transpose(rowptr, col, val, n);
-  cuda_sparse::cross(rowptr, col, val, t, split, split, cuda_sparse::Product{}, out);
-  return out;
+  return cross_dense(rowptr_in.contiguous(), col_in.contiguous(), val_in.contiguous(), split);
 }
 
 // On the GPU the propagated gallery rows fit (about k·nnz(A) entries), so the last
 // layer is formed and crossed rather than fused as on the CPU.
 at::Tensor gnn_propagate_cross_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
                                     const at::Tensor& nbr, const at::Tensor& weight, int64_t split) {
-  TORCH_CHECK_VALUE(split >= 0 && split <= rowptr.numel() - 1, "split: must lie in [0, ", rowptr.numel() - 1,
-                    "], got ", split);
-  auto [p, c, v] = gnn_propagate_cuda(rowptr, col, val, nbr, weight);
-  return csr_cross_dense_cuda(p, c, v, split);
+  check_split(rowptr, split);  // before the work
+  const auto [p, c, v] = gnn_propagate_cuda(rowptr, col, val, nbr, weight);
+  const c10::cuda::CUDAGuard guard(rowptr.device());
+  return cross_dense(p, c, v, split);  // the layer's own output: no second validation pass
 }
 
 }  // namespace pycsa

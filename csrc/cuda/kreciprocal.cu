@@ -27,7 +27,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <limits>
+#include <vector>
 
 namespace pycsa {
 namespace {

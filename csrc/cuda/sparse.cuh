@@ -50,8 +50,8 @@ inline at::Tensor rowptr_of(const at::Tensor& rows, int64_t n) {
 
 // out[u] = Σ val[starts[u] .. starts[u+1]) in list order, and the run's key.
 __global__ void sum_runs_kernel(const int64_t* __restrict__ keys, const float* __restrict__ val,
-                                       const int64_t* __restrict__ starts, int64_t runs, int64_t total,
-                                       int64_t* __restrict__ out_keys, float* __restrict__ out_val) {
+                                const int64_t* __restrict__ starts, int64_t runs, int64_t total,
+                                int64_t* __restrict__ out_keys, float* __restrict__ out_val) {
   for (int64_t u = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; u < runs; u += int64_t(gridDim.x) * blockDim.x) {
     const int64_t s = starts[u], e = u + 1 < runs ? starts[u + 1] : total;
     float acc = 0.f;

@@ -4,8 +4,8 @@ Same result as the numpy function copied into most re-ID code (to float32
 rounding, wherever the inputs have no ties), computed by a C++ kernel (CPU) or a
 CUDA kernel (csrc/cuda/kreciprocal.cu) that keeps V sparse and never forms the
 joint N x N matrix: memory beyond the inputs and the q x g output is O(N·k1) plus
-O(256·N) per thread on the CPU, one block of 2^25 distances on the GPU. ``k1`` is clamped to N - 1 and
-``k2`` to N (N = q + g), which is what the original's slicing does.
+O(256·N) per thread on the CPU, one block of 2^25 distances on the GPU. ``k1`` is
+clamped to N - 1 and ``k2`` to N (N = q + g), which is what the original's slicing does.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ def _params(k1, k2, lambda_value) -> tuple[int, int, float]:
     return positive_int(k1, "k1"), positive_int(k2, "k2"), unit_interval(lambda_value, "lambda_value")
 
 
-def _require_kernels(tensors, what: str) -> None:
+def _require_kernels(device: torch.device, what: str) -> None:
     """The kernels run on the inputs' device (a CUDA build is needed for CUDA inputs)."""
-    _extension.use_kernels(what, tensors[0].device)  # a missing CUDA build is reported here
+    _extension.use_kernels(what, device)  # a missing CUDA build is reported here
     if _extension._C is None:
         raise RuntimeError(f"pycsa.{what} needs the compiled extension (pycsa._C); "
                            "reinstall with `pip install --no-build-isolation -e .`")
@@ -60,7 +60,7 @@ def k_reciprocal(q_g_dist, q_q_dist, g_g_dist, k1: int = 20, k2: int = 6, lambda
         raise ValueError("q_q_dist/g_g_dist: must be on the same device as q_g_dist")
     dtype = torch.float64 if torch.float64 in (qg.dtype, qq.dtype, gg.dtype) else torch.float32
     qg, qq, gg = (m.to(dtype) for m in (qg, qq, gg))
-    _require_kernels([qg], "k_reciprocal")
+    _require_kernels(qg.device, "k_reciprocal")
     out = torch.ops.pycsa.k_reciprocal(qg, qq, gg, k1, k2, lam)
     return to_caller(out, was_numpy)
 
@@ -78,7 +78,7 @@ def k_reciprocal_features(query_feats, gallery_feats, k1: int = 20, k2: int = 6,
         raise ValueError("query_feats/gallery_feats: need at least one row each")
     if Q.device != G.device:
         raise ValueError(f"query_feats: on {Q.device} but gallery_feats is on {G.device}")
-    _require_kernels([Q], "k_reciprocal_features")
+    _require_kernels(Q.device, "k_reciprocal_features")
     out = torch.ops.pycsa.k_reciprocal_features(Q.float(), G.float(), k1, k2, lam)
     return to_caller(out, was_numpy)
 

@@ -36,15 +36,22 @@ class TrainResult:
     history: list = field(default_factory=list)
 
 
-def pair_logits(model: RRT, G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: torch.Tensor,
+def pair_inputs(G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: torch.Tensor,
                 max_local: int | None = None, Gq: torch.Tensor | None = None, local_q: LocalDescriptors | None = None):
-    """Logits of the pairs (qi[p], di[p]); queries from (Gq, local_q) when given, else the database."""
+    """The model's inputs (gq, lq, sq, nq, gd, ld, sd, nd) for the pairs (qi[p], di[p]),
+    descriptors on G's device; queries from (Gq, local_q) when given, else the database."""
     Gq = G if Gq is None else Gq
     local_q = local if local_q is None else local_q
     dev = G.device
     lq, sq, nq = local_q.padded(qi, max_local)
     ld, sd, nd = local.padded(di, max_local)
-    return model(Gq[qi.to(dev)], lq.to(dev), sq, nq, G[di.to(dev)], ld.to(dev), sd, nd)
+    return Gq[qi.to(dev)], lq.to(dev), sq, nq, G[di.to(dev)], ld.to(dev), sd, nd
+
+
+def pair_logits(model: RRT, G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: torch.Tensor,
+                max_local: int | None = None, Gq: torch.Tensor | None = None, local_q: LocalDescriptors | None = None):
+    """Logits of the pairs (qi[p], di[p]); queries from (Gq, local_q) when given, else the database."""
+    return model(*pair_inputs(G, local, qi, di, max_local, Gq, local_q))
 
 
 @torch.no_grad()
@@ -152,9 +159,7 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
             p, n_ = pos[step * batch_size:(step + 1) * batch_size], neg[step * batch_size:(step + 1) * batch_size]
             qi, di = torch.cat([a, a]), torch.cat([p, n_])
             target = torch.cat([torch.ones(a.numel()), torch.zeros(a.numel())]).to(device)
-            lq, sq, nq = local.padded(qi, max_local)
-            ld, sd, nd = local.padded(di, max_local)
-            lq, ld, gq, gd = lq.to(device), ld.to(device), G[qi.to(device)], G[di.to(device)]
+            gq, lq, sq, nq, gd, ld, sd, nd = pair_inputs(G, local, qi, di, max_local)
             if augment:
                 perm, sign = _signed_permutations(qi.numel(), local.dim, gen)
                 lq, ld = _permute(lq, perm, sign), _permute(ld, perm, sign)
