@@ -81,6 +81,20 @@ def test_features_route_matches_the_cpu_kernel(nq, ng, k1, k2, device):
     torch.testing.assert_close(got.cpu(), want, rtol=0, atol=1e-5)
 
 
+def test_features_route_ignores_a_global_tf32_setting(device):
+    if device != "cuda":
+        pytest.skip("TF32 is a CUDA matmul setting")
+    Q, G = (torch.from_numpy(x) for x in _feats(31, 257, dim=512, seed=5))
+    want = k_reciprocal_features(Q, G)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")  # lets at::mm use TF32 (10-bit mantissa)
+    try:
+        got = k_reciprocal_features(Q.cuda(), G.cuda()).cpu()
+    finally:
+        torch.set_float32_matmul_precision(before)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_matches_numpy_baseline_float32_inputs():
     Q, G = _feats(17, 83, seed=3)
     qg, qq, gg = _dists(Q, G, np.float32)

@@ -105,6 +105,30 @@ def test_bad_graphs_raise(device):
         pycsa.ops.gnn_propagate_cross(rowptr, col, val, nbr, w[:, :1], 3)
 
 
+@pytest.mark.parametrize("cols", [[0, 0, 0], [0, 1, 1], [1, 1, 0]])
+def test_rows_must_list_each_column_once_in_order(cols, device):
+    # row 1 holds columns cols[1:]: a repeat would make the CUDA cross kernel's threads
+    # race on one output, and the merges assume ascending rows
+    rowptr, col, val = _to(device, torch.tensor([0, 1, 3]), torch.tensor(cols), torch.ones(3))
+    for call in (lambda: pycsa.ops.csr_add_transpose(rowptr, col, val),
+                 lambda: pycsa.ops.csr_cross_dense(rowptr, col, val, 1),
+                 lambda: pycsa.ops.gnn_propagate(rowptr, col, val, *_to(device, torch.zeros(2, 1, dtype=torch.long),
+                                                                        torch.ones(2, 1)))):
+        with pytest.raises(ValueError, match="col: must be strictly ascending"):
+            call()
+    # the last entry of a row may exceed the first of the next
+    ok = _to(device, torch.tensor([0, 2, 3]), torch.tensor([0, 1, 0]), torch.ones(3))
+    assert pycsa.ops.csr_cross_dense(*ok, 1).tolist() == [[1.0]]
+
+
+def test_tiny_rows_normalise_as_on_the_cpu(device):
+    # a row norm of 1e-40 (subnormal): dividing gives 1, multiplying by 1/norm would overflow
+    rowptr, col, val = _to(device, torch.tensor([0, 1]), torch.tensor([0]), torch.tensor([1e-20]))
+    out = pycsa.ops.gnn_propagate(rowptr, col, val, *_to(device, torch.zeros(1, 1, dtype=torch.long),
+                                                         torch.tensor([[1e-20]])))
+    assert out[2].cpu().tolist() == [1.0]
+
+
 def test_inputs_on_two_devices_raise():
     rowptr, col, val = _random_csr(10, 3, seed=0)
     with pytest.raises(ValueError, match="one device"):

@@ -31,11 +31,15 @@ CsrView check_csr(const at::Tensor& rowptr, const at::Tensor& col, const at::Ten
   const int64_t* p = rowptr.data_ptr<int64_t>();
   TORCH_CHECK_VALUE(p[0] == 0 && p[n] == col.numel(), "rowptr: must start at 0 and end at nnz = ", col.numel());
   for (int64_t r = 0; r < n; ++r) TORCH_CHECK_VALUE(p[r] <= p[r + 1], "rowptr: must be non-decreasing");
+  const int64_t* c = col.data_ptr<int64_t>();
   if (col.numel()) {
     const auto [lo, hi] = at::aminmax(col);
     TORCH_CHECK_INDEX(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < n, "col: indices must lie in [0, ", n, ")");
   }
-  return {p, col.data_ptr<int64_t>(), val.data_ptr<float>(), n};
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t o = p[r] + 1; o < p[r + 1]; ++o)
+      TORCH_CHECK_VALUE(c[o - 1] < c[o], "col: must be strictly ascending within each row (no repeated column)");
+  return {p, c, val.data_ptr<float>(), n};
 }
 
 // Builds a CSR from per-row (col, val) lists that are already sorted by column.

@@ -23,6 +23,18 @@ using cuda_sparse::coo_to_csr;
 using cuda_sparse::kThreads;
 using cuda_sparse::rows_of;
 
+// 1 if some row lists a column twice or out of order (the cross kernel's threads write
+// one output per (row, col): a repeated column would race). rowptr is not validated
+// yet, so its entries are clamped before they index: a bad rowptr is reported by its own
+// check, never read out of bounds here.
+at::Tensor unsorted_within_rows(const at::Tensor& rowptr, const at::Tensor& col) {
+  const int64_t n = rowptr.numel() - 1, nnz = col.numel();
+  at::Tensor starts = at::zeros({nnz + 1}, rowptr.options().dtype(at::kBool));
+  starts.index_fill_(0, rowptr.slice(0, 0, n).clamp(0, nnz), true);
+  const at::Tensor same_row = starts.slice(0, 1, nnz).logical_not();
+  return (same_row & (col.slice(0, 1) <= col.slice(0, 0, -1))).any().to(at::kLong);
+}
+
 void check_csr_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val) {
   check_csr_layout(rowptr, col, val);
   TORCH_CHECK_VALUE(rowptr.is_cuda() && col.device() == rowptr.device() && val.device() == rowptr.device(),
@@ -34,21 +46,23 @@ void check_csr_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::T
       (rowptr[n] != col.numel()).to(at::kLong),
       n > 0 ? (rowptr.diff() < 0).any().to(at::kLong) : at::zeros({}, rowptr.options()),
       col.numel() ? ((col < 0) | (col >= n)).any().to(at::kLong) : at::zeros({}, rowptr.options()),
+      col.numel() > 1 ? unsorted_within_rows(rowptr, col) : at::zeros({}, rowptr.options()),
   }).cpu();
   const int64_t* b = bad.data_ptr<int64_t>();
   TORCH_CHECK_VALUE(!b[0] && !b[1], "rowptr: must start at 0 and end at nnz = ", col.numel());
   TORCH_CHECK_VALUE(!b[2], "rowptr: must be non-decreasing");
   TORCH_CHECK_INDEX(!b[3], "col: indices must lie in [0, ", n, ")");
+  TORCH_CHECK_VALUE(!b[4], "col: must be strictly ascending within each row (no repeated column)");
 }
 
-// 1 / ||row|| for every row (0 for an empty or all-zero row), summed in column order.
-__global__ void inverse_row_norms_kernel(const int64_t* __restrict__ rowptr, const float* __restrict__ val,
-                                         int64_t n, float* __restrict__ inv) {
+// Each row divided by its L2 norm (summed in column order in double; rows of norm 0
+// become 0): the CPU's expression, so the values carry the CPU twin's bits.
+__global__ void normalize_rows_kernel(const int64_t* __restrict__ rowptr, int64_t n, float* __restrict__ val) {
   for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < n; r += int64_t(gridDim.x) * blockDim.x) {
     double sq = 0;
     for (int64_t o = rowptr[r]; o < rowptr[r + 1]; ++o) sq += double(val[o]) * val[o];
     const float norm = static_cast<float>(sqrt(sq));
-    inv[r] = norm > 0 ? 1.0f / norm : 0.f;
+    for (int64_t o = rowptr[r]; o < rowptr[r + 1]; ++o) val[o] = norm > 0 ? __fdiv_rn(val[o], norm) : 0.f;
   }
 }
 
@@ -99,14 +113,11 @@ Csr gnn_propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in, co
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto [prow, pcol, pval] = cuda_sparse::neighbour_products(rowptr, col, val, nbr, weight);
   auto [optr, ocol, oval] = coo_to_csr(prow, pcol, pval, n);
-  at::Tensor inv = at::empty({n}, val.options());
-  if (n > 0) {
-    inverse_row_norms_kernel<<<blocks_for(n), kThreads, 0, stream>>>(optr.data_ptr<int64_t>(),
-                                                                     oval.data_ptr<float>(), n,
-                                                                     inv.data_ptr<float>());
+  if (n > 0 && ocol.numel()) {
+    normalize_rows_kernel<<<blocks_for(n), kThreads, 0, stream>>>(optr.data_ptr<int64_t>(), n,
+                                                                   oval.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
-  oval.mul_(inv.index_select(0, rows_of(optr, ocol.numel())));
   return {optr, ocol, oval};
 }
 

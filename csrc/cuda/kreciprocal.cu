@@ -6,18 +6,19 @@
 //    smallest entries by a stable sort (ties to the lower index); the query rows
 //    also give the original q x g distances.
 // 2. One thread per item builds its expanded k-reciprocal set (sizes are bounded by
-//    (k1 + 1)·(round(k1/2) + 2), so each thread owns a fixed slice of scratch), then
-//    softmax weights give V in CSR.
+//    (k1 + 1)·(round(k1/2) + 2), so each thread owns a fixed slice of scratch; items
+//    run in chunks that bound the scratch), then softmax weights give V in CSR.
 // 3. Local query expansion (mean of V over the top-k2) and the Jaccard distances
 //    through the inverted index use the deterministic pieces of sparse.cuh, with
 //    min() in place of the product.
 // Memory beyond the inputs and the q x g output: one block of rows (at most 2^25
 // floats, with the sort's copy and int64 indices ~0.5 GB), the ranks (N x m), the
-// set scratch (N x (k1+1)(round(k1/2)+2) int64) and V, its expansion and its transpose.
+// set scratch (at most 2^25 int64, 256 MB, whatever k1) and V, its expansion and its transpose.
 #include "../kreciprocal.h"
 #include "sparse.cuh"
 
 #include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -36,6 +37,7 @@ using cuda_sparse::blocks_for;
 using cuda_sparse::kThreads;
 
 constexpr int64_t kBlockElems = int64_t(1) << 25;  // entries of one staged block of rows
+constexpr int64_t kSetScratch = int64_t(1) << 25;  // int64 entries of expanded-set scratch (256 MB)
 
 // Rows [i0, i0 + nb) of the transposed squared distances (row i = column i of D), float32.
 struct MatrixRows {
@@ -57,6 +59,9 @@ struct FeatureRows {
   at::Tensor z, norms;  // N x d float32, N squared norms
 
   at::Tensor operator()(int64_t i0, int64_t nb) const {
+    // Full float32 even where the user enabled TF32 globally: the ranks and the
+    // original term must match the CPU's (TF32 errors of ~1e-4 in d2 flip near-ties).
+    const at::NoTF32Guard no_tf32;
     const at::Tensor dot = at::mm(z.narrow(0, i0, nb), z.t());
     return (norms.narrow(0, i0, nb).unsqueeze(1) + norms.unsqueeze(0) - dot * 2).clamp_min_(0);
   }
@@ -69,12 +74,26 @@ __device__ bool in_top(const int64_t* __restrict__ rank, int64_t m, int64_t row,
   return false;
 }
 
-__device__ void insertion_sort(int64_t* v, int64_t n) {
-  for (int64_t a = 1; a < n; ++a) {
-    const int64_t x = v[a];
-    int64_t b = a;
-    for (; b > 0 && v[b - 1] > x; --b) v[b] = v[b - 1];
-    v[b] = x;
+// In-place heapsort: O(n log n) with no recursion or scratch; a set can hold up to
+// (k1 + 1)(round(k1 / 2) + 2) entries before duplicates are dropped.
+__device__ void sift_down(int64_t* v, int64_t root, int64_t n) {
+  const int64_t x = v[root];
+  for (int64_t child = 2 * root + 1; child < n; child = 2 * root + 1) {
+    if (child + 1 < n && v[child + 1] > v[child]) ++child;
+    if (v[child] <= x) break;
+    v[root] = v[child];
+    root = child;
+  }
+  v[root] = x;
+}
+
+__device__ void heap_sort(int64_t* v, int64_t n) {
+  for (int64_t r = n / 2 - 1; r >= 0; --r) sift_down(v, r, n);
+  for (int64_t end = n - 1; end > 0; --end) {
+    const int64_t top = v[0];
+    v[0] = v[end];
+    v[end] = top;
+    sift_down(v, 0, end);
   }
 }
 
@@ -87,14 +106,16 @@ __device__ bool sorted_contains(const int64_t* v, int64_t n, int64_t x) {
   return lo < n && v[lo] == x;
 }
 
-// Item i's expanded k-reciprocal set, sorted and unique, in sets[i * cap ..], its size
-// in counts[i]; sorted_recip holds each item's reciprocal set, sorted.
-__global__ void reciprocal_sets_kernel(const int64_t* __restrict__ rank, int64_t N, int64_t m, int64_t k1,
-                                       int64_t half, int64_t cap, int64_t* __restrict__ sets,
+// Expanded k-reciprocal sets of the items [i0, i0 + nb): item i's set, sorted and
+// unique, in sets[(i - i0) * cap ..], its size in counts[i]; sorted_recip is scratch
+// for each item's reciprocal set.
+__global__ void reciprocal_sets_kernel(const int64_t* __restrict__ rank, int64_t i0, int64_t nb, int64_t m,
+                                       int64_t k1, int64_t half, int64_t cap, int64_t* __restrict__ sets,
                                        int64_t* __restrict__ sorted_recip, int64_t* __restrict__ counts) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N; i += int64_t(gridDim.x) * blockDim.x) {
-    int64_t* e = sets + i * cap;
-    int64_t* rs = sorted_recip + i * (k1 + 1);
+  for (int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; t < nb; t += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = i0 + t;
+    int64_t* e = sets + t * cap;
+    int64_t* rs = sorted_recip + t * (k1 + 1);
     int64_t nrec = 0;
     for (int64_t a = 0; a <= k1; ++a) {
       const int64_t c = rank[i * m + a];
@@ -103,7 +124,7 @@ __global__ void reciprocal_sets_kernel(const int64_t* __restrict__ rank, int64_t
         rs[nrec++] = c;
       }
     }
-    insertion_sort(rs, nrec);
+    heap_sort(rs, nrec);
     int64_t n = nrec;
     for (int64_t r = 0; r < nrec; ++r) {
       const int64_t c = e[r], start = n;
@@ -115,7 +136,7 @@ __global__ void reciprocal_sets_kernel(const int64_t* __restrict__ rank, int64_t
       for (int64_t t = start; t < n; ++t) common += sorted_contains(rs, nrec, e[t]);
       if (!(static_cast<double>(common) > 2.0 / 3.0 * static_cast<double>(n - start))) n = start;  // rejected
     }
-    insertion_sort(e, n);
+    heap_sort(e, n);
     int64_t u = 0;
     for (int64_t t = 0; t < n; ++t)
       if (u == 0 || e[t] != e[u - 1]) e[u++] = e[t];
@@ -196,20 +217,30 @@ at::Tensor k_reciprocal_impl(const Rows& rows_of_d, int64_t q, int64_t g, int64_
     }
   }
 
-  // Pass 2: the expanded sets, then V = softmax(-distance) over each set.
+  // Pass 2: the expanded sets, then V = softmax(-distance) over each set. A set's
+  // scratch is its worst case before duplicates go, (k1 + 1)(half + 2) entries, so the
+  // items run in chunks that keep the scratch within kSetScratch entries.
   const int64_t cap = (k1 + 1) * (half + 2);
-  at::Tensor sets = at::empty({N, cap}, lopts);
-  at::Tensor recip = at::empty({N, k1 + 1}, lopts);
+  const int64_t chunk = std::clamp<int64_t>(kSetScratch / cap, 1, N);
+  at::Tensor sets = at::empty({chunk, cap}, lopts);
+  at::Tensor recip = at::empty({chunk, k1 + 1}, lopts);
   at::Tensor counts = at::empty({N}, lopts);
-  reciprocal_sets_kernel<<<blocks_for(N), kThreads, 0, stream>>>(
-      rank.data_ptr<int64_t>(), N, m, k1, half, cap, sets.data_ptr<int64_t>(), recip.data_ptr<int64_t>(),
-      counts.data_ptr<int64_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor slots = at::arange(cap, lopts).unsqueeze(0);
+  std::vector<at::Tensor> pieces;
+  for (int64_t i0 = 0; i0 < N; i0 += chunk) {
+    const int64_t nb = std::min(chunk, N - i0);
+    reciprocal_sets_kernel<<<blocks_for(nb), kThreads, 0, stream>>>(
+        rank.data_ptr<int64_t>(), i0, nb, m, k1, half, cap, sets.data_ptr<int64_t>(), recip.data_ptr<int64_t>(),
+        counts.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    pieces.push_back(sets.narrow(0, 0, nb).masked_select(slots < counts.narrow(0, i0, nb).unsqueeze(1)));
+  }
   recip.reset();
+  sets.reset();
   at::Tensor vptr = at::zeros({N + 1}, lopts);
   vptr.slice(0, 1).copy_(counts.cumsum(0));
-  const at::Tensor vcol = sets.masked_select(at::arange(cap, lopts).unsqueeze(0) < counts.unsqueeze(1));
-  sets.reset();
+  const at::Tensor vcol = pieces.size() == 1 ? pieces[0] : at::cat(pieces);
+  pieces.clear();
   const at::Tensor vrow = cuda_sparse::rows_of(vptr, vcol.numel());
   at::Tensor vval = at::empty({vcol.numel()}, fopts);
   pair_d2(vrow, vcol, vval);

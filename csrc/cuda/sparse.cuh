@@ -178,7 +178,9 @@ void cross(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& va
 }
 
 struct Product {
-  __device__ float operator()(float a, float b) const { return a * b; }
+  // __fmul_rn is never contracted into an FMA with the caller's +=: the product is
+  // rounded and then added, as on the CPU (built without FMA), so the bits agree.
+  __device__ float operator()(float a, float b) const { return __fmul_rn(a, b); }
 };
 
 struct Minimum {
