@@ -7,6 +7,7 @@ stores them (keys ``local``, ``offsets``, ``scale``).
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +83,17 @@ class LocalDescriptors:
         j = torch.arange(C)
         valid = j < counts.unsqueeze(1)
         rows = torch.where(valid, start.unsqueeze(1) + j, torch.zeros((), dtype=torch.long))
-        desc = self.descriptors[rows] * valid.unsqueeze(-1)
+        dev = self.descriptors.device  # offsets and scales stay on the CPU; descriptors may not
+        desc = self.descriptors[rows.to(dev)] * valid.to(dev).unsqueeze(-1)
         return desc, self.scales[rows] * valid, counts
 
     def to(self, device) -> "LocalDescriptors":
         """The store with its descriptors on ``device`` (itself when they are there already)."""
         if self.descriptors.device == torch.device(device):
             return self
-        return LocalDescriptors(self.descriptors.to(device), self.offsets, self.scales)
+        moved = copy.copy(self)  # already validated: no second pass (a host sync on a GPU)
+        moved.descriptors = self.descriptors.to(device)
+        return moved
 
 
 def load_local_descriptors(path) -> LocalDescriptors:

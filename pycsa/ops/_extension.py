@@ -23,6 +23,13 @@ def has_cuda_kernels() -> bool:
     return _C is not None and bool(_C.with_cuda)
 
 
+def half_kernels(device: torch.device) -> bool:
+    """Whether the CUDA kernels serve float16/bfloat16 on ``device``: they use the tensor
+    cores of compute capability 8.0+ (A100, H100, RTX 30xx on); older GPUs (V100, T4)
+    get the PyTorch path instead of an error."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def use_kernels(op: str, device: torch.device) -> bool:
     """True to run the compiled op on ``device``; False to run the reference (CPU only).
 

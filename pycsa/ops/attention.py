@@ -22,7 +22,8 @@ def attention(q, k, v, lengths=None, *, scale: float | None = None):
 
     CPU: C++ (blocked GEMMs and an online softmax, parallel over blocks of queries).
     CUDA: one kernel (tensor cores for the half types) for head_dim 32 and 64; other
-    head dims on CUDA go to PyTorch's SDPA with a key mask. Differentiable: the
+    head dims, and the half types before compute capability 8.0, go to PyTorch's SDPA
+    with a key mask. Differentiable: the
     backward recomputes the attention with PyTorch's SDPA (no fused backward of our own).
     """
     q, was_numpy = as_tensor(q, "q")
@@ -33,7 +34,8 @@ def attention(q, k, v, lengths=None, *, scale: float | None = None):
         scale = float(scale)
     if q.dtype == torch.float64 or q.numel() == 0:
         out = reference.attention(q, k, v, lengths, scale)
-    elif q.is_cuda and q.shape[-1] not in _CUDA_HEAD_DIMS:
+    elif q.is_cuda and (q.shape[-1] not in _CUDA_HEAD_DIMS
+                        or (q.dtype != torch.float32 and not _extension.half_kernels(q.device))):
         out = sdpa_with_lengths(q, k, v, lengths, scale)
     elif _extension.use_kernels("attention", q.device):
         out = torch.ops.pycsa.attention(q, k, v, lengths, scale)

@@ -5,6 +5,8 @@ import copy
 
 import torch
 
+from ..ops._extension import half_kernels
+
 
 def placed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model on ``device`` in ``dtype``, as a copy when that differs from where it is:
@@ -13,3 +15,9 @@ def placed(model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> 
     if p.device == device and p.dtype == dtype:
         return model.eval()
     return copy.deepcopy(model).to(device=device, dtype=dtype).eval()
+
+
+def serving_dtype(device: torch.device) -> torch.dtype:
+    """The default precision of a learned re-ranker: bfloat16 on GPUs whose tensor cores
+    the half-precision kernels use (compute capability 8.0+), float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" and half_kernels(device) else torch.float32

@@ -7,7 +7,7 @@ from ..._checks import positive_int
 from ..._tensors import as_tensor
 from ...ops import affinity
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
-from ..placement import placed
+from ..placement import placed, serving_dtype
 from .checkpoint import load_model
 from .model import CSA
 
@@ -77,7 +77,7 @@ class CSAReranker(Reranker):
 
     ``CSAReranker.load("csa.pt")`` or ``pycsa.create("csa", checkpoint="csa.pt")``.
     ``k`` is the list length K (query included), independent of the K used in
-    training; ``dtype`` defaults to float32 on CPU and bfloat16 on CUDA; on CUDA the
+    training; ``dtype`` defaults to bfloat16 on CUDA (compute capability 8.0+) and float32 elsewhere; on CUDA the
     model runs as CUDA graphs (``cuda_graphs``), one per batch shape.
     """
 
@@ -135,7 +135,7 @@ class CSAReranker(Reranker):
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         device = torch.device(self.device) if self.device is not None else X.device
-        dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = self.dtype or serving_dtype(device)
         model, forward = self._model_on(device, dtype)
         idx = ranking.indices
         new_scores = csa_scores(model, Q.to(device), X.to(device), idx.to(device), self.k, batch_size=self.batch_size,

@@ -15,6 +15,7 @@ from ..._tensors import as_tensor, check_features
 from ...ops import affinity
 from ...ranking import Progress
 from ...search import neighbours_without_self
+from ..placement import serving_dtype
 from ..validation import resorted_class_map
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import CSA
@@ -96,7 +97,7 @@ def validation_map(model: CSA, X: torch.Tensor, labels, k: int, *, batch_size: i
     was_training = model.training
     model.eval()
     try:
-        with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=X.device.type == "cuda"):
+        with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=serving_dtype(X.device) == torch.bfloat16):
             s = csa_scores(model, X, X, top, k, batch_size=batch_size, dtype=X.dtype)
     finally:
         model.train(was_training)
@@ -158,7 +159,7 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
     Optimiser: SGD (momentum, weight decay), lr = 0.1 x batch/256 unless given, as the
     paper; ``optimizer="adamw"`` (lr 1e-3 x batch/256 by default) converges in far fewer
     steps on small training sets. Both: linear warm-up for ``warmup_epochs`` then cosine decay to 0, stepped per batch.
-    ``amp``: bfloat16 autocast (default on for CUDA). ``checkpoint``: path written after
+    ``amp``: bfloat16 autocast (default on for CUDA GPUs of compute capability 8.0+). ``checkpoint``: path written after
     every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
     continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
     after each epoch. Under torchrun, training runs data-parallel (DDP): ``batch_size``
@@ -178,7 +179,7 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
-    amp = device.type == "cuda" if amp is None else bool(amp)
+    amp = serving_dtype(device) == torch.bfloat16 if amp is None else bool(amp)
     if optimizer not in ("sgd", "adamw"):
         raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {optimizer!r}")
     if lr is None:

@@ -10,6 +10,8 @@ descriptors cost less. Post-norm encoder layers; ``Linear(d→1)`` on CLS gives 
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,7 +45,9 @@ class PostNormLayer(nn.Module):
 
 
 class RRT(nn.Module):
-    """RRT with the paper's defaults: d=128, 6 layers, 4 heads, FFN 1024.
+    """RRT with the paper's defaults: d=128, 6 layers, 4 heads, FFN 1024 (``global_skip``
+    None; a value adds the global cosine to the logit, scaled by a learned factor that
+    starts there).
 
     ``forward(gq, lq, sq, nq, gd, ld, sd, nd)``: per pair p, the query's global
     descriptor gq[p] (G), its local descriptors lq[p] (C x d, the first nq[p] valid)
@@ -51,14 +55,20 @@ class RRT(nn.Module):
     """
 
     def __init__(self, global_dim: int = 2048, dim: int = 128, depth: int = 6, heads: int = 4, ffn: int = 1024,
-                 num_scales: int = 7, dropout: float = 0.1):
+                 num_scales: int = 7, dropout: float = 0.1, global_skip: float | None = None):
         super().__init__()
         for name, value in (("global_dim", global_dim), ("dim", dim), ("depth", depth), ("heads", heads),
                             ("ffn", ffn), ("num_scales", num_scales)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+        if global_skip is not None and not float(global_skip) > 0:
+            raise ValueError(f"global_skip: must be > 0 or None, got {global_skip!r}")
         self.config = dict(global_dim=global_dim, dim=dim, depth=depth, heads=heads, ffn=ffn,
-                           num_scales=num_scales, dropout=dropout)
+                           num_scales=num_scales, dropout=dropout, global_skip=global_skip)
+        # Optional skip from the global ranking: logit += s·cos(g_q, g_d), s learned (as
+        # log s, so AdamW's steps are relative) from its initial value. The pair model then
+        # refines the global similarity instead of replacing it (bench/results: rrt-mpeg7).
+        self.log_global_scale = nn.Parameter(torch.tensor(math.log(global_skip))) if global_skip else None
         self.global_proj = nn.Linear(global_dim, dim)
         self.scale_embed = nn.Embedding(num_scales, dim)
         self.segment_embed = nn.Embedding(6, dim)
@@ -128,7 +138,12 @@ class RRT(nn.Module):
         x = x + self.segment_embed(seg)
         for layer in self.layers:
             x = layer(x, lengths)
-        return self.head(x[:, 0]).squeeze(-1).float()
+        # the head in float32: bfloat16 logits (8 significant bits) would tie many candidates
+        logit = F.linear(x[:, 0].float(), self.head.weight.float(), self.head.bias.float()).squeeze(-1)
+        if self.log_global_scale is not None:
+            cos = F.cosine_similarity(gq.float(), gd.float(), dim=-1)
+            logit = logit + self.log_global_scale.float().exp() * cos
+        return logit
 
 
 def _init(m: nn.Module) -> None:

@@ -7,7 +7,7 @@ from ..._checks import positive_int
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..checkpoint import load_checkpoint
-from ..placement import placed
+from ..placement import placed, serving_dtype
 from .model import RRT
 from .train import FORMAT, rerank_scores
 
@@ -72,7 +72,7 @@ class RRTReranker(Reranker):
         if q_locals.num_images != Q.shape[0]:
             raise ValueError(f"query_locals: has {q_locals.num_images} images but there are {Q.shape[0]} queries")
         device = torch.device(self.device) if self.device is not None else X.device
-        dtype = self.dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        dtype = self.dtype or serving_dtype(device)
         key = (device, dtype)
         if key not in self._placed:  # the model and the database's descriptors, moved once per device
             self._placed = {key: (placed(self._model, device, dtype), self._locals.to(device))}

@@ -103,7 +103,7 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
           depth: int = 6, heads: int = 4, ffn: int = 1024, dropout: float = 0.1, epochs: int = 10,
           batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-4, max_local: int | None = 500,
           triplets_per_anchor: int = 1, match_init: float | None = 5.0, augment: bool = True,
-          val_topk: int | None = None, device=None, checkpoint=None, seed: int = 0, progress: Progress = None,
+          global_skip: float | None = None, val_topk: int | None = None, device=None, checkpoint=None, seed: int = 0, progress: Progress = None,
           on_epoch=None) -> TrainResult:
     """Trains RRT on labelled images with global features (N x G) and local descriptors.
 
@@ -131,7 +131,7 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
     torch.manual_seed(seed)
     if local.dim != dim:
         raise ValueError(f"local: descriptors have dimension {local.dim} but dim={dim}")
-    model = RRT(G.shape[1], dim, depth, heads, ffn, max(local.num_scales, 1), dropout).to(device)
+    model = RRT(G.shape[1], dim, depth, heads, ffn, max(local.num_scales, 1), dropout, global_skip).to(device)
     if match_init is not None:
         model.init_matching(match_init)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
