@@ -13,6 +13,8 @@ def main(path):
     rows = collections.defaultdict(dict)
     for b in d["benchmarks"]:
         p = b["params"]
+        if not {"device", "case", "dtype", "impl"} <= p.keys():  # other benchmarks in a shared JSON
+            continue
         rows[(p["device"], p["case"], p["dtype"])][p["impl"]] = b["stats"]["median"]
     info = d.get("machine_info", {})
     print(f"# Attention: pycsa.ops.attention vs torch SDPA (commit {d.get('commit_info', {}).get('id', '?')[:7]})\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import subprocess
@@ -26,10 +27,13 @@ from pycsa.rerank.csa.serve import _GraphedModel
 
 
 def _commit() -> str:
+    if os.environ.get("COMMIT"):  # the device copy has no .git: gpu_session.sh passes it
+        return os.environ["COMMIT"]
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     except OSError:
-        return "unknown"
+        out = ""
+    return out or "unknown"
 
 
 def measure(model, X, Q, top, K, dtype, device, repeat, batch):
@@ -66,7 +70,9 @@ def main():
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--out", help="write a markdown table (and a .json beside it)")
     args = ap.parse_args()
-    device = args.device
+    device = torch.device(args.device).type  # "cuda:0" times like "cuda" (graphs, events)
+    if device == "cuda" and args.device != "cuda":
+        torch.cuda.set_device(torch.device(args.device))
     batch = args.batch or (64 if device == "cuda" else 8)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
     repeat = args.repeat or (20 if device == "cuda" else 3)

@@ -1,6 +1,7 @@
 // The Python module pycsa._C. Importing it loads the operators registered in
 // registration.cpp (and the CUDA kernels when built); this file only adds the
 // build facts Python needs.
+#include <ATen/Context.h>
 #include <torch/extension.h>
 
 #include "cpu/cpu_features.h"
@@ -12,6 +13,15 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  // Exact-search products must not run in TF32 (10-bit mantissa) because a user turned it
+  // on globally; the guard is thread-local and leaves the user's setting as it was.
+  m.def(
+      "matmul_ieee",
+      [](const at::Tensor& a, const at::Tensor& b) {
+        const at::NoTF32Guard no_tf32;
+        return at::matmul(a, b);
+      },
+      "a @ b with TF32 disabled for this call (float32 GEMMs on CUDA stay IEEE float32)");
   m.def("native_bf16_gemm", &pycsa::native_bf16_gemm,
         "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX): bf16 GEMMs beat float32 ones");
 }

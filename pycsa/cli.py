@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 import pycsa
@@ -547,6 +548,22 @@ def run_rerank(args) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    """--device: a device torch knows and this machine has (argparse reports the error)."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this torch has no CUDA device (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: training runs on cpu or cuda")
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pycsa", description="Fast re-ranking for image retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -624,7 +641,7 @@ def main(argv=None) -> int:
     tr.add_argument("--lam", type=float, default=0.2)
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bfloat16 autocast (default: on for CUDA)")
-    tr.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    tr.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     tr.add_argument("--resume", help="continue from this checkpoint")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")

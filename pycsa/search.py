@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from . import ops
+from ._precision import matmul
 from ._tensors import as_tensor, check_features, to_caller
 from .ops import _extension
 
@@ -296,7 +297,7 @@ def _search_torch(Q, X, k, block_elems, progress):
         best_s = torch.empty((Qb.shape[0], 0), dtype=compute, device=Q.device)
         best_i = torch.empty((Qb.shape[0], 0), dtype=torch.int64, device=Q.device)
         for ns in range(0, n, n_step):
-            S = Qb @ X[ns:ns + n_step].to(compute).T
+            S = matmul(Qb, X[ns:ns + n_step].to(compute).T)  # never TF32 (pycsa._precision)
             # The running best (lower indices) goes first, so column order is index order.
             merged_s = torch.cat([best_s, S], 1)
             merged_i = torch.cat([best_i, torch.arange(ns, ns + S.shape[1], device=Q.device).expand_as(S)], 1)

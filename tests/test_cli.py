@@ -176,3 +176,12 @@ def test_eval_gnd_and_labels_are_exclusive(synthetic_gnd_set, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["eval", "--features", str(feats), "--gnd", str(gnd), "--labels"])
     assert exc.value.code == 2 and "not allowed" in capsys.readouterr().err
+
+
+def test_train_refuses_an_unknown_device(capsys):
+    import pycsa.cli
+
+    for bad, says in (("gpu", "not a device"), ("meta", "cpu or cuda")):
+        with pytest.raises(SystemExit) as exc:
+            pycsa.cli.main(["train", "--features", "x.npz", "--device", bad])
+        assert exc.value.code == 2 and says in capsys.readouterr().err

@@ -279,17 +279,24 @@ def test_reranker_errors(ckpt):
         CSAReranker.load(ckpt).rerank(X[:2], X, i)
 
 
-def test_cuda_serving_matches_cpu(ckpt):
+@pytest.mark.parametrize("heads", [2, 1])  # head dim 16 (SDPA) and 32 (pycsa's CUDA kernel)
+def test_cuda_serving_matches_cpu(tmp_path, heads):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, CSA(num_anchors=8, dim=32, depth=2, heads=heads, dropout=0.0, drop_path=0.0).eval())
     X, _ = _features(n=200)
-    Q = X[:5]
-    s, i = pycsa.search(Q, X, 100)
-    cpu = CSAReranker.load(ckpt).rerank(Q, X, pycsa.Ranking(i, s))
+    cpu_model = CSAReranker.load(ckpt, batch_size=2)
     for graphs in (True, False):
-        gpu = CSAReranker.load(ckpt, dtype=torch.float32, cuda_graphs=graphs).rerank(
-            Q.cuda(), X.cuda(), pycsa.Ranking(i.cuda(), s.cuda()))
-        assert torch.allclose(gpu.scores.cpu(), cpu.scores, atol=1e-4)
+        gpu_model = CSAReranker.load(ckpt, dtype=torch.float32, cuda_graphs=graphs, batch_size=2)
+        # two calls with other queries: a captured graph must replay the new inputs; 5 queries in
+        # batches of 2 leave a partial last batch (another shape, another graph)
+        for Q in (X[:5], X[50:55]):
+            s, i = pycsa.search(Q, X, 100)
+            cpu = cpu_model.rerank(Q, X, pycsa.Ranking(i, s))
+            gpu = gpu_model.rerank(Q.cuda(), X.cuda(), pycsa.Ranking(i.cuda(), s.cuda()))
+            assert torch.allclose(gpu.scores.cpu(), cpu.scores, atol=1e-4)
 
 
 # ------------------------------------------------------------------ CLI

@@ -86,12 +86,12 @@ def test_features_route_ignores_a_global_tf32_setting(device):
         pytest.skip("TF32 is a CUDA matmul setting")
     Q, G = (torch.from_numpy(x) for x in _feats(31, 257, dim=512, seed=5))
     want = k_reciprocal_features(Q, G)
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high")  # lets at::mm use TF32 (10-bit mantissa)
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"  # lets at::mm use TF32 (10-bit mantissa)
     try:
         got = k_reciprocal_features(Q.cuda(), G.cuda()).cpu()
     finally:
-        torch.set_float32_matmul_precision(before)
+        torch.backends.cuda.matmul.fp32_precision = before
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 

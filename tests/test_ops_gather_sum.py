@@ -34,3 +34,18 @@ def test_strided_source_and_errors():
         pycsa.ops.weighted_gather_sum(src, idx, w[:, :2])
     with pytest.raises(TypeError, match="index"):
         pycsa.ops.weighted_gather_sum(src, idx.float(), w)
+
+
+def test_the_reference_path_works_in_blocks_of_rows(monkeypatch, device):
+    # the path CUDA takes (and the CPU without the extension): r x k x d = 2^26 + 3·2^10
+    # gathered values, so the rows run in two blocks
+    from pycsa.ops import _extension
+
+    monkeypatch.setattr(_extension, "use_kernels", lambda op, dev: False)
+    g = torch.Generator().manual_seed(0)
+    src = torch.randn(300, 1024, generator=g).to(device)
+    idx = torch.randint(0, 300, (2 ** 15 + 3, 2), generator=g).to(device)
+    w = torch.rand(idx.shape, generator=g).to(device)
+    out = pycsa.ops.weighted_gather_sum(src, idx, w)
+    want = (src[idx] * w.unsqueeze(-1)).sum(1)
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-4)

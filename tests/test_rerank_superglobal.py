@@ -25,14 +25,17 @@ def test_matchessuperglobal_plain(M, K, beta, device):
     assert torch.equal(got.cpu(), superglobal_plain(Q, X, ranks, M, K, beta))
 
 
-def test_both_neighbour_routes_agree():
-    # the fused per-list GEMM + top-k (CPU) and the affinity op route (CUDA) on the same lists
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_both_neighbour_routes_agree(dtype):
+    # the fused per-list GEMM + top-k (CPU) and the affinity op route (CUDA) on the same
+    # lists; both work on the gathered rows in float32, whatever the database's dtype
     from pycsa.rerank.superglobal import _list_neighbours
 
     Q, X, ranks = _data(B=4, n=200, d=16, R=37, seed=3)
     X[5] = X[7]  # an exact duplicate: a tie in the similarities
+    X = X.to(dtype)
     top = ranks[:, :37]
-    F = X[top]
+    F = X[top].float()
     for Kn in (1, 9, 36):
         a = _list_neighbours(X, top, F, Kn, fused=True)
         b = _list_neighbours(X, top, F, Kn, fused=False)

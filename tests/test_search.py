@@ -76,6 +76,21 @@ def test_cuda_matches_cpu(device):
     np.testing.assert_array_equal(i.cpu().numpy(), _brute(Q, X, 17)[1])
 
 
+def test_a_global_tf32_setting_does_not_change_the_search(device):
+    # float32 GEMMs in TF32 (a 10-bit mantissa) would move scores by ~1e-3 and reorder near-ties
+    g = torch.Generator().manual_seed(6)
+    Q, X = torch.randn(40, 256, generator=g), torch.randn(3001, 256, generator=g)
+    want = torch.topk(Q.double() @ X.double().T, 50).values  # scores ~16: TF32 errs by ~1e-2, float32 by ~1e-5
+    before = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        s, i = pycsa.search(Q.to(device), X.to(device), 50)
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = before
+    torch.testing.assert_close(s.cpu().double(), want, rtol=0, atol=1e-3)
+    torch.testing.assert_close((Q.double() @ X.double().T).gather(1, i.cpu()), want, rtol=0, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     "args, exc, word",
     [

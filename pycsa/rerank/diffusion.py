@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .._checks import positive_int, unit_interval
+from .._precision import matmul
 from .._tensors import as_tensor, check_features
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index, sort_by_score, topk_lower_index
@@ -205,4 +206,4 @@ class TruncatedDiffusion(Reranker):
 
 def _batched_cg(S: torch.Tensor, Y: torch.Tensor, alpha: float, iters: int, tol: float = 1e-6) -> torch.Tensor:
     """(I - α S_b) f_b = y_b for each b (S: b x T x T dense, Y: b x T)."""
-    return _cg(lambda P: torch.bmm(S, P.unsqueeze(2)).squeeze(2), Y, alpha, iters, tol, dim=1)
+    return _cg(lambda P: matmul(S, P.unsqueeze(2)).squeeze(2), Y, alpha, iters, tol, dim=1)

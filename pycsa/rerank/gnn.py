@@ -20,6 +20,7 @@ import warnings
 import torch
 
 from .._checks import positive_int, unit_interval
+from .._precision import matmul
 from .._tensors import as_tensor, check_features, to_caller
 from ..ops import _extension, csr_add_transpose, csr_cross_dense, gnn_propagate, gnn_propagate_cross
 from ..ranking import Progress, Ranking, Reranker, register
@@ -120,7 +121,7 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
     else:
         sim = gnn_similarity_sparse(S, R, Q.shape[0], k2, layers)
     if lamb > 0:
-        sim = (1 - lamb) * sim + lamb * (Q @ G.T)
+        sim = (1 - lamb) * sim + lamb * matmul(Q, G.T)
     out = torch.sort(sim, dim=1, descending=True, stable=True).indices if return_ranking else sim
     return to_caller(out.to(device), was_numpy)
 

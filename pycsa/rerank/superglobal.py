@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import positive_int
+from .._precision import matmul
 from .._tensors import as_tensor, check_features, to_caller
 from ..ops import _extension, affinity, inner_product_topk
 from ..ranking import Progress, Ranking, Reranker, register, resort_top
@@ -44,7 +45,10 @@ def _list_neighbours(X: torch.Tensor, top: torch.Tensor, F: torch.Tensor, Kn: in
         other = cols != torch.arange(M).view(1, M, 1)
         keep = other & (other.cumsum(-1) <= Kn)
         return sims[keep].view(b, M, Kn), cols[keep].view(b, M, Kn)
-    sims = affinity(X, top, M, check_finite=False).float()  # b x M x M, within each list
+    # b x M x M within each list, from the gathered float32 rows (the database's own dtype
+    # would round the similarities, and half-precision near-ties would pick other neighbours)
+    rows = torch.arange(b * M, device=F.device).view(b, M)
+    sims = affinity(F.reshape(b * M, -1), rows, M, check_finite=False)
     sims.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     s_nb, j_nb = topk_lower_index(sims.reshape(b * M, M), Kn)
     return s_nb.view(b, M, Kn), j_nb.view(b, M, Kn)
@@ -69,7 +73,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
     out = torch.empty((B, M), dtype=torch.float32, device=Q.device)
     Kn = min(K, M - 1)  # neighbours other than the candidate itself
     r = min(refine, M)
-    step = max(1, block_elems // max(1, M * d))
+    step = max(1, block_elems // max(1, M * d, 3 * M * M))  # the gathered rows, or the b x M x M route
     for s in range(0, B, step):
         t = top[s:s + step]
         b = t.shape[0]
@@ -80,13 +84,13 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         else:
             w, j_nb = F.new_zeros((b, M, 0)), torch.zeros((b, M, 0), dtype=torch.long, device=F.device)
         den = 1 + w.sum(-1)
-        s1 = _aggregate(torch.einsum("bmd,bd->bm", F, Q[s:s + step].float()), w, j_nb, den)
+        s1 = _aggregate(matmul(F, Q[s:s + step].float().unsqueeze(2)).squeeze(2), w, j_nb, den)
         best = topk_lower_index(s1, r)[1]  # b x r
         rows = torch.arange(b, device=F.device).unsqueeze(1)
         jb, wb = j_nb[rows, best], w[rows, best]  # b x r x Kn
         refined = (F[rows, best] + (wb.unsqueeze(-1) * F[rows.unsqueeze(-1), jb]).sum(2)) / den[rows, best].unsqueeze(-1)
         q2 = refined.amax(dim=1)
-        s2 = _aggregate(torch.einsum("bmd,bd->bm", F, q2), w, j_nb, den)
+        s2 = _aggregate(matmul(F, q2.unsqueeze(2)).squeeze(2), w, j_nb, den)
         out[s:s + step] = (s1 + s2) / 2
     return out
 

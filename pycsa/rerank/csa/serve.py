@@ -17,28 +17,36 @@ class _GraphedModel:
     overhead of ~30 kernels would otherwise dominate. At most ``max_graphs`` shapes are kept."""
 
     def __init__(self, model: CSA, max_graphs: int = 8):
-        self.model, self.max_graphs, self.graphs = model, max_graphs, {}
+        self.model, self.max_graphs, self.graphs, self.pool = model, max_graphs, {}, None
 
     def __call__(self, A: torch.Tensor) -> torch.Tensor:
-        key = (tuple(A.shape), A.dtype)
-        if key not in self.graphs:
-            if len(self.graphs) >= self.max_graphs:
-                return self.model(A)
-            static_in = A.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up outside the capture (allocator, lazy init)
-                    self.model(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                static_out = self.model(static_in)
-            self.graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self.graphs[key]
-        static_in.copy_(A)
-        graph.replay()
-        return static_out.clone()
+        # Streams, capture and replay on A's device, not the current one: a graph captured
+        # on another device's stream would be empty and replay the first batch's output.
+        with torch.cuda.device(A.device):
+            key = (tuple(A.shape), A.dtype)
+            if key not in self.graphs:
+                if len(self.graphs) >= self.max_graphs:
+                    return self.model(A)
+                self.graphs[key] = self._capture(A)
+            graph, static_in, static_out = self.graphs[key]
+            static_in.copy_(A)
+            graph.replay()
+            return static_out.clone()
+
+    def _capture(self, A: torch.Tensor):
+        static_in = A.clone()
+        side = torch.cuda.Stream(A.device)
+        side.wait_stream(torch.cuda.current_stream(A.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up outside the capture (allocator, lazy init)
+                self.model(static_in)
+        torch.cuda.current_stream(A.device).wait_stream(side)
+        if self.pool is None:  # one memory pool for all shapes: graphs replay one at a time
+            self.pool = torch.cuda.graph_pool_handle()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool, stream=side):
+            static_out = self.model(static_in)
+        return graph, static_in, static_out
 
 
 @torch.no_grad()

@@ -128,20 +128,38 @@ def _labels(labels, n, name):
     return y.long()
 
 
-def _distributed():
+def _distributed(device: torch.device):
     """(rank, world size, started): starts the process group when launched by torchrun
-    (``started``: this call started it, so training ends it)."""
+    (``started``: this call started it, so training ends it). NCCL for CUDA training,
+    gloo for the CPU; a long timeout, since the other ranks wait while rank 0 validates."""
+    import datetime
+
     import torch.distributed as dist
 
     if not dist.is_available():
         return 0, 1, False
     started = False
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
         started = True
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size(), started
     return 0, 1, False
+
+
+def _training_device(device) -> torch.device:
+    """The device of this process: under torchrun, ``cuda`` (or the default on a GPU
+    machine) means the GPU of this process's LOCAL_RANK, made the current one."""
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank if int(os.environ.get("WORLD_SIZE", "1")) > 1 else
+                              torch.cuda.current_device())
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def train(features, labels, *, val_features=None, val_labels=None, K: int = 512, L: int = 512, dim: int = 768,
@@ -175,10 +193,8 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
     if max(K, L) > n:
         raise ValueError(f"K, L: the lists need max(K, L) = {max(K, L)} images but the training set has {n}")
 
-    rank, world, started = _distributed()
-    if device is None:
-        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = _training_device(device)
+    rank, world, started = _distributed(device)
     amp = serving_dtype(device) == torch.bfloat16 if amp is None else bool(amp)
     if optimizer not in ("sgd", "adamw"):
         raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {optimizer!r}")
@@ -189,6 +205,8 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
 
     torch.manual_seed(seed)
     model = CSA(L, dim, depth, heads, dropout, drop_path).to(device)
+    if world > 1:
+        torch.manual_seed(seed + 1_000_003 * rank)  # same initial weights, own dropout masks per rank
     if optimizer == "sgd":
         opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
