@@ -512,6 +512,7 @@ def _run_train_rrt(args) -> int:
           + (f"; validation: {val[0].shape[0]} images" if val else ""))
     print(f"model: depth={args.depth} heads={args.heads} ffn={args.ffn}; top-{args.topk} triplets "
           f"(x{args.triplets_per_anchor} per anchor), match init {args.match_init or 'off'}, "
+          f"global skip {args.global_skip or 'off'}, "
           f"augment {'on' if args.augment else 'off'}; "
           f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}"  # noqa: E731
@@ -521,6 +522,7 @@ def _run_train_rrt(args) -> int:
                         ffn=args.ffn, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, weight_decay=args.weight_decay, max_local=args.max_local, device=args.device,
                         triplets_per_anchor=args.triplets_per_anchor, match_init=args.match_init or None,
+                        global_skip=args.global_skip or None,
                         augment=args.augment, val_topk=args.val_topk,
                         checkpoint=args.out, seed=args.seed, progress=cb,
                         on_epoch=lambda r: tqdm.write(fmt(r), file=sys.stdout))
@@ -616,6 +618,9 @@ def main(argv=None) -> int:
     tr.add_argument("--match-init", type=float, default=5.0,
                     help="rrt: the first layer starts attending by descriptor similarity, logit = this x cosine "
                          "(default 5; 0: the plain initialisation)")
+    tr.add_argument("--global-skip", type=float, default=20.0,
+                    help="rrt: add s x cos(global_q, global_d) to the pair logit, s learned from this start "
+                         "(default 20; 0: the paper's model, the logit from the transformer alone)")
     tr.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="rrt: random signed permutations of the descriptor coordinates per pair (default on)")
     tr.add_argument("--val-topk", type=int, default=None, help="rrt: validation re-ranks each top-N (default --topk)")

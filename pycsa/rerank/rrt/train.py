@@ -1,14 +1,16 @@
 """Training RRT (SPEC §8): triplets from each anchor's top-k by global similarity (one
 positive, one negative), binary cross-entropy on the pair logits, AdamW.
 
-Two additions make it generalise from small training sets (MPEG-7: 700 images of 35
+Three additions make it generalise from small training sets (MPEG-7: 700 images of 35
 classes; see bench/results): the first layer starts attending by descriptor similarity
-(:meth:`RRT.init_matching`), and each training pair sees its descriptors under a random
+(:meth:`RRT.init_matching`); each training pair sees its descriptors under a random
 signed permutation of the coordinates (one for the two images' local descriptors, one
-for their global ones). Dot products within the pair are unchanged, but a coordinate's
-value no longer identifies a training class, so the model has to learn how the two
-images relate instead of which classes they are. ``match_init=None, augment=False``
-trains as the paper does.
+for their global ones), so dot products within the pair are unchanged but a
+coordinate's value no longer identifies a training class, and the model has to learn
+how the two images relate instead of which classes they are; and the logit gets a
+learned multiple of the global cosine (``global_skip``), so the transformer refines the
+global ranking instead of having to rebuild it. ``match_init=None, augment=False,
+global_skip=None`` trains as the paper does.
 """
 from __future__ import annotations
 
@@ -103,16 +105,17 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
           depth: int = 6, heads: int = 4, ffn: int = 1024, dropout: float = 0.1, epochs: int = 10,
           batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-4, max_local: int | None = 500,
           triplets_per_anchor: int = 1, match_init: float | None = 5.0, augment: bool = True,
-          global_skip: float | None = None, val_topk: int | None = None, device=None, checkpoint=None, seed: int = 0, progress: Progress = None,
-          on_epoch=None) -> TrainResult:
+          global_skip: float | None = 20.0, val_topk: int | None = None, device=None, checkpoint=None,
+          seed: int = 0, progress: Progress = None, on_epoch=None) -> TrainResult:
     """Trains RRT on labelled images with global features (N x G) and local descriptors.
 
     Each epoch every anchor whose global top-``topk`` (itself left out) holds a positive
     and a negative gives ``triplets_per_anchor`` triplets, each two pairs: (anchor, a
     random positive, 1) and (anchor, a random negative, 0); ``batch_size`` triplets per
     step, AdamW with a linear warm-up over the first 5% of the steps (at most 50).
-    ``match_init`` (beta of :meth:`RRT.init_matching`; None: the plain initialisation)
-    and ``augment`` (random signed permutations per pair) are described in the module
+    ``match_init`` (beta of :meth:`RRT.init_matching`; None: the plain initialisation),
+    ``augment`` (random signed permutations per pair) and ``global_skip`` (the global
+    cosine's initial weight in the logit; None: none) are described in the module
     docstring. ``val=(global, local, labels)`` adds the validation mAP (each image's
     top-``val_topk``, default ``topk``, re-ranked) after each epoch. ``checkpoint`` is
     written after every epoch. Negative labels are distractors (never positive).
@@ -186,7 +189,8 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
                             history=history, train_config=dict(topk=topk, epochs=epochs, batch_size=batch_size, lr=lr,
                                                                weight_decay=weight_decay, max_local=max_local, seed=seed,
                                                                triplets_per_anchor=triplets_per_anchor,
-                                                               match_init=match_init, augment=augment))
+                                                               match_init=match_init, augment=augment,
+                                                               global_skip=global_skip))
         if on_epoch is not None:
             on_epoch(record)
     return TrainResult(model.eval(), history)
