@@ -278,7 +278,7 @@ def topk_lower_index(scores: torch.Tensor, k: int):
     above = scores > kth
     at = scores == kth
     need = k - above.sum(dim=1, keepdim=True)
-    keep = above | (at & (at.cumsum(dim=1) <= need))
+    keep = above | (at & (at.cumsum(dim=1, dtype=torch.int32) <= need))  # int32: half the memory of int64
     cols = keep.nonzero()[:, 1].reshape(scores.shape[0], k)  # row-major: ascending columns
     vals = scores.gather(1, cols)
     order = torch.sort(vals, dim=1, descending=True, stable=True).indices
@@ -300,9 +300,11 @@ def _search_torch(Q, X, k, block_elems, progress):
             S = matmul(Qb, X[ns:ns + n_step].to(compute).T)  # never TF32 (pycsa._precision)
             # The running best (lower indices) goes first, so column order is index order.
             merged_s = torch.cat([best_s, S], 1)
-            merged_i = torch.cat([best_i, torch.arange(ns, ns + S.shape[1], device=Q.device).expand_as(S)], 1)
+            prev = best_i.shape[1]
             best_s, cols = topk_lower_index(merged_s, min(k, merged_s.shape[1]))
-            best_i = merged_i.gather(1, cols)
+            # column c is the running best's c-th entry, or item ns + c - prev of this block
+            best_i = torch.where(cols < prev, best_i.gather(1, cols.clamp(max=max(prev - 1, 0))) if prev else cols,
+                                 ns + cols - prev)
         scores[qs:qs + q_step], indices[qs:qs + q_step] = best_s.float(), best_i
         if progress is not None:
             progress(min(q, qs + q_step), q)
