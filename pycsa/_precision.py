@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import torch
 
-try:
-    from pycsa import _C
-except ImportError:  # no extension: plain matmul (the CUDA paths need the extension anyway)
-    _C = None
+from .ops import _extension
 
 
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``a @ b``; for float32 on CUDA, never in TF32."""
-    if a.is_cuda and a.dtype == torch.float32 and _C is not None and hasattr(_C, "matmul_ieee"):
-        return _C.matmul_ieee(a, b)
+    """``a @ b``; for float32 on CUDA, never in TF32 (without the extension: plain matmul,
+    though the CUDA paths need the extension anyway)."""
+    if a.is_cuda and a.dtype == torch.float32 and _extension.has_cpu_kernels():
+        return _extension._C.matmul_ieee(a, b)
     return a @ b

@@ -302,9 +302,11 @@ def _search_torch(Q, X, k, block_elems, progress):
             merged_s = torch.cat([best_s, S], 1)
             prev = best_i.shape[1]
             best_s, cols = topk_lower_index(merged_s, min(k, merged_s.shape[1]))
-            # column c is the running best's c-th entry, or item ns + c - prev of this block
-            best_i = torch.where(cols < prev, best_i.gather(1, cols.clamp(max=max(prev - 1, 0))) if prev else cols,
-                                 ns + cols - prev)
+            # column c < prev is the running best's c-th entry, else item ns + c - prev of this block
+            new_i = cols + (ns - prev)
+            if prev:
+                new_i = torch.where(cols < prev, best_i.gather(1, cols.clamp(max=prev - 1)), new_i)
+            best_i = new_i
         scores[qs:qs + q_step], indices[qs:qs + q_step] = best_s.float(), best_i
         if progress is not None:
             progress(min(q, qs + q_step), q)

@@ -30,6 +30,12 @@ def half_kernels(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 8
 
 
+def half_on_older_gpu(t: torch.Tensor) -> bool:
+    """A float16/bfloat16 CUDA tensor on a GPU below compute capability 8.0: the op takes
+    its PyTorch path there (the CUDA kernels' half path refuses such devices)."""
+    return t.is_cuda and t.dtype in (torch.float16, torch.bfloat16) and not half_kernels(t.device)
+
+
 def use_kernels(op: str, device: torch.device) -> bool:
     """True to run the compiled op on ``device``; False to run the reference (CPU only).
 

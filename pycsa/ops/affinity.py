@@ -28,9 +28,7 @@ def affinity(database, ranks, num_anchors: int, queries=None, *, check_finite: b
     rk, _ = as_tensor(ranks, "ranks")
     q = None if queries is None else as_tensor(queries, "queries")[0]
     rk = _check(db, rk, num_anchors, q)
-    half_on_old_gpu = db.is_cuda and db.dtype in (torch.float16, torch.bfloat16) and not _extension.half_kernels(
-        db.device)  # the CUDA kernel's half path needs sm_80 tensor cores
-    if db.dtype != torch.float64 and not half_on_old_gpu and _extension.use_kernels("affinity", db.device):
+    if not _extension.half_on_older_gpu(db) and _extension.use_kernels("affinity", db.device):
         out = torch.ops.pycsa.affinity(db, rk, int(num_anchors), q)  # checks the index range itself
     else:
         _check_range(rk, db.shape[0])

@@ -34,8 +34,7 @@ def attention(q, k, v, lengths=None, *, scale: float | None = None):
         scale = float(scale)
     if q.dtype == torch.float64 or q.numel() == 0:
         out = reference.attention(q, k, v, lengths, scale)
-    elif q.is_cuda and (q.shape[-1] not in _CUDA_HEAD_DIMS
-                        or (q.dtype != torch.float32 and not _extension.half_kernels(q.device))):
+    elif q.is_cuda and (q.shape[-1] not in _CUDA_HEAD_DIMS or _extension.half_on_older_gpu(q)):
         out = sdpa_with_lengths(q, k, v, lengths, scale)
     elif _extension.use_kernels("attention", q.device):
         out = torch.ops.pycsa.attention(q, k, v, lengths, scale)

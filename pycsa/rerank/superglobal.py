@@ -30,7 +30,7 @@ def _check_params(M, K, beta, refine):
         raise ValueError(f"beta: must be >= 0, got {beta!r}")
 
 
-def _list_neighbours(X: torch.Tensor, top: torch.Tensor, F: torch.Tensor, Kn: int, fused: bool | None = None):
+def _list_neighbours(F: torch.Tensor, Kn: int, fused: bool | None = None):
     """Each candidate's Kn most similar other candidates of its list (b x M x Kn similarities
     and list positions, best first, ties to the lower position). ``fused``: per-list GEMM +
     top-k (the default on the CPU with the extension) or the affinity op's b x M x M."""
@@ -79,7 +79,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         b = t.shape[0]
         F = X.index_select(0, t.reshape(-1)).reshape(b, M, d).float()
         if Kn > 0:
-            s_nb, j_nb = _list_neighbours(X, t, F, Kn)
+            s_nb, j_nb = _list_neighbours(F, Kn)
             w = beta * s_nb
         else:
             w, j_nb = F.new_zeros((b, M, 0)), torch.zeros((b, M, 0), dtype=torch.long, device=F.device)
