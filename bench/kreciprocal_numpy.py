@@ -4,7 +4,11 @@
   in plain numpy with the numerics of the numpy function copied into most re-ID
   code bases: every N x N matrix dense and float32, Python loops over probes and
   over the columns for the inverted index. About 23·N² bytes and minutes at
-  Market-1501 size. Written from the algorithm description, not copied.
+  Market-1501 size. Written from the algorithm description, not copied; the
+  public code it ports (and ``pycsa.compat.re_ranking`` replaces) is
+  ``re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3)`` in
+  KaiyangZhou/deep-person-reid, ``torchreid/utils/rerank.py`` at commit
+  08bb2cc5ebf6242078796b9a58fcd3a11cc3207c.
 * :func:`gnn_rerank_dense_torch`: GNN re-ranking (Zhang et al. 2020; SPEC §3)
   with dense N x N torch matrices, as the authors' public code keeps them.
 

@@ -7,12 +7,16 @@ Adapters only: the algorithms live in pycsa.rerank.
 """
 from __future__ import annotations
 
+import numpy as np
+import torch
+
 from .rerank.gnn import gnn_rerank
 from .rerank.kreciprocal import k_reciprocal, k_reciprocal_features
 
 
 def re_ranking(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3):
-    """The k-reciprocal ``re_ranking`` of re-ID code bases: numpy distance matrices in, q x g out."""
+    """The k-reciprocal ``re_ranking`` of re-ID code bases (``torchreid/utils/rerank.py`` of
+    KaiyangZhou/deep-person-reid and its copies): numpy distance matrices in, q x g out."""
     return k_reciprocal(q_g_dist, q_q_dist, g_g_dist, k1=k1, k2=k2, lambda_value=lambda_value)
 
 
@@ -21,9 +25,16 @@ def re_ranking_features(query_feats, gallery_feats, k1=20, k2=6, lambda_value=0.
     return k_reciprocal_features(query_feats, gallery_feats, k1=k1, k2=k2, lambda_value=lambda_value)
 
 
-def gnn_reranking(X_q, X_g, k1, k2):
-    """The public GNN re-ranking entry point: the q x g ranking (argsort of the GNN similarity).
+def gnn_reranking(X_q, X_g, k1, k2, lamb=0.3):
+    """The public GNN re-ranking entry point (``GPU-Re-Ranking/gnn_reranking.py`` of
+    layumi/Person_reID_baseline_pytorch): the q x g ranking of the GNN similarity blended
+    with the plain cosine, ``(1 - lamb)·A_q A_gᵀ + lamb·X_q X_gᵀ``, as a numpy int64 array
+    whatever the inputs are (the public code returns ``L.data.cpu().numpy()``).
 
-    As the public code does, k2 == 1 skips the propagation layers.
+    As the public code does, k2 == 1 skips the propagation layers. Unlike it, this runs
+    on the CPU too, in O(N·k) memory, breaks ties by the lower index and clamps k1 to N.
     """
-    return gnn_rerank(X_q, X_g, k1=k1, k2=k2, layers=0 if k2 == 1 else 2, return_ranking=True)
+    ranking = gnn_rerank(X_q, X_g, k1=k1, k2=k2, lamb=lamb, layers=0 if k2 == 1 else 2, return_ranking=True)
+    if isinstance(ranking, torch.Tensor):
+        ranking = ranking.cpu().numpy()
+    return ranking.astype(np.int64, copy=False)

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from . import ops
+from ._checks import integer
 from ._precision import matmul
 from ._tensors import as_tensor, check_features, to_caller
 from .ops import _extension
@@ -84,8 +85,7 @@ class Index:
             raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
         if Q.device != X.device:
             raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= X.shape[0]:
-            raise ValueError(f"k: must be an int in [1, {X.shape[0]}] (the database size), got {k!r}")
+        k = integer(k, "k", 1, X.shape[0], "the database size")
         if self._prefilter is not None and self._prefilter.applies(Q, k):
             scores, indices = self._prefilter.search(Q, k, self._exact, progress)
         else:

@@ -16,3 +16,4 @@ def _load(name: str):
 
 baselines = _load("kreciprocal_numpy")
 superglobal_plain = _load("superglobal_plain").superglobal_plain
+gnn_official = _load("gnn_reranking_official")

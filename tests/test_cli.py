@@ -185,3 +185,134 @@ def test_train_refuses_an_unknown_device(capsys):
         with pytest.raises(SystemExit) as exc:
             pycsa.cli.main(["train", "--features", "x.npz", "--device", bad])
         assert exc.value.code == 2 and says in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- output, demo pieces
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_progress_in_a_log_is_a_few_lines(monkeypatch):
+    import io
+
+    from pycsa.cli import output
+
+    clock = _Clock()
+    monkeypatch.setattr(output.time, "monotonic", clock)
+    log = io.StringIO()  # not a terminal
+    with output.progress_bar("work", unit="query", stream=log) as cb:
+        for done in range(1, 1001):  # 1,000 updates over 100 s
+            clock.now = done * 0.1
+            cb(done, 1000)
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue()
+    assert 9 <= len(lines) <= 11  # one every 10 s, and the last
+    assert lines[-1] == "work: 1000/1000 queries (100%), 100.0 s"
+    quick = io.StringIO()
+    with output.progress_bar("quick", stream=quick) as cb:
+        clock.now = 200.5  # done within a second: nothing at all
+        cb(5, 5)
+    assert quick.getvalue() == ""
+
+
+def test_demo_trains_rrt_on_the_test_sets_dimension(monkeypatch):
+    # the demo's RRT once trained on d=64 and then met the 'roxford' preset's d=128
+    import argparse
+
+    from pycsa.cli import demo
+    from pycsa.datasets.synthetic import make_retrieval_preset
+
+    seen = {}
+
+    class _Done(Exception):
+        pass
+
+    def fake_train(G, local, labels, **kwargs):
+        seen["dim"] = np.asarray(G).shape[1]
+        raise _Done
+
+    monkeypatch.setattr(pycsa.rrt, "train", fake_train)
+    data = make_retrieval_preset("roxford", seed=0)
+    with pytest.raises(_Done):
+        demo._demo_rrt(argparse.Namespace(seed=0), data, {"checkpoints": {}})
+    assert seen["dim"] == data.database.shape[1] == 128
+
+
+# --------------------------------------------------------------------------- index-based re-ID files
+
+
+def _index_reid_file(tmp_path, splits=None, drop=None):
+    rng = np.random.default_rng(0)
+    pids = np.repeat(np.arange(12), 6)
+    cams = np.tile(np.arange(6), 12)
+    feats = rng.normal(size=(12, 16))[pids] + 0.8 * rng.normal(size=(72, 16))
+    feats /= np.linalg.norm(feats, axis=1, keepdims=True)
+    query_idx = np.nonzero(cams == 0)[0]
+    gallery_idx = np.nonzero(cams != 0)[0]
+    data = dict(feats=feats.astype(np.float32), pids=pids, cams=cams, query_idx=query_idx, gallery_idx=gallery_idx)
+    if splits is not None:
+        data["test_pids_splits"] = splits
+    data.pop(drop, None)
+    path = tmp_path / "reid_index.npz"
+    np.savez(path, **data)
+    return path, data
+
+
+def test_index_based_reid_file_is_read_as_reid(tmp_path):
+    from pycsa.datasets import load_retrieval_features
+
+    path, d = _index_reid_file(tmp_path)
+    fs = load_retrieval_features(path)
+    assert fs.has_cams and not fs.queries_are_database
+    np.testing.assert_array_equal(fs.queries, d["feats"][d["query_idx"]])
+    np.testing.assert_array_equal(fs.db_cams, d["cams"][d["gallery_idx"]])
+    np.testing.assert_array_equal(fs.query_labels, d["pids"][d["query_idx"]])
+    assert len(fs.splits()) == 1
+
+
+@pytest.mark.parametrize("drop,words", [("cams", "no cameras"), ("pids", "no identities"),
+                                        ("gallery_idx", "no gallery rows")])
+def test_index_based_reid_file_missing_a_key_is_refused(tmp_path, drop, words):
+    from pycsa.datasets import load_retrieval_features
+
+    path, _ = _index_reid_file(tmp_path, drop=drop)
+    with pytest.raises(ValueError, match=f"index-based re-ID file .*{words}"):
+        load_retrieval_features(path)
+
+
+def test_index_based_reid_rows_out_of_range_are_refused(tmp_path):
+    from pycsa.datasets import load_retrieval_features
+
+    path, d = _index_reid_file(tmp_path)
+    np.savez(path, **dict(d, query_idx=np.array([0, 72])))
+    with pytest.raises(ValueError, match="query_idx.*row numbers must lie in \\[0, 71\\]"):
+        load_retrieval_features(path)
+
+
+def test_eval_averages_the_splits_of_an_index_based_file(tmp_path, capsys):
+    from pycsa.datasets import load_retrieval_features
+    from pycsa.evaluate import reid
+
+    splits = np.array([[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
+    path, _ = _index_reid_file(tmp_path, splits=splits)
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(path), "--method", "alpha_qe", "--json", str(out)]) == 0
+    assert "the mean over the file's 2 splits" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert json.loads(out.read_text())["protocol"] == "reid"
+    # the cosine row is the mean of the two splits scored on their own
+    parts = load_retrieval_features(path).splits()
+    want = []
+    for part in parts:
+        sim = part.queries @ part.database.T
+        _, m = reid(1 - sim, part.query_labels, part.db_labels, part.query_cams, part.db_cams)
+        want.append(100 * m)
+        assert set(np.unique(part.query_labels)) <= set(splits[len(want) - 1])
+    assert rows[0]["method"] == "cosine"
+    assert abs(rows[0]["mAP"] - np.mean(want)) < 0.011

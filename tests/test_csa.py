@@ -219,6 +219,31 @@ def test_bad_checkpoints_get_clear_errors(tmp_path, ckpt):
         CSAReranker.load(ckpt, num_anchors=16)
 
 
+def test_damaged_or_hostile_checkpoints_are_refused_in_one_line(tmp_path, ckpt):
+    payload = torch.load(ckpt, weights_only=True)
+    text_version = tmp_path / "text_version.pt"
+    torch.save(dict(payload, version="1"), text_version)
+    with pytest.raises(ValueError, match=f"checkpoint: {text_version} has format version '1', not an int"):
+        load_model(text_version)
+    # an object that unpickling would construct (here harmless; in the wild, code to run)
+    hostile = tmp_path / "hostile.pt"
+    torch.save(dict(payload, extra=subprocess.CompletedProcess(["x"], 0)), hostile)
+    with pytest.raises(ValueError) as info:
+        load_model(hostile)
+    message = str(info.value)
+    assert message.startswith(f"checkpoint: {hostile} is not a pycsa checkpoint") and "\n" not in message
+
+
+def test_numpy_integers_are_ints(ckpt):
+    reranker = CSAReranker.load(ckpt, k=np.int64(8), batch_size=np.int32(4))
+    assert reranker.k == 8 and type(reranker.k) is int
+    for bad in (True, 8.0, np.float64(8), "8", np.bool_(True)):
+        with pytest.raises(ValueError, match="k: must be an int"):
+            CSAReranker.load(ckpt, k=bad)
+    with pytest.raises(ValueError, match="k: must be an int >= 1, got 0"):
+        CSAReranker.load(ckpt, k=np.int64(0))
+
+
 def test_resume_with_another_L_is_refused(tmp_path):
     X, y = _features(n=40)
     path = tmp_path / "r.pt"

@@ -95,7 +95,7 @@ def test_compat_gnn_reranking_is_the_ranking(device, nq, ng, k1, k2):
 
     Q, G = _feats(nq, ng, seed=nq * 7 + ng)
     sim = gnn_rerank_dense_torch(Q, G, k1=k1, k2=k2).numpy()
-    order = _np(compat.gnn_reranking(Q.to(device), G.to(device), k1, k2))
+    order = _np(compat.gnn_reranking(Q.to(device), G.to(device), k1, k2, lamb=0.0))
     assert order.shape == (nq, ng)
     assert np.issubdtype(order.dtype, np.integer)
     # every row a permutation of the gallery

@@ -1,6 +1,8 @@
 """Diffusion: the sparse graph and batched CG against dense maths; MPEG-7 bullseye (SPEC §10)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -90,9 +92,35 @@ def test_graph_cache_round_trip_and_key(tmp_path):
     pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X2)
     pycsa.create("diffusion", k=6, cache_dir=str(tmp_path)).fit(X)  # and so does another k
     assert len(list(tmp_path.glob("diffusion-graph-*.pt"))) == 3
-    files[0].write_bytes(b"not a torch file")
-    with pytest.raises(ValueError, match="cache_dir"):
-        pycsa.create("diffusion", k=5, cache_dir=str(tmp_path)).fit(X)
+
+
+def _bad_entries(path, other):
+    """Ways a cache entry goes wrong: (what to write at ``path``, words the warning must say)."""
+    good = torch.load(path, weights_only=True)
+    yield lambda: path.write_bytes(b"not a torch file"), "unreadable"
+    yield lambda: path.write_bytes(other.read_bytes()), "another database"  # a copied or renamed file
+    yield lambda: torch.save((good["indices"], good["values"], 50), path), "not a pycsa diffusion graph"
+    damaged = dict(good, indices=good["indices"].clone())
+    damaged["indices"][1, 3] = 50  # a column past the last node
+    yield lambda: torch.save(damaged, path), "outside"
+    yield lambda: torch.save(dict(good, values=good["values"][:-1]), path), "damaged"
+
+
+def test_a_bad_cache_entry_is_named_and_rebuilt(tmp_path):
+    X = _data(50, seed=3)
+    want = pycsa.create("diffusion", k=5, cache_dir=str(tmp_path / "a")).fit(X)._graph.to_dense()
+    path = next((tmp_path / "a").glob("*.pt"))
+    pycsa.create("diffusion", k=5, cache_dir=str(tmp_path / "b")).fit(_data(50, seed=4))
+    other = next((tmp_path / "b").glob("*.pt"))
+    for spoil, words in _bad_entries(path, other):
+        spoil()
+        with pytest.warns(RuntimeWarning, match=f"cache_dir: ignoring the cached graph {path}.*{words}"):
+            got = pycsa.create("diffusion", k=5, cache_dir=str(tmp_path / "a")).fit(X)._graph.to_dense()
+        assert torch.equal(got, want)
+        # and the rebuilt entry is sound again: it loads without a warning
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            pycsa.create("diffusion", k=5, cache_dir=str(tmp_path / "a")).fit(X)
 
 
 def test_truncated_matches_dense_per_query():

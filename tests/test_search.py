@@ -167,3 +167,18 @@ def test_auto_uses_the_prefilter_only_where_it_pays():
 def test_bf16_backend_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="backend"):
         pycsa.Index(torch.zeros(10, 3, dtype=torch.float64), backend="bf16")
+
+
+def test_k_takes_numpy_integers_not_bools_or_floats():
+    import numpy as np
+
+    X = torch.nn.functional.normalize(torch.randn(20, 8, generator=torch.Generator().manual_seed(0)), dim=1)
+    s, i = pycsa.search(X[:3], X, np.int64(5))
+    assert i.shape == (3, 5)
+    for bad in (True, 5.0, np.float32(5)):
+        with pytest.raises(ValueError, match="k: must be an int"):
+            pycsa.search(X[:3], X, bad)
+    with pytest.raises(TypeError, match="k: must be an int"):  # also a TypeError
+        pycsa.search(X[:3], X, "5")
+    with pytest.raises(ValueError, match=r"k: must be an int in \[1, 20\] \(the database size\), got 21"):
+        pycsa.search(X[:3], X, np.int32(21))

@@ -24,6 +24,21 @@ database cams   ``gallery_cam``, ``gallery_cams``, ``db_cams``
 names           ``names`` (with a single matrix, or when it has one entry per database item)
 ==============  ============================================================
 
+Index-based re-ID files hold one matrix of every image with per-image identities and
+cameras, and say which rows are queries and which the gallery:
+
+==============  ============================================================
+query rows      ``query_idx`` (0-based row numbers; 1-based in ``.mat`` files)
+gallery rows    ``gallery_idx``
+identities      ``pids``, ``labels``, ``label``
+cameras         ``cams``, ``camids``, ``camId``, ``cam_ids``
+splits          ``test_pids_splits`` (optional): S x P, the test identities of
+                each of S splits; :meth:`FeatureSet.splits` gives one set per
+                split and ``pycsa eval`` averages their scores
+==============  ============================================================
+
+Such a file is never read as class retrieval: a missing key is an error that names it.
+
 With a single matrix, every item is a query against all the others (as for
 MPEG-7): ``queries`` and ``database`` are the same array and
 ``queries_are_database`` is True; ``labels`` then serves both sides.
@@ -60,6 +75,13 @@ _DBLABEL_KEYS = ("gallery_label", "gallery_labels", "db_labels", "database_label
 _QCAM_KEYS = ("query_cam", "query_cams", "q_cams")
 _DBCAM_KEYS = ("gallery_cam", "gallery_cams", "db_cams")
 
+# index-based re-ID files (one matrix, rows picked as queries and gallery)
+_QIDX_KEYS, _GIDX_KEYS = ("query_idx",), ("gallery_idx",)
+_PID_KEYS = ("pids", "labels", "label")
+_CAM_KEYS = ("cams", "camids", "camId", "cam_ids")
+_SPLIT_KEYS = ("test_pids_splits",)
+_INDEX_REID_MARKERS = _QIDX_KEYS + _GIDX_KEYS + _SPLIT_KEYS
+
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -87,6 +109,22 @@ class FeatureSet:
     """True when the matrices were stored as d x N columns and were transposed."""
     keys: dict = field(default_factory=dict)
     """Which key of the file filled which role, e.g. ``{"queries": "qvecs", "database": "vecs"}``."""
+    split_pids: Optional[list] = None
+    """Index-based re-ID files with ``test_pids_splits``: the test identities of each split."""
+
+    def splits(self) -> list:
+        """One feature set per evaluation split (queries and gallery restricted to the split's
+        identities), or ``[self]`` when the file defines no splits."""
+        if self.split_pids is None:
+            return [self]
+        out = []
+        for pids in self.split_pids:
+            q, g = np.isin(self.query_labels, pids), np.isin(self.db_labels, pids)
+            out.append(replace(self, queries=self.queries[q], database=self.database[g],
+                               query_labels=self.query_labels[q], db_labels=self.db_labels[g],
+                               query_cams=self.query_cams[q], db_cams=self.db_cams[g],
+                               names=None, split_pids=None))
+        return out
 
     @property
     def has_labels(self) -> bool:
@@ -169,10 +207,9 @@ def _tensor_to_numpy(value):
 def _read_pt(path: Path) -> dict:
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unpickling errors, refused globals, corrupt files
-        raise ValueError(f"{path}: not readable with torch.load(weights_only=True) ({exc})") from exc
+    from .._safe_load import load_weights_only
+
+    obj = load_weights_only(path, "features", "a features file")
     if isinstance(obj, torch.Tensor):
         return {None: _tensor_to_numpy(obj)}
     if isinstance(obj, dict):
@@ -315,6 +352,8 @@ def load_retrieval_features(path) -> FeatureSet:
     if None in arrays:  # .npy or a bare tensor: one unlabelled matrix
         X = _as_matrix(arrays[None], str(path))
         return FeatureSet(queries=X, database=X, queries_are_database=True)
+    if any(k in arrays for k in _INDEX_REID_MARKERS):
+        return _index_reid_set(path, arrays)
 
     def need_2d(key: str) -> np.ndarray:
         a = arrays[key]
@@ -401,4 +440,58 @@ def load_retrieval_features(path) -> FeatureSet:
             keys["names"] = "names"
         elif single:
             raise ValueError(f"{path}['names']: has shape {arrays['names'].shape} but there are {X.shape[0]} items")
+    return fs
+
+
+def _index_reid_set(path: Path, arrays: dict) -> FeatureSet:
+    """An index-based re-ID file (see the module docstring) as queries and gallery."""
+    def need(role: str, candidates: tuple) -> str:
+        k = _pick(arrays, candidates)
+        if k is None:
+            raise ValueError(f"{path}: looks like an index-based re-ID file (it has "
+                             f"{', '.join(k for k in _INDEX_REID_MARKERS if k in arrays)}) but has no {role} "
+                             f"(looked for {', '.join(candidates)}); keys present: {_keys_text(arrays)}")
+        return k
+
+    qk, gk = need("query rows", _QIDX_KEYS), need("gallery rows", _GIDX_KEYS)
+    fk = _pick(arrays, _SINGLE_KEYS)
+    if fk is None:
+        matrices = [k for k, v in arrays.items() if v.ndim == 2 and v.dtype.kind == "f" and min(v.shape) > 1]
+        if len(matrices) != 1:
+            raise ValueError(f"{path}: index-based re-ID file without one feature matrix (looked for "
+                             f"{', '.join(_SINGLE_KEYS)}); keys present: {_keys_text(arrays)}")
+        fk = matrices[0]
+    X = _as_matrix(arrays[fk], f"{path}[{fk!r}]")
+    n = X.shape[0]
+    pk, ck = need("identities", _PID_KEYS), need("cameras", _CAM_KEYS)
+    pids = _as_vector(arrays[pk], f"{path}[{pk!r}]", n)
+    cams = _as_vector(arrays[ck], f"{path}[{ck!r}]", n)
+    base = 1 if path.suffix.lower() == ".mat" else 0  # MATLAB files count rows from 1
+
+    def rows(key: str) -> np.ndarray:
+        a = np.asarray(arrays[key])
+        a = a.reshape(-1) if a.ndim == 2 and 1 in a.shape else a
+        if a.ndim != 1 or a.size == 0 or a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.array_equal(a, np.round(a))):
+            raise ValueError(f"{path}[{key!r}]: expected a non-empty vector of row numbers, got {a.dtype} {a.shape}")
+        a = a.astype(np.int64) - base
+        if a.min() < 0 or a.max() >= n:
+            raise ValueError(f"{path}[{key!r}]: row numbers must lie in [{base}, {n - 1 + base}] "
+                             f"({'1' if base else '0'}-based, {n} feature rows), got {a.min() + base}..{a.max() + base}")
+        return a
+
+    qi, gi = rows(qk), rows(gk)
+    fs = FeatureSet(queries=X[qi], database=X[gi], query_labels=pids[qi], db_labels=pids[gi],
+                    query_cams=cams[qi], db_cams=cams[gi],
+                    keys={"features": fk, "query_rows": qk, "gallery_rows": gk, "labels": pk, "cams": ck})
+    sk = _pick(arrays, _SPLIT_KEYS)
+    if sk is not None:
+        splits = np.asarray(arrays[sk])
+        splits = splits[None] if splits.ndim == 1 else splits
+        if splits.ndim != 2 or splits.size == 0 or splits.dtype.kind not in "iuf":
+            raise ValueError(f"{path}[{sk!r}]: expected S x P identities (one row per split), got {splits.dtype} {splits.shape}")
+        for s, split in enumerate(splits):
+            if not np.isin(split, fs.query_labels).any():
+                raise ValueError(f"{path}[{sk!r}]: split {s} names no identity of the queries")
+        fs.split_pids = [np.asarray(split) for split in splits]
+        fs.keys["splits"] = sk
     return fs

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._safe_load import load_weights_only
+
 _DESC_KEYS = ("local", "descriptors", "local_descriptors")
 
 
@@ -109,10 +111,7 @@ def load_local_descriptors(path) -> LocalDescriptors:
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
     elif path.suffix == ".pt":
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path}: cannot read ({exc})") from exc
+        data = load_weights_only(path, "locals", "a local descriptors file")
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a dict of tensors")
     else:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import integer
 from .._tensors import as_tensor, to_caller
 from . import _extension, reference
 
@@ -58,11 +59,8 @@ def _check(db: torch.Tensor, rk: torch.Tensor, num_anchors, q: torch.Tensor | No
             raise TypeError(f"queries: dtype {q.dtype} differs from database dtype {db.dtype}")
         if q.device != db.device:
             raise ValueError(f"queries: on {q.device} but database is on {db.device}")
-    if isinstance(num_anchors, bool) or not isinstance(num_anchors, int):
-        raise TypeError(f"num_anchors: expected an int, got {type(num_anchors).__name__}")
     k = rk.shape[1] + (q is not None)
-    if not 1 <= num_anchors <= k:
-        raise ValueError(f"num_anchors: must lie in [1, {k}] (the ranking list length), got {num_anchors}")
+    integer(num_anchors, "num_anchors", 1, k, "the ranking list length")
     return rk.long()
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from .._checks import integer
 from . import _extension, reference
 
 
@@ -27,8 +28,7 @@ def inner_product_topk(queries: torch.Tensor, database: torch.Tensor, k: int):
         raise ValueError(f"queries: dimension {queries.shape[1]} differs from database dimension {database.shape[1]}")
     if queries.device != database.device:
         raise ValueError(f"queries: on {queries.device} but database is on {database.device}")
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= database.shape[0]:
-        raise ValueError(f"k: must be an int in [1, {database.shape[0]}] (the database size), got {k!r}")
+    k = integer(k, "k", 1, database.shape[0], "the database size")
     if database.device.type == "cpu" and _extension.use_kernels("inner_product_topk", database.device):
         return torch.ops.pycsa.inner_product_topk(queries, database, k)
     return reference.inner_product_topk(queries, database, k)

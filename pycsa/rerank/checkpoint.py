@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .._safe_load import load_weights_only
+
 VERSION = 1
 
 
@@ -31,13 +33,14 @@ def load_checkpoint(path, *, fmt: str, what: str, how: str) -> dict:
     path = Path(os.fspath(path))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: file not found: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated zip, pickle error, foreign format, ...
-        raise ValueError(f"checkpoint: cannot read {path} ({type(exc).__name__}: {exc})") from exc
+    payload = load_weights_only(path, "checkpoint", "a pycsa checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != fmt:
         raise ValueError(f"checkpoint: {path} is not a {what} checkpoint (train one with {how})")
-    if payload.get("version", 0) > VERSION:
-        raise ValueError(f"checkpoint: {path} has format version {payload['version']}; this pycsa reads "
+    version = payload.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ValueError(f"checkpoint: {path} has format version {version!r}, not an int: the file is damaged "
+                         "or was not written by pycsa")
+    if version > VERSION:
+        raise ValueError(f"checkpoint: {path} has format version {version}; this pycsa reads "
                          f"up to {VERSION}: upgrade pycsa")
     return payload

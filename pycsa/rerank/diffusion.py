@@ -12,12 +12,14 @@ Memory online: a few n x block dense vectors (block chosen to stay under
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .._checks import positive_int, unit_interval
+from .._safe_load import load_weights_only
 from .._precision import matmul
 from .._tensors import as_tensor, check_features
 from ..ranking import Progress, Ranking, Reranker, register
@@ -75,6 +77,28 @@ def _cg(apply_S, Y: torch.Tensor, alpha: float, iters: int, tol: float, dim: int
     return F
 
 
+def _read_cached_graph(path: Path, key: str, n: int):
+    """(graph, None) for a sound cache entry of this database, else (None, what is wrong)."""
+    try:
+        entry = load_weights_only(path, "cache_dir", "a pycsa diffusion graph")
+    except ValueError as exc:  # truncated, foreign or hostile file
+        return None, f"unreadable: {exc}"
+    if not isinstance(entry, dict) or not {"key", "n", "indices", "values"} <= entry.keys():
+        return None, "not a pycsa diffusion graph of this version"
+    if entry["key"] != key or entry["n"] != n:
+        return None, "written for another database or setting"
+    idx, val = entry["indices"], entry["values"]
+    if not (isinstance(idx, torch.Tensor) and isinstance(val, torch.Tensor) and idx.dim() == 2
+            and idx.shape[0] == 2 and idx.dtype == torch.int64 and val.dim() == 1 and val.is_floating_point()
+            and val.shape[0] == idx.shape[1]):
+        return None, "damaged: the index and value arrays do not form a graph"
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        return None, f"damaged: node indices outside [0, {n})"
+    if not bool(torch.isfinite(val).all()):
+        return None, "damaged: non-finite edge weights"
+    return torch.sparse_coo_tensor(idx, val, (n, n), check_invariants=False).coalesce(), None
+
+
 @register("diffusion")
 class Diffusion(Reranker):
     """Diffusion on the database's mutual kNN graph; the top-k of each query's diffusion scores.
@@ -99,32 +123,37 @@ class Diffusion(Reranker):
         X, _ = as_tensor(database, "database")
         check_features(X, "database", allow_empty=False)
         self._index = Index(X)
-        path = self._cache_path(X)
+        path, key = self._cache_path(X)
         if path is not None and path.is_file():
-            try:
-                idx, val, n = torch.load(path, weights_only=True)
-            except Exception as exc:
-                raise ValueError(f"cache_dir: cannot read the cached graph {path}: {exc}") from exc
-            self._graph = torch.sparse_coo_tensor(idx, val, (n, n), check_invariants=False).coalesce()
-            return self
+            graph, why = _read_cached_graph(path, key, X.shape[0])
+            if graph is not None:
+                self._graph = graph
+                return self
+            # the cache holds derived data only: a bad entry is rebuilt, and the user told why
+            warnings.warn(f"cache_dir: ignoring the cached graph {path} ({why}); rebuilding it", RuntimeWarning,
+                          stacklevel=2)
         self._graph = mutual_knn_graph(X.float().cpu(), self.k, self.gamma, progress)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            torch.save((self._graph.indices(), self._graph.values(), X.shape[0]), tmp)
+            torch.save({"key": key, "n": X.shape[0], "indices": self._graph.indices(),
+                        "values": self._graph.values()}, tmp)
             tmp.replace(path)  # a reader never sees a half-written file
         return self
 
-    def _cache_path(self, X: torch.Tensor) -> Path | None:
+    def _cache_path(self, X: torch.Tensor) -> tuple[Path | None, str | None]:
+        """The cache file for this database and setting, and its key (also stored inside,
+        so that a renamed or copied file is not taken for another database's)."""
         if self.cache_dir is None:
-            return None
+            return None, None
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{tuple(X.shape)} {X.dtype} k={self.k} gamma={self.gamma!r}".encode())
         data = X.detach().cpu().contiguous()
         if data.dtype == torch.bfloat16:
             data = data.view(torch.int16)
         h.update(memoryview(np.ascontiguousarray(data.numpy())).cast("B"))
-        return Path(self.cache_dir) / f"diffusion-graph-{h.hexdigest()}.pt"
+        key = h.hexdigest()
+        return Path(self.cache_dir) / f"diffusion-graph-{key}.pt", key
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         if self._index is None or not self._index.same_database(X):

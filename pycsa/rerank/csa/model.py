@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._checks import positive_int
 from ...ops import attention
 
 
@@ -70,8 +71,7 @@ class CSA(nn.Module):
                  dropout: float = 0.1, drop_path: float = 0.1):
         super().__init__()
         for name, value in (("num_anchors", num_anchors), ("dim", dim), ("depth", depth), ("heads", heads)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+            positive_int(value, name)
         self.config = dict(num_anchors=num_anchors, dim=dim, depth=depth, heads=heads, dropout=dropout,
                            drop_path=drop_path)
         self.num_anchors = num_anchors

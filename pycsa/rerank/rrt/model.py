@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..._checks import positive_int
 from ...ops import attention
 
 # segment ids of the six token kinds
@@ -59,8 +60,7 @@ class RRT(nn.Module):
         super().__init__()
         for name, value in (("global_dim", global_dim), ("dim", dim), ("depth", depth), ("heads", heads),
                             ("ffn", ffn), ("num_scales", num_scales)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be an int >= 1, got {value!r}")
+            positive_int(value, name)
         if global_skip is not None and not float(global_skip) > 0:
             raise ValueError(f"global_skip: must be > 0 or None, got {global_skip!r}")
         self.config = dict(global_dim=global_dim, dim=dim, depth=depth, heads=heads, ffn=ffn,

@@ -1,0 +1,42 @@
+"""`pycsa rerank`: the initial search and one re-ranker on a features file; saves the ranking."""
+from __future__ import annotations
+
+import numpy as np
+
+import pycsa
+from pycsa.datasets import load_retrieval_features
+
+from .output import progress_bar
+from .rerankers import learned_args, parse_methods, run_reranker
+
+
+def add_parser(sub) -> None:
+    rr = sub.add_parser("rerank", help="initial search and one re-ranker on a features file; saves the ranking")
+    rr.add_argument("--features", required=True)
+    rr.add_argument("--method", required=True, help="re-ranker name or chain 'a+b'")
+    rr.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
+    rr.add_argument("--locals", help="local descriptors of the database (rrt)")
+    rr.add_argument("--query-locals", help="local descriptors of the queries when they are not the database rows")
+    rr.add_argument("--rrt-top", type=int, default=None, help="RRT re-ranks each query's top-N (default 100)")
+    rr.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
+    rr.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
+    rr.add_argument("--out", required=True, help=".npz file for the new ranking (indices, scores)")
+    rr.set_defaults(run=run)
+
+
+def run(args) -> int:
+    learned = learned_args(args)
+    methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
+    if len(methods) != 1:
+        raise ValueError("--method: name one re-ranker (or one chain 'a+b') for `pycsa rerank`")
+    fs = load_retrieval_features(args.features)
+    Q, X = fs.queries, fs.database
+    k = min(X.shape[0], args.k)
+    with progress_bar("initial search") as cb:
+        scores, indices = pycsa.search(Q, X, k, progress=cb)
+    new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), learned)
+    np.savez(args.out, indices=np.asarray(new.indices), scores=np.asarray(new.scores))
+    print(f"{methods[0]}: re-ranked {Q.shape[0]} queries (top {k} of {X.shape[0]}) in {seconds:.3f} s; "
+          f"wrote {args.out} (indices, scores: queries x {k}, best first)")
+    return 0
+

@@ -1,0 +1,92 @@
+"""Re-rankers from command-line names: registry look-ups, checkpoints, fitting with progress."""
+from __future__ import annotations
+
+import time
+
+import pycsa
+
+from .output import progress_bar
+
+def needs_checkpoint(name: str) -> bool:
+    return name in pycsa.available() and getattr(pycsa.ranking.registered(name), "needs_checkpoint", False)
+
+
+def checkpoints(items) -> dict:
+    """--checkpoint values, 'METHOD=PATH' or a bare PATH (for csa), as {method: path}."""
+    out = {}
+    for item in items or []:
+        method, sep, path = item.partition("=")
+        if not sep:
+            method, path = "csa", item
+        if not needs_checkpoint(method):
+            raise ValueError(f"--checkpoint: {method!r} is not a learned re-ranker (learned: "
+                             f"{', '.join(n for n in pycsa.available() if needs_checkpoint(n))})")
+        out[method] = path
+    return out
+
+
+def learned_args(args) -> dict:
+    """What learned re-rankers need from the command line: checkpoints, CSA's K, RRT's local descriptors."""
+    from pycsa.datasets import load_local_descriptors
+
+    locals_ = getattr(args, "locals", None)
+    qlocals = getattr(args, "query_locals", None)
+    return {"checkpoints": checkpoints(getattr(args, "checkpoint", None)), "csa_k": getattr(args, "csa_k", None),
+            "rrt_top": getattr(args, "rrt_top", None),
+            "locals": None if locals_ is None else load_local_descriptors(locals_),
+            "query_locals": None if qlocals is None else load_local_descriptors(qlocals)}
+
+
+def build_reranker(name: str, learned: dict | None = None):
+    """A re-ranker or chain by name; learned methods get their checkpoint (and CSA's K, RRT's locals)."""
+    learned = learned or {"checkpoints": {}}
+    made = []
+    for part in name.split("+"):
+        if not needs_checkpoint(part):
+            made.append(pycsa.create(part))
+            continue
+        path = learned["checkpoints"].get(part)
+        if path is None:
+            raise ValueError(f"--checkpoint: {part!r} needs a trained model: --checkpoint {part}=PATH "
+                             f"(train one with `pycsa train --method {part}`)")
+        kwargs = {}
+        if part == "csa" and learned.get("csa_k") is not None:
+            kwargs["k"] = learned["csa_k"]
+        if part == "rrt":
+            if learned.get("locals") is None:
+                raise ValueError("--locals: rrt needs the database's local descriptors (an .npz with local, offsets)")
+            kwargs.update(locals=learned["locals"], query_locals=learned.get("query_locals"))
+            if learned.get("rrt_top") is not None:
+                kwargs["top"] = learned["rrt_top"]
+        made.append(pycsa.create(part, checkpoint=path, **kwargs))
+    return made[0] if len(made) == 1 else pycsa.Chain(made)
+
+
+def run_reranker(name: str, Q, X, ranking, learned: dict | None = None):
+    """Fits and applies one re-ranker with progress bars; returns (new ranking, seconds)."""
+    reranker = build_reranker(name, learned)
+    t0 = time.perf_counter()
+    with progress_bar(f"{name}: offline", unit="item") as cb:
+        reranker.fit(X, progress=cb)
+    with progress_bar(f"{name}: re-rank") as cb:
+        new = reranker.rerank(Q, X, ranking, progress=cb)
+    return new, time.perf_counter() - t0
+
+
+def parse_methods(spec: str, learned=frozenset()) -> list[str]:
+    """Comma-separated names; 'all' stands for every registered one (a learned one only
+    when it is in ``learned``, i.e. its checkpoint is at hand), 'a+b' for a chain."""
+    names = []
+    for m in (m.strip() for m in spec.split(",")):
+        if m == "all":
+            names.extend(n for n in pycsa.available() if n in learned or not needs_checkpoint(n))
+        elif m:
+            names.append(m)
+    if not names:
+        raise ValueError("--method: name at least one re-ranker, or 'all' (see `pycsa methods`)")
+    for name in names:
+        for part in name.split("+"):
+            if part not in pycsa.available():
+                raise ValueError(f"--method: unknown re-ranker {part!r}; available: {', '.join(pycsa.available())}")
+    return names
+

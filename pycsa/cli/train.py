@@ -1,0 +1,192 @@
+"""`pycsa train`: CSA or RRT on labelled features, a checkpoint after every epoch."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import pycsa
+from pycsa.datasets import load_retrieval_features
+
+from .output import echo, plot_training, progress_bar
+
+
+def add_parser(sub) -> None:
+    tr = sub.add_parser("train", help="train a CSA model on labelled features")
+    tr.add_argument("--features", required=True, action="append",
+                    help="labelled features file; repeat to pool several extractors' features of the same images")
+    tr.add_argument("--out", required=True, help="checkpoint path, written after every epoch")
+    tr.add_argument("--method", default="csa", choices=["csa", "rrt"], help="what to train (csa, rrt)")
+    tr.add_argument("--locals", help="rrt: local descriptors of the training images (.npz: local, offsets, scale)")
+    tr.add_argument("--topk", type=int, default=100, help="rrt: triplets from each anchor's top-k (default 100)")
+    tr.add_argument("--ffn", type=int, default=1024, help="rrt: feed-forward width (default 1024)")
+    tr.add_argument("--max-local", type=int, default=500, help="rrt: local descriptors per image at most (500)")
+    tr.add_argument("--triplets-per-anchor", type=int, default=1, help="rrt: triplets per anchor and epoch (1)")
+    tr.add_argument("--match-init", type=float, default=5.0,
+                    help="rrt: the first layer starts attending by descriptor similarity, logit = this x cosine "
+                         "(default 5; 0: the plain initialisation)")
+    tr.add_argument("--global-skip", type=float, default=20.0,
+                    help="rrt: add s x cos(global_q, global_d) to the pair logit, s learned from this start "
+                         "(default 20; 0: the paper's model, the logit from the transformer alone)")
+    tr.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                    help="rrt: random signed permutations of the descriptor coordinates per pair (default on)")
+    tr.add_argument("--val-topk", type=int, default=None, help="rrt: validation re-ranks each top-N (default --topk)")
+    tr.add_argument("--weight-decay", type=float, default=None, help="default 1e-5 (csa), 5e-4 (rrt)")
+    tr.add_argument("--class-split", default="all", choices=["all", "first", "second"],
+                    help="train on one half of the classes only")
+    tr.add_argument("--val-features", help="labelled features for the validation mAP after each epoch")
+    tr.add_argument("--val-class-split", default="all", choices=["all", "first", "second"])
+    tr.add_argument("--K", type=int, default=512, help="ranking list length in training (default 512)")
+    tr.add_argument("--L", type=int, default=512, help="anchors (default 512)")
+    tr.add_argument("--dim", type=int, default=None, help="csa: hidden size (768)")
+    tr.add_argument("--depth", type=int, default=None, help="blocks (csa 2, rrt 6)")
+    tr.add_argument("--heads", type=int, default=None, help="attention heads (csa 12, rrt 4)")
+    tr.add_argument("--dropout", type=float, default=None, help="default 0.1")
+    tr.add_argument("--drop-path", type=float, default=0.1)
+    tr.add_argument("--epochs", type=int, default=None, help="default 100 (csa), 10 (rrt)")
+    tr.add_argument("--batch-size", type=int, default=None, help="default 256 (csa), 32 anchors (rrt)")
+    tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
+                    help="sgd: the paper's recipe (needs long training); adamw: converges in fewer steps")
+    tr.add_argument("--lr", type=float, default=None, help="default 0.1 x batch / 256 (sgd), 1e-3 x batch / 256 (adamw)")
+    tr.add_argument("--warmup-epochs", type=int, default=None)
+    tr.add_argument("--tau", type=float, default=2.0)
+    tr.add_argument("--lam", type=float, default=0.2)
+    tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                    help="bfloat16 autocast (default: on for CUDA)")
+    tr.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    tr.add_argument("--resume", help="continue from this checkpoint")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
+    tr.set_defaults(run=run)
+
+
+_TRAIN_DEFAULTS = {
+    "csa": dict(depth=2, heads=12, dim=768, epochs=100, batch_size=256, dropout=0.1, weight_decay=1e-5),
+    "rrt": dict(depth=6, heads=4, dim=128, epochs=10, batch_size=32, dropout=0.1, lr=1e-4, weight_decay=5e-4),
+}
+
+
+def run(args) -> int:
+    for key, value in _TRAIN_DEFAULTS[args.method].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.method == "rrt":
+        return _run_train_rrt(args)
+    sets = _training_sets(args.features, args.class_split)
+    val = None
+    if args.val_features:
+        val = load_retrieval_features(args.val_features)
+        if not (val.queries_are_database and val.has_labels):
+            raise ValueError(f"--val-features: {args.val_features} must hold one labelled matrix")
+        if args.val_class_split != "all":
+            val = val.class_half(args.val_class_split)
+    n = sets[0].database.shape[0]
+    print(f"pycsa {pycsa.__version__} train csa: {len(sets)} feature set(s) x {n} images (d={', '.join(str(fs.database.shape[1]) for fs in sets)}), "
+          f"{np.unique(sets[0].db_labels).size} classes"
+          + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))
+    print(f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}; lists K={args.K}; "
+          f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
+    fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f} (contrastive {r['contrastive']:.4f}, "  # noqa: E731
+                     f"mse {r['mse']:.4f})  lr {r['lr']:.4g}"
+                     + (f"  val mAP {100 * r['val_map']:.2f}" if r["val_map"] is not None else ""))
+    with progress_bar("csa: training", unit="batch") as cb:
+        result = pycsa.csa.train(
+            [fs.database for fs in sets], sets[0].db_labels,
+            val_features=None if val is None else val.database, val_labels=None if val is None else val.db_labels,
+            K=args.K, L=args.L, dim=args.dim, depth=args.depth, heads=args.heads, dropout=args.dropout,
+            drop_path=args.drop_path, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+            weight_decay=args.weight_decay,
+            warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
+            checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, progress=cb,
+            on_epoch=lambda r: echo(fmt(r)))
+    if result.history:
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot_training(result.history, f"CSA training: {Path(args.features[0]).name}", args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _run_train_rrt(args) -> int:
+    from pycsa.datasets import load_local_descriptors
+
+    if len(args.features) != 1:
+        raise ValueError("--features: RRT trains on one feature set (with --locals)")
+    if not args.locals:
+        raise ValueError("--locals: RRT needs the local descriptors of the training images")
+    fs = load_retrieval_features(args.features[0])
+    if not (fs.queries_are_database and fs.has_labels):
+        raise ValueError(f"--features: {args.features[0]} must hold one labelled matrix to train on")
+    local = load_local_descriptors(args.locals)
+    if local.num_images != fs.database.shape[0]:
+        raise ValueError(f"--locals: {local.num_images} images but {args.features[0]} has {fs.database.shape[0]}")
+
+    def split(part):
+        if part == "all":
+            return fs.database, local, fs.db_labels
+        keep = fs.class_half_rows(part)
+        return fs.database[keep], local.subset(keep), fs.db_labels[keep]
+
+    if args.val_features:
+        raise ValueError("--val-features: for rrt use --val-class-split on the same files")
+    G, loc, y = split(args.class_split)
+    val = split(args.val_class_split) if args.val_class_split != "all" else None
+    print(f"pycsa {pycsa.__version__} train rrt: {G.shape[0]} images (global d={G.shape[1]}, "
+          f"{int(loc.counts.sum())} local descriptors of d={loc.dim}), {np.unique(y).size} classes"
+          + (f"; validation: {val[0].shape[0]} images" if val else ""))
+    print(f"model: depth={args.depth} heads={args.heads} ffn={args.ffn}; top-{args.topk} triplets "
+          f"(x{args.triplets_per_anchor} per anchor), match init {args.match_init or 'off'}, "
+          f"global skip {args.global_skip or 'off'}, "
+          f"augment {'on' if args.augment else 'off'}; "
+          f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
+    fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f}"  # noqa: E731
+                     + (f"  val mAP {100 * r['val_map']:.2f}" if r["val_map"] is not None else ""))
+    with progress_bar("rrt: training", unit="batch") as cb:
+        result = pycsa.rrt.train(G, loc, y, val=val, topk=args.topk, dim=loc.dim, depth=args.depth, heads=args.heads,
+                        ffn=args.ffn, dropout=args.dropout, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, weight_decay=args.weight_decay, max_local=args.max_local, device=args.device,
+                        triplets_per_anchor=args.triplets_per_anchor, match_init=args.match_init or None,
+                        global_skip=args.global_skip or None,
+                        augment=args.augment, val_topk=args.val_topk,
+                        checkpoint=args.out, seed=args.seed, progress=cb,
+                        on_epoch=lambda r: echo(fmt(r)))
+    print(f"wrote {args.out}")
+    if args.plot:
+        plot_training(result.history, f"RRT training: {Path(args.features[0]).name}", args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+def _training_sets(paths: list, split: str):
+    """Feature sets of the same labelled images (one per extractor), optionally one class half."""
+    sets = []
+    for p in paths:
+        fs = load_retrieval_features(p)
+        if not (fs.queries_are_database and fs.has_labels):
+            raise ValueError(f"--features: {p} must hold one labelled matrix (features and labels) to train on")
+        sets.append(fs if split == "all" else fs.class_half(split))
+    first = sets[0]
+    for p, fs in zip(paths[1:], sets[1:]):
+        if fs.database.shape[0] != first.database.shape[0] or not np.array_equal(fs.db_labels, first.db_labels):
+            raise ValueError(f"--features: {p} does not describe the same images as {paths[0]} "
+                             "(counts or labels differ); pooled feature sets must list the same images in order")
+    return sets
+
+
+def _device(text: str) -> str:
+    """--device: a device torch knows and this machine has (argparse reports the error)."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this torch has no CUDA device (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: training runs on cpu or cuda")
+    return text
+
