@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pycsa-built
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: install demo test bench cuda-check clean
+.PHONY: install demo test test-cuda test-cuda-sanitize bench cuda-check clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,22 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests bench --benchmark-disable
+
+# The CUDA kernels executed on the CPU: csrc/cuda built on the emulator (csrc/emu) and
+# tested through each op's host function (tests/test_cuda_emulated.py; `make test` runs it too).
+test-cuda: install
+	PYCSA_REQUIRE_EMU=1 $(PY) -m pytest -q tests/test_cuda_emulated.py
+
+# The same on sanitizer builds: ThreadSanitizer (each CUDA thread a fiber; races between the
+# threads of a block) and AddressSanitizer + UBSan (global out-of-bounds, misaligned loads).
+# The sanitizer runtime must come first in the process, hence LD_PRELOAD; one schedule
+# suffices there (the plain run compares the schedules).
+SAN_ENV = PYCSA_REQUIRE_EMU=1 CUEMU_SCHEDULES=random:7
+test-cuda-sanitize: install
+	$(SAN_ENV) PYCSA_EMU_SANITIZE=thread TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" \
+	  LD_PRELOAD=$$($(CXX) -print-file-name=libtsan.so) $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
+	$(SAN_ENV) PYCSA_EMU_SANITIZE=address,undefined ASAN_OPTIONS="detect_leaks=0" \
+	  LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
 
 bench: install
 	$(PY) -m pytest bench --benchmark-group-by=param:case --benchmark-columns=min,median,max,rounds

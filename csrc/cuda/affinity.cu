@@ -20,7 +20,11 @@ namespace pycsa {
 namespace {
 
 constexpr int kTile = 64;        // output tile edge (candidates x anchors)
-constexpr int kMaxGridZ = 65535;  // lists beyond this loop inside the kernel
+// the emulated build (csrc/emu) lowers it so that its tests loop over lists in the kernel
+#ifndef PYCSA_MAX_GRID_Z
+#define PYCSA_MAX_GRID_Z 65535
+#endif
+constexpr int kMaxGridZ = PYCSA_MAX_GRID_Z;  // lists beyond this loop inside the kernel
 
 // Row i of list b: the query (when given) then the ranked database rows.
 template <typename T>

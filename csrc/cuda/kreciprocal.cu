@@ -36,8 +36,15 @@ namespace {
 using cuda_sparse::blocks_for;
 using cuda_sparse::kThreads;
 
-constexpr int64_t kBlockElems = int64_t(1) << 25;  // entries of one staged block of rows
-constexpr int64_t kSetScratch = int64_t(1) << 25;  // int64 entries of expanded-set scratch (256 MB)
+// The emulated build (csrc/emu) lowers both so that its small tests run several blocks and chunks.
+#ifndef PYCSA_KRECIP_BLOCK_ELEMS
+#define PYCSA_KRECIP_BLOCK_ELEMS (int64_t(1) << 25)
+#endif
+#ifndef PYCSA_KRECIP_SET_SCRATCH
+#define PYCSA_KRECIP_SET_SCRATCH (int64_t(1) << 25)
+#endif
+constexpr int64_t kBlockElems = PYCSA_KRECIP_BLOCK_ELEMS;  // entries of one staged block of rows
+constexpr int64_t kSetScratch = PYCSA_KRECIP_SET_SCRATCH;  // int64 entries of expanded-set scratch (256 MB)
 
 // Rows [i0, i0 + nb) of the transposed squared distances (row i = column i of D), float32.
 struct MatrixRows {

@@ -20,9 +20,15 @@ namespace cuda_sparse {
 namespace {  // internal linkage: each .cu file gets its own copy of the kernels
 
 constexpr int kThreads = 256;
+// Grids are capped and the kernels stride over the rest; the emulated build (csrc/emu)
+// lowers the cap so that its small tests take the strided loops too.
+#ifndef PYCSA_SPARSE_MAX_BLOCKS
+#define PYCSA_SPARSE_MAX_BLOCKS (int64_t(1) << 20)
+#endif
+constexpr int64_t kMaxBlocks = PYCSA_SPARSE_MAX_BLOCKS;
 
 inline int64_t blocks_for(int64_t n) {
-  return std::min<int64_t>(std::max<int64_t>(1, (n + kThreads - 1) / kThreads), int64_t(1) << 20);
+  return std::min<int64_t>(std::max<int64_t>(1, (n + kThreads - 1) / kThreads), kMaxBlocks);
 }
 
 // row index of every stored entry
@@ -120,7 +126,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor> neighbour_products(const a
   at::Tensor pcol = at::empty({total}, rowptr.options());
   at::Tensor pval = at::empty({total}, val.options());
   if (total > 0) {
-    const int64_t blocks = std::min<int64_t>((slots * 32 + kThreads - 1) / kThreads, int64_t(1) << 20);
+    const int64_t blocks = std::min<int64_t>((slots * 32 + kThreads - 1) / kThreads, kMaxBlocks);
     expand_products_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), val.data_ptr<float>(), nbr.data_ptr<int64_t>(),
         weight.data_ptr<float>(), first.data_ptr<int64_t>(), slots, k, prow.data_ptr<int64_t>(),
@@ -171,7 +177,7 @@ template <typename Combine>
 void cross(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val, const Transposed& t,
            int64_t rows, int64_t split, Combine combine, at::Tensor& out) {
   if (rows == 0 || col.numel() == 0 || out.numel() == 0) return;
-  cross_kernel<<<std::min<int64_t>(rows, int64_t(1) << 20), 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  cross_kernel<<<std::min<int64_t>(rows, kMaxBlocks), 128, 0, c10::cuda::getCurrentCUDAStream()>>>(
       rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), val.data_ptr<float>(), t.ptr.data_ptr<int64_t>(),
       t.row.data_ptr<int64_t>(), t.val.data_ptr<float>(), rows, split, out.size(1), combine, out.data_ptr<float>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

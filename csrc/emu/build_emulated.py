@@ -1,0 +1,116 @@
+"""Builds csrc/cuda (host and device code, unchanged) as C++ on cuemu: the emulated
+operator library ``torch.ops.pycsa_emu.*`` that the CUDA tests run on CPU tensors.
+
+    python csrc/emu/build_emulated.py [--sanitize thread | address,undefined] [--src DIR] [--verbose]
+
+Sources are read from ``--src`` (default: the checkout's csrc/, a copy for bug-injection
+runs) and never modified: rewrite.py writes launch-rewritten copies into the build folder.
+The operator schemas come from csrc/registration.cpp (renamed to ``pycsa_emu``); the CPU
+twins stay those of pycsa._C (``torch.ops.pycsa.*``). Output: build/emu[-SANITIZERS]/
+under the checkout (or ``--out``), plus the self-test executable of cuemu's own checks.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import pathlib
+import re
+import sys
+
+HERE = pathlib.Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import rewrite  # noqa: E402
+
+# Small limits (the CUDA sources' defaults are for GPU memory) so that the small test inputs
+# run the loops a large input needs: several staged blocks and expanded-set chunks in
+# k-reciprocal, grid-strided loops over rows and over lists.
+TEST_LIMITS = ["-DPYCSA_KRECIP_BLOCK_ELEMS=200", "-DPYCSA_KRECIP_SET_SCRATCH=256",
+               "-DPYCSA_SPARSE_MAX_BLOCKS=2", "-DPYCSA_MAX_GRID_Z=2"]
+
+SANITIZERS = {"": [], "thread": ["thread"], "address,undefined": ["address", "undefined"]}
+
+
+def _flags(sanitize: str) -> list[str]:
+    if sanitize not in SANITIZERS:
+        raise SystemExit(f"--sanitize: one of {', '.join(repr(s) for s in SANITIZERS if s)}, got {sanitize!r}")
+    return [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all"] if sanitize else []
+
+
+def _write_if_changed(path: pathlib.Path, text: str) -> None:
+    if not path.exists() or path.read_text() != text:  # keep mtimes: no needless rebuilds
+        path.write_text(text)
+
+
+def build(src=None, sanitize: str = "", out=None, verbose: bool = False) -> pathlib.Path:
+    """Builds (or finds up to date) the emulated library; returns the .so's path. Loading
+    it is the caller's (torch.ops.load_library), so that one process can hold one build."""
+    from torch.utils.cpp_extension import load
+
+    src = pathlib.Path(src or ROOT / "csrc").resolve()
+    san = _flags(sanitize)
+    # a copy of csrc (bug injection) gets a build folder of its own
+    tag = "" if src == (ROOT / "csrc").resolve() else "-" + hashlib.sha1(str(src).encode()).hexdigest()[:8]
+    out = pathlib.Path(out or ROOT / "build" / ("emu" + ("-" + "-".join(SANITIZERS[sanitize]) if sanitize else "") + tag))
+    gen = out / "src"
+    gen.mkdir(parents=True, exist_ok=True)
+    rewrite.main(src / "cuda", gen, quiet=not verbose)
+    reg = (src / "registration.cpp").read_text()
+    reg = reg.replace("TORCH_LIBRARY(pycsa, m)", "TORCH_LIBRARY(pycsa_emu, m)")
+    reg = re.sub(r"TORCH_LIBRARY_IMPL\(pycsa, CPU, m\) \{.*?\n\}\n", "", reg, flags=re.S)
+    reg = f'#line 1 "{src / "registration.cpp"}"\n' + reg + (
+        "\n// for the tests (ctypes): the kernels launched so far, one line each\n"
+        'extern "C" const char* cuemu_get_launch_log() { return ::cuemu::launch_log().c_str(); }\n'
+        'extern "C" void cuemu_reset_launch_log() { ::cuemu::launch_log().clear(); }\n'
+    )
+    _write_if_changed(gen / "emu_registration.cpp", reg)
+    checks = sorted(str(p) for p in src.glob("*_checks.cpp"))
+    # nvcc contracts a*b+c into an FMA by default (-fmad=true); -mfma -ffp-contract=fast
+    # lets GCC do the same kind of contraction, so rounding-sensitive code is exercised.
+    load(
+        name="pycsa_emu",
+        sources=sorted(str(p) for p in gen.glob("*.cu.cpp")) + [str(gen / "emu_registration.cpp")] + checks,
+        extra_cflags=["-O2", "-g", "-fno-omit-frame-pointer", "-DPYCSA_WITH_CUDA", "-mfma", "-ffp-contract=fast",
+                      "-Wno-unknown-pragmas", "-include", "cuemu.h"] + TEST_LIMITS + san,
+        extra_ldflags=san + ["-Wl,-Bsymbolic"],
+        extra_include_paths=[str(HERE), str(HERE / "shim"), str(gen), str(src / "cuda"), str(src)],
+        build_directory=str(out),
+        is_python_module=False,
+        verbose=verbose,
+    )
+    return out / "pycsa_emu.so"
+
+
+def build_selftest(sanitize: str = "", out=None, verbose: bool = False) -> pathlib.Path:
+    """csrc/emu/selftest.cu (the emulator's own checks: each classic bug is reported) as an
+    executable; returns its path."""
+    from torch.utils.cpp_extension import load
+
+    san = _flags(sanitize)
+    out = pathlib.Path(out or ROOT / "build" / ("emu-selftest" + ("-" + "-".join(SANITIZERS[sanitize]) if sanitize else "")))
+    out.mkdir(parents=True, exist_ok=True)
+    text, _ = rewrite.rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"))
+    _write_if_changed(out / "selftest.cu.cpp", text)
+    load(
+        name="cuemu_selftest",
+        sources=[str(out / "selftest.cu.cpp")],
+        extra_cflags=["-O1", "-g", "-Wno-unknown-pragmas"] + san,
+        extra_ldflags=san,
+        extra_include_paths=[str(HERE), str(HERE / "shim")],
+        build_directory=str(out),
+        is_standalone=True,
+        is_python_module=False,
+        verbose=verbose,
+    )
+    return out / "cuemu_selftest"
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--src", default=None, help="a csrc/ folder (default: the checkout's)")
+    ap.add_argument("--sanitize", default="", choices=[s for s in SANITIZERS])
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--verbose", action="store_true")
+    a = ap.parse_args()
+    print(build(a.src, a.sanitize, a.out, a.verbose))
+    print(build_selftest(a.sanitize, verbose=a.verbose))
