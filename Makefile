@@ -33,14 +33,17 @@ test-cuda: install
 
 # The same on sanitizer builds: ThreadSanitizer (each CUDA thread a fiber; races between the
 # threads of a block) and AddressSanitizer + UBSan (global out-of-bounds, misaligned loads).
-# The sanitizer runtime must come first in the process, hence LD_PRELOAD; one schedule
-# suffices there (the plain run compares the schedules).
-SAN_ENV = PYCSA_REQUIRE_EMU=1 CUEMU_SCHEDULES=random:7
+# The sanitizer runtime must come first in the process, hence LD_PRELOAD (and libstdc++ with
+# ASan, whose C++-exception interceptor needs it at start-up: python does not link it); one schedule
+# suffices there (the plain run compares the schedules); one OpenMP thread, because TSan
+# does not see libgomp's barriers and would report the CPU twins' parallel loops.
+SAN_ENV = PYCSA_REQUIRE_EMU=1 CUEMU_SCHEDULES=random:7 OMP_NUM_THREADS=1
 test-cuda-sanitize: install
 	$(SAN_ENV) PYCSA_EMU_SANITIZE=thread TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" \
 	  LD_PRELOAD=$$($(CXX) -print-file-name=libtsan.so) $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
 	$(SAN_ENV) PYCSA_EMU_SANITIZE=address,undefined ASAN_OPTIONS="detect_leaks=0" \
-	  LD_PRELOAD=$$($(CXX) -print-file-name=libasan.so) $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
+	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
+	  $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
 
 bench: install
 	$(PY) -m pytest bench --benchmark-group-by=param:case --benchmark-columns=min,median,max,rounds

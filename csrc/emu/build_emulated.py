@@ -8,11 +8,15 @@ runs) and never modified: rewrite.py writes launch-rewritten copies into the bui
 The operator schemas come from csrc/registration.cpp (renamed to ``pycsa_emu``); the CPU
 twins stay those of pycsa._C (``torch.ops.pycsa.*``). Output: build/emu[-SANITIZERS]/
 under the checkout (or ``--out``), plus the self-test executable of cuemu's own checks.
+A sanitizer build opens only in a process that preloads the sanitizer's runtime, as
+``make test-cuda-sanitize`` runs the tests (the tests build it themselves).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
+import os
 import pathlib
 import re
 import sys
@@ -37,15 +41,28 @@ def _flags(sanitize: str) -> list[str]:
     return [f"-fsanitize={sanitize}", "-fno-sanitize-recover=all"] if sanitize else []
 
 
+@contextlib.contextmanager
+def _compilers_without_preload():
+    """A sanitizer build is loaded by a process that preloads the sanitizer's runtime
+    (LD_PRELOAD, make test-cuda-sanitize), where load() opens it; the compilers that load()
+    starts must not inherit that preload (they fail under it)."""
+    saved = os.environ.pop("LD_PRELOAD", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["LD_PRELOAD"] = saved
+
+
 def _write_if_changed(path: pathlib.Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:  # keep mtimes: no needless rebuilds
         path.write_text(text)
 
 
 def build(src=None, sanitize: str = "", out=None, verbose: bool = False) -> pathlib.Path:
-    """Builds (or finds up to date) the emulated library; returns the .so's path. Loading
-    it is the caller's (torch.ops.load_library), so that one process can hold one build."""
-    from torch.utils.cpp_extension import load
+    """Builds (or finds up to date) the emulated library and loads it into this process
+    (``torch.ops.pycsa_emu.*``); returns the .so's path."""
+    from torch.utils.cpp_extension import load as _load
 
     src = pathlib.Path(src or ROOT / "csrc").resolve()
     san = _flags(sanitize)
@@ -65,20 +82,18 @@ def build(src=None, sanitize: str = "", out=None, verbose: bool = False) -> path
     )
     _write_if_changed(gen / "emu_registration.cpp", reg)
     checks = sorted(str(p) for p in src.glob("*_checks.cpp"))
+    so = out / "pycsa_emu.so"
     # nvcc contracts a*b+c into an FMA by default (-fmad=true); -mfma -ffp-contract=fast
     # lets GCC do the same kind of contraction, so rounding-sensitive code is exercised.
-    load(
-        name="pycsa_emu",
-        sources=sorted(str(p) for p in gen.glob("*.cu.cpp")) + [str(gen / "emu_registration.cpp")] + checks,
-        extra_cflags=["-O2", "-g", "-fno-omit-frame-pointer", "-DPYCSA_WITH_CUDA", "-mfma", "-ffp-contract=fast",
-                      "-Wno-unknown-pragmas", "-include", "cuemu.h"] + TEST_LIMITS + san,
-        extra_ldflags=san + ["-Wl,-Bsymbolic"],
-        extra_include_paths=[str(HERE), str(HERE / "shim"), str(gen), str(src / "cuda"), str(src)],
-        build_directory=str(out),
-        is_python_module=False,
-        verbose=verbose,
-    )
-    return out / "pycsa_emu.so"
+    cflags = ["-O2", "-g", "-fno-omit-frame-pointer", "-DPYCSA_WITH_CUDA", "-mfma", "-ffp-contract=fast",
+              "-Wno-unknown-pragmas", "-include", "cuemu.h"] + TEST_LIMITS + san
+    with _compilers_without_preload():
+        _load(name="pycsa_emu",
+              sources=sorted(str(p) for p in gen.glob("*.cu.cpp")) + [str(gen / "emu_registration.cpp")] + checks,
+              extra_cflags=cflags, extra_ldflags=san + ["-Wl,-Bsymbolic"],
+              extra_include_paths=[str(HERE), str(HERE / "shim"), str(gen), str(src / "cuda"), str(src)],
+              build_directory=str(out), is_python_module=False, verbose=verbose)
+    return so
 
 
 def build_selftest(sanitize: str = "", out=None, verbose: bool = False) -> pathlib.Path:
@@ -91,17 +106,11 @@ def build_selftest(sanitize: str = "", out=None, verbose: bool = False) -> pathl
     out.mkdir(parents=True, exist_ok=True)
     text, _ = rewrite.rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"))
     _write_if_changed(out / "selftest.cu.cpp", text)
-    load(
-        name="cuemu_selftest",
-        sources=[str(out / "selftest.cu.cpp")],
-        extra_cflags=["-O1", "-g", "-Wno-unknown-pragmas"] + san,
-        extra_ldflags=san,
-        extra_include_paths=[str(HERE), str(HERE / "shim")],
-        build_directory=str(out),
-        is_standalone=True,
-        is_python_module=False,
-        verbose=verbose,
-    )
+    with _compilers_without_preload():
+        load(name="cuemu_selftest", sources=[str(out / "selftest.cu.cpp")],
+             extra_cflags=["-O1", "-g", "-Wno-unknown-pragmas"] + san, extra_ldflags=san,
+             extra_include_paths=[str(HERE), str(HERE / "shim")], build_directory=str(out),
+             is_standalone=True, is_python_module=False, verbose=verbose)
     return out / "cuemu_selftest"
 
 
