@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.pycsa-built
 SOURCES := setup.py $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.cpp csrc/cuda/*.cu)
 
-.PHONY: install demo test test-cuda test-cuda-sanitize bench cuda-check clean
+.PHONY: install demo test test-cuda test-cuda-sanitize test-cuda-mutations bench cuda-check clean
 
 $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ test-cuda-sanitize: install
 	$(SAN_ENV) PYCSA_EMU_SANITIZE=address,undefined ASAN_OPTIONS="detect_leaks=0" \
 	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
 	  $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
+
+# Classic CUDA bugs injected one at a time into a copy of csrc/ (csrc/emu/mutations.py):
+# the emulated tests must fail on each, and pass on the unmutated copy.
+test-cuda-mutations: install
+	$(PY) csrc/emu/mutations.py
 
 bench: install
 	$(PY) -m pytest bench --benchmark-group-by=param:case --benchmark-columns=min,median,max,rounds

@@ -393,17 +393,26 @@ def test_emulator_self_test_catches_the_classic_bugs():
     sanitize = os.environ.get("PYCSA_EMU_SANITIZE", "")
     exe = build_emulated.build_selftest(sanitize=sanitize)
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # linked in; preloading twice fails
-    if sanitize != "thread":
-        res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
+
+    def run(*args, options=None):
+        return subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600,
+                              env=dict(env, **(options or {})))
+
+    if sanitize != "thread":  # the error-path cases abandon fibers mid-kernel, which TSan cannot follow
+        res = run()
         assert res.returncode == 0 and "0 failure(s)" in res.stdout, res.stdout + res.stderr
-        return
-    # ThreadSanitizer must stop at the racy kernel (a missing __syncthreads), the first
-    # race of the run: the cases before it ran clean. (The error-path cases after it
-    # abandon fibers mid-kernel, which TSan cannot follow; the plain build checks them.)
-    env["TSAN_OPTIONS"] = "halt_on_error=1 exitcode=66"
-    res = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
-    reports = re.findall(r"SUMMARY: ThreadSanitizer: data race \S+ in (\w+)", res.stderr)
-    assert res.returncode == 66 and reports == ["shift_no_sync"], res.stderr[-3000:]
+    if sanitize == "thread":  # each missing barrier is a race report naming the kernel; no other report
+        assert run("tsan", "clean").returncode == 0
+        for case, kernel in (("block_race", "shift_no_sync"), ("warp_race", "neighbour_lane")):
+            res = run("tsan", case, options={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
+            reports = re.findall(r"SUMMARY: ThreadSanitizer: data race \S+ in (\w+)", res.stderr)
+            assert res.returncode == 66 and reports == [kernel], res.stderr[-3000:]
+    if sanitize == "address,undefined":  # out-of-bounds shared and global accesses, named
+        for case, kind, kernel in (("shared_oob", "global-buffer-overflow", "shared_past_end"),
+                                   ("global_oob", "heap-buffer-overflow", "global_past_end")):
+            res = run("asan", case)
+            assert res.returncode != 0 and f"ERROR: AddressSanitizer: {kind}" in res.stderr, res.stderr[-3000:]
+            assert kernel in res.stderr and "selftest.cu" in res.stderr
 
 
 # Which test exercises each __global__ function of csrc/cuda (each asserts the kernel's

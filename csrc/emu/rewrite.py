@@ -1,5 +1,7 @@
-"""Rewrite a CUDA source for cuemu: include cuemu.h first and turn every
-`kernel<<<cfg>>>(args)` into `::cuemu::launch(__FILE__, __LINE__, "kernel", cfg)(lambda, args)`.
+"""Rewrite a CUDA source for cuemu: include cuemu.h first, turn every
+`kernel<<<cfg>>>(args)` into `::cuemu::launch(__FILE__, __LINE__, "kernel", cfg)(lambda, args)`
+every `__shared__` declaration into a static that the first thread of each block poisons,
+and every `extern __shared__ T name[];` into a pointer to the block's dynamic shared memory.
 
 The kernel expression is taken back from `<<<` over identifiers, `::` and balanced
 template argument lists; the launch arguments up to `>>>`. Nothing else changes, so
@@ -12,6 +14,9 @@ import re
 import sys
 
 IDENT = re.compile(r"[A-Za-z0-9_:]")
+# `extern __shared__ [__align__(n)] TYPE NAME[];`: dynamic shared memory, a pointer into the
+# block's launch-sized buffer (cuemu::dynamic_shared); the line count does not change
+EXTERN_SHARED = re.compile(r"extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([\w:<>, ]+?)\s*(\w+)\s*\[\s*\]\s*;")
 
 
 def _callee_start(src, end):
@@ -41,7 +46,19 @@ def _callee_start(src, end):
             return i
 
 
+# `__shared__ [__align__(n)] TYPE NAME[dims];`: a static (as before) followed by a call that
+# poisons it when the first thread of a block passes the declaration. GCC drops a section
+# attribute on the statics of templates, so poisoning one section at block start missed
+# every templated kernel's shared memory; no thread can touch a variable before its
+# declaration, so the first pass is early enough.
+SHARED = re.compile(r"(?<![\w])__shared__\s+((?:__align__\s*\([^)]*\)\s*)?)((?:const\s+)?[\w:<>]+)\s+(\w+)\s*((?:\[[^\]]*\]\s*)*);")
+
+
 def rewrite(src, path):
+    src = EXTERN_SHARED.sub(lambda m: f"{m.group(1)}* const {m.group(2)} = "
+                                      f"::cuemu::dynamic_shared<{m.group(1)}>(__FILE__, __LINE__);", src)
+    src = SHARED.sub(lambda m: f"{m.group(1)}static {m.group(2)} {m.group(3)}{m.group(4)}; "
+                               f"::cuemu::shared_declared(&{m.group(3)}, sizeof({m.group(3)}));", src)
     out, pos, count = [], 0, 0
     while True:
         k = src.find("<<<", pos)
