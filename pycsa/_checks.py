@@ -12,7 +12,7 @@ class NotAnIntError(TypeError, ValueError):
 def integer(value, name: str, low: int | None = None, high: int | None = None, high_is: str = "") -> int:
     """``value`` as a Python int: Python and numpy integers pass (what users hold after
     ``np.argmax`` or a config file); bools and floats do not, even when integral."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_" or not isinstance(value, numbers.Integral):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # numpy bools are not Integral
         raise NotAnIntError(f"{name}: must be an int, got {value!r} ({type(value).__name__})")
     value = int(value)
     if (low is not None and value < low) or (high is not None and value > high):

@@ -91,10 +91,9 @@ def run(args) -> int:
 
     per_split = []
     for part in parts:
-        kp = k if len(parts) == 1 else part.database.shape[0]
         t0 = time.perf_counter()
-        with progress_bar("initial search") as cb:
-            scores, indices = pycsa.search(part.queries, part.database, kp, progress=cb)
+        with progress_bar("initial search") as cb:  # a split's gallery is a part of the whole
+            scores, indices = pycsa.search(part.queries, part.database, min(k, part.database.shape[0]), progress=cb)
         rows = score("cosine", indices, scores, time.perf_counter() - t0, part)
         ranking = pycsa.Ranking(indices, scores)
         for name in methods:
@@ -133,6 +132,7 @@ def _mean_rows(per_split: list[list[dict]]) -> list[dict]:
     """Each score (and time) averaged over the splits, row by row."""
     if len(per_split) == 1:
         return per_split[0]
+
     def mean(i: int, c: str) -> float:
         return round(float(np.mean([rows[i][c] for rows in per_split])), 3 if c == "time (s)" else 2)
 
