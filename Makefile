@@ -28,8 +28,9 @@ test: install
 
 # The CUDA kernels executed on the CPU: csrc/cuda built on the emulator (csrc/emu) and
 # tested through each op's host function (tests/test_cuda_emulated.py; `make test` runs it too).
+# --capture=sys: a kernel that crashes the process is named on stderr, not swallowed.
 test-cuda: install
-	PYCSA_REQUIRE_EMU=1 $(PY) -m pytest -q tests/test_cuda_emulated.py
+	PYCSA_REQUIRE_EMU=1 $(PY) -m pytest -q --capture=sys tests/test_cuda_emulated.py
 
 # The same on sanitizer builds: ThreadSanitizer (each CUDA thread a fiber; races between the
 # threads of a block) and AddressSanitizer + UBSan (global out-of-bounds, misaligned loads).
@@ -40,10 +41,10 @@ test-cuda: install
 SAN_ENV = PYCSA_REQUIRE_EMU=1 CUEMU_SCHEDULES=random:7 OMP_NUM_THREADS=1
 test-cuda-sanitize: install
 	$(SAN_ENV) PYCSA_EMU_SANITIZE=thread TSAN_OPTIONS="halt_on_error=1 report_signal_unsafe=0" \
-	  LD_PRELOAD=$$($(CXX) -print-file-name=libtsan.so) $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
+	  LD_PRELOAD=$$($(CXX) -print-file-name=libtsan.so) $(PY) -m pytest -q --capture=sys -p no:cacheprovider tests/test_cuda_emulated.py
 	$(SAN_ENV) PYCSA_EMU_SANITIZE=address,undefined ASAN_OPTIONS="detect_leaks=0" \
 	  LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so)" \
-	  $(PY) -m pytest -q -p no:cacheprovider tests/test_cuda_emulated.py
+	  $(PY) -m pytest -q --capture=sys -p no:cacheprovider tests/test_cuda_emulated.py
 
 # Classic CUDA bugs injected one at a time into a copy of csrc/ (csrc/emu/mutations.py):
 # the emulated tests must fail on each, and pass on the unmutated copy.

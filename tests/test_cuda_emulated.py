@@ -401,6 +401,11 @@ def test_emulator_self_test_catches_the_classic_bugs():
     if sanitize != "thread":  # the error-path cases abandon fibers mid-kernel, which TSan cannot follow
         res = run()
         assert res.returncode == 0 and "0 failure(s)" in res.stdout, res.stdout + res.stderr
+    if not sanitize:  # a wild global store dies naming the kernel, block and thread
+        res = run("crash")
+        assert res.returncode == -11, (res.returncode, res.stderr[-2000:])
+        assert re.search(r"cuemu: wild_store \(launched at \S+selftest\.cu:\d+\): block \(0,0,0\) thread \(\d+,0,0\) "
+                         r"made an invalid memory access", res.stderr), res.stderr[-2000:]
     if sanitize == "thread":  # each missing barrier is a race report naming the kernel; no other report
         assert run("tsan", "clean").returncode == 0
         for case, kernel in (("block_race", "shift_no_sync"), ("warp_race", "neighbour_lane")):

@@ -28,6 +28,9 @@ MUTATIONS = [
     ("graph: normalisation skips each row's last entry", "graph.cu",
      "for (int64_t o = rowptr[r]; o < rowptr[r + 1]; ++o) val[o] = norm > 0",
      "for (int64_t o = rowptr[r]; o + 1 < rowptr[r + 1]; ++o) val[o] = norm > 0"),
+    ("graph: grid-stride loop bound off by one (a thread for row n)", "graph.cu",
+     "for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r < n; r += int64_t(gridDim.x) * blockDim.x) {\n    double sq",
+     "for (int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; r <= n; r += int64_t(gridDim.x) * blockDim.x) {\n    double sq"),
     ("k-reciprocal: off-by-one in the reciprocal neighbours (k1 instead of k1 + 1)", "kreciprocal.cu",
      "    for (int64_t a = 0; a <= k1; ++a) {\n      const int64_t c = rank[i * m + a];",
      "    for (int64_t a = 0; a < k1; ++a) {\n      const int64_t c = rank[i * m + a];"),
@@ -55,7 +58,9 @@ def run(keep: str | None, only: str | None) -> int:
     if not src.exists():
         shutil.copytree(ROOT / "csrc", src)
     env = dict(os.environ, PYCSA_EMU_SRC=str(src), PYCSA_REQUIRE_EMU="1", CUEMU_SCHEDULES="fwd,rev,random:1")
-    test = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", str(ROOT / "tests" / "test_cuda_emulated.py")]
+    # --capture=sys: what the emulator writes to fd 2 as a kernel crashes is not swallowed
+    test = [sys.executable, "-m", "pytest", "-x", "-q", "--capture=sys", "-p", "no:cacheprovider",
+            str(ROOT / "tests" / "test_cuda_emulated.py")]
     survived = []
     for name, file, old, new in MUTATIONS:
         if only and only not in name:
@@ -74,7 +79,8 @@ def run(keep: str | None, only: str | None) -> int:
             path.write_text(original)
         caught = [line for line in res.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
         if res.returncode != 0:
-            why = caught[0] if caught else f"exit {res.returncode} (a crash)"
+            crash = [line for line in res.stderr.splitlines() if line.startswith("cuemu: ")]
+            why = caught[0] if caught else f"exit {res.returncode}: " + (crash[0] if crash else "a crash")
             print(f"caught    {name}  [{time.perf_counter() - t0:.0f} s]  {why}", flush=True)
         else:
             print(f"SURVIVED  {name}: the emulated tests passed with the bug in place", flush=True)
