@@ -9,6 +9,7 @@ from tqdm.auto import tqdm
 
 __all__ = ["progress_bar", "echo", "format_table", "pct", "plot_bars", "plot_training"]
 
+
 def _plural(unit: str) -> str:
     if unit.endswith("y"):
         return unit[:-1] + "ies"
@@ -75,6 +76,7 @@ def progress_bar(desc: str, unit: str = "query", stream=None):
 def echo(text: str) -> None:
     """A line on stdout that does not break a progress bar drawn on the terminal."""
     tqdm.write(text, file=sys.stdout)
+
 
 def format_table(rows: list[dict], columns: list[str]) -> str:
     cells = [[str(r[c]) for c in columns] for r in rows]
@@ -160,4 +162,3 @@ def plot_training(history: list, title: str, out: str) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
-
