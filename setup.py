@@ -77,7 +77,8 @@ setup(
         "faiss": ["faiss-cpu"],
         "io": ["scipy"],  # .mat feature files
         "plot": ["matplotlib"],  # pycsa eval --plot
-        "test": ["pytest", "pytest-benchmark", "scipy", "matplotlib"],
+        "images": ["pillow"],  # pycsa extract: decoding JPEG/PNG
+        "test": ["pytest", "pytest-benchmark", "scipy", "matplotlib", "pillow"],
     },
     entry_points={"console_scripts": ["pycsa = pycsa.cli:main"]},
     zip_safe=False,

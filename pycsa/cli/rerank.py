@@ -35,8 +35,14 @@ def run(args) -> int:
     with progress_bar("initial search") as cb:
         scores, indices = pycsa.search(Q, X, k, progress=cb)
     new, seconds = run_reranker(methods[0], Q, X, pycsa.Ranking(indices, scores), learned)
-    np.savez(args.out, indices=np.asarray(new.indices), scores=np.asarray(new.scores))
+    arrays = {"indices": np.asarray(new.indices), "scores": np.asarray(new.scores)}
+    if fs.names is not None:  # e.g. from `pycsa extract`: the ranking can be read without the features file
+        arrays["database_names"] = fs.names
+        if fs.queries_are_database:
+            arrays["query_names"] = fs.names
+    np.savez(args.out, **arrays)
+    named = ", database_names" if "database_names" in arrays else ""
     print(f"{methods[0]}: re-ranked {Q.shape[0]} queries (top {k} of {X.shape[0]}) in {seconds:.3f} s; "
-          f"wrote {args.out} (indices, scores: queries x {k}, best first)")
+          f"wrote {args.out} (indices, scores: queries x {k}, best first{named})")
     return 0
 

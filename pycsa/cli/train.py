@@ -38,8 +38,9 @@ def add_parser(sub) -> None:
                     help="train on one half of the classes only")
     tr.add_argument("--val-features", help="labelled features for the validation mAP after each epoch")
     tr.add_argument("--val-class-split", default="all", choices=["all", "first", "second"])
-    tr.add_argument("--K", type=int, default=512, help="ranking list length in training (default 512)")
-    tr.add_argument("--L", type=int, default=512, help="anchors (default 512)")
+    tr.add_argument("--K", type=int, default=None,
+                    help="ranking list length in training (default 512, or the training set's size when smaller)")
+    tr.add_argument("--L", type=int, default=None, help="anchors (default 512, or the training set's size when smaller)")
     tr.add_argument("--dim", type=int, default=None, help="csa: hidden size (768)")
     tr.add_argument("--depth", type=int, default=None, help="blocks (csa 2, rrt 6)")
     tr.add_argument("--heads", type=int, default=None, help="attention heads (csa 12, rrt 4)")
@@ -83,6 +84,11 @@ def run(args) -> int:
         if args.val_class_split != "all":
             val = val.class_half(args.val_class_split)
     n = sets[0].database.shape[0]
+    for name in ("K", "L"):
+        if getattr(args, name) is None:  # a small folder of images still trains; an explicit value is checked as given
+            setattr(args, name, min(512, n))
+            if n < 512:
+                print(f"--{name}: {n} (the training set's size; the default 512 needs 512 images)")
     print(f"pycsa {pycsa.__version__} train csa: {len(sets)} feature set(s) x {n} images (d={', '.join(str(fs.database.shape[1]) for fs in sets)}), "
           f"{np.unique(sets[0].db_labels).size} classes"
           + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))

@@ -1,0 +1,141 @@
+"""A CNN trunk run over images at several scales: global descriptors, and local ones for RRT."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .pooling import ScaleGeM, make_pooling
+
+__all__ = ["GlobalExtractor", "LocalBatch", "resolve_dtype", "SUPERGLOBAL_SCALES"]
+
+SUPERGLOBAL_SCALES = (0.7071, 1.0, 1.4142)
+
+
+def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+    """'auto': bfloat16 where the device computes it natively (CUDA with bf16; a CPU with
+    AVX-512 BF16 / AMX, as oneDNN reports), float32 elsewhere."""
+    if dtype in (torch.float32, "float32", "fp32"):
+        return torch.float32
+    if dtype in (torch.bfloat16, "bfloat16", "bf16"):
+        return torch.bfloat16
+    if dtype != "auto":
+        raise ValueError(f"dtype: expected 'auto', 'float32' or 'bfloat16', got {dtype!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type == "cpu":
+        try:
+            return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+        except (AttributeError, RuntimeError):
+            return torch.float32
+    return torch.float32
+
+
+@dataclass
+class LocalBatch:
+    """The strongest positions of each image's maps, over all scales."""
+    descriptors: list
+    """per image: n x C float32 (the map's vectors, L2-normalised)."""
+    scales: list
+    """per image: n int64, the index of the scale each came from."""
+    positions: list
+    """per image: n x 2 float32, (x, y) of the cell's centre in the input image's pixels."""
+
+
+class GlobalExtractor(nn.Module):
+    """Descriptors of images from a CNN trunk (any ``nn.Module`` mapping B x 3 x H x W to a
+    B x C x h x w map, e.g. a torchvision ResNet without its pool and fc).
+
+    Per scale: the images resized by the scale factor (bilinear, antialiased), the trunk, the
+    pooling (SuperGlobal's ReLU+ -> Regional-GeM -> GeM+ by default), L2 normalisation, and
+    the ``projection`` when given; the scales are then combined by Scale-GeM (``scale_p``:
+    inf, the max of normalised descriptors, or a finite power) and L2-normalised.
+
+    The trunk runs in ``dtype`` ('auto': bfloat16 where the device has it) under autocast;
+    pooling runs in float32, because a power mean with p = 4.6 in bfloat16 loses digits.
+    """
+
+    def __init__(self, backbone: nn.Module, pooling: str | nn.Module = "superglobal",
+                 scales: Sequence[float] = SUPERGLOBAL_SCALES, scale_p: float = float("inf"),
+                 projection: nn.Module | None = None, device=None, dtype="auto"):
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            raise TypeError(f"backbone: expected a torch.nn.Module, got {type(backbone).__name__}")
+        scales = tuple(float(s) for s in scales)
+        if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"scales: expected positive finite factors, got {scales}")
+        self.backbone = backbone.eval()
+        self.pooling = make_pooling(pooling) if isinstance(pooling, str) else pooling
+        self.scales = scales
+        self.combine = ScaleGeM(scale_p)
+        self.projection = projection
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.to(self.device)
+
+    def _maps(self, images: torch.Tensor):
+        """(scale index, float32 B x C x h x w map) for each scale."""
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"images: expected B x 3 x H x W, got shape {tuple(images.shape)}")
+        images = images.to(self.device, torch.float32)
+        H, W = images.shape[-2:]
+        for s, factor in enumerate(self.scales):
+            size = (max(1, int(H * factor)), max(1, int(W * factor)))
+            x = images if size == (H, W) else F.interpolate(images, size=size, mode="bilinear",
+                                                            align_corners=False, antialias=factor < 1)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+                fmap = self.backbone(x)
+            if fmap.dim() != 4:
+                raise ValueError(f"backbone: must return a B x C x h x w map, returned shape {tuple(fmap.shape)}")
+            yield s, fmap.float()
+
+    def _descriptor(self, fmap: torch.Tensor) -> torch.Tensor:
+        d = F.normalize(self.pooling(fmap), p=2, dim=1)
+        return d if self.projection is None else self.projection(d)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W normalised images (one size per batch) -> B x D, L2-normalised, on the CPU."""
+        per_scale = [self._descriptor(fmap) for _, fmap in self._maps(images)]
+        return F.normalize(self.combine(per_scale), p=2, dim=1).cpu()
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, max_local: int = 0):
+        """(B x D global descriptors, LocalBatch or None): one pass of the trunk gives both.
+        Local descriptors are the ``max_local`` positions with the largest map norm over all
+        scales (ties: the earlier scale, then the lower position), L2-normalised."""
+        per_scale, strengths, vectors, where = [], [], [], []
+        H, W = images.shape[-2:]
+        for s, fmap in self._maps(images):
+            per_scale.append(self._descriptor(fmap))
+            if max_local > 0:
+                B, C, h, w = fmap.shape
+                flat = fmap.flatten(2).transpose(1, 2)  # B x hw x C
+                strengths.append(flat.norm(dim=2))
+                vectors.append(flat)
+                ys, xs = torch.meshgrid(torch.arange(h, device=fmap.device), torch.arange(w, device=fmap.device),
+                                        indexing="ij")
+                pos = torch.stack([(xs.flatten() + 0.5) * (W / w), (ys.flatten() + 0.5) * (H / h)], 1)
+                where.append((torch.full((h * w,), s, dtype=torch.long, device=fmap.device), pos))
+        glob = F.normalize(self.combine(per_scale), p=2, dim=1).cpu()
+        if max_local <= 0:
+            return glob, None
+        strength = torch.cat(strengths, 1)
+        vecs = torch.cat(vectors, 1)
+        scale_of = torch.cat([w_[0] for w_ in where])
+        pos_of = torch.cat([w_[1] for w_ in where]).float()
+        n = min(int(max_local), strength.shape[1])
+        # stable sort on the negated strength: ties keep the lower index
+        order = torch.sort(-strength, dim=1, stable=True).indices[:, :n]
+        out = LocalBatch([], [], [])
+        for b in range(strength.shape[0]):
+            idx = order[b]
+            out.descriptors.append(F.normalize(vecs[b, idx], p=2, dim=1).cpu())
+            out.scales.append(scale_of[idx].cpu())
+            out.positions.append(pos_of[idx].cpu())
+        return glob, out

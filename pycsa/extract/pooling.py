@@ -1,0 +1,196 @@
+"""Pooling of a CNN's last feature map (B x C x H x W) into global descriptors.
+
+SuperGlobal (Shao et al., ICCV 2023, seed 003) replaces plain GeM by four modules:
+
+* ReLU+ (:func:`relu_plus`): the map clamped from below at ``alpha`` (0.014) instead of 0, so
+  that weak but non-zero activations still count in a high-power mean;
+* Regional-GeM (:func:`regional_gem`): each position mixed half and half with the
+  generalised mean (power ``p`` = 2.5) of its ``size`` x ``size`` neighbourhood;
+* GeM+ (:func:`gem` with ``p`` = 4.6): generalised mean over all positions;
+* Scale-GeM (:func:`scale_gem`): the descriptors of one image at several scales combined by
+  the element-wise max of the L2-normalised descriptors (``p`` = inf), or by a generalised
+  mean with ``p`` = 10 after shifting by the minimum.
+
+Plain GeM (p = 3), MAC (max) and SPoC (mean) are here too. Every function has an
+``nn.Module`` twin whose constructor takes the same parameters.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["relu_plus", "regional_gem", "gem", "mac", "spoc", "scale_gem",
+           "ReLUPlus", "RegionalGeM", "GeM", "MAC", "SPoC", "ScaleGeM", "SuperGlobalPooling", "make_pooling",
+           "POOLINGS"]
+
+
+def _map(x: torch.Tensor, name: str = "x") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a B x C x H x W tensor, got {type(x).__name__}")
+    if x.dim() != 4 or not x.is_floating_point():
+        raise ValueError(f"{name}: expected a floating B x C x H x W feature map, got shape {tuple(x.shape)} ({x.dtype})")
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        raise ValueError(f"{name}: the feature map is empty (H x W = {x.shape[2]} x {x.shape[3]})")
+    return x
+
+
+def _power(p, name: str = "p", allow_inf: bool = False) -> float:
+    p = float(p)
+    if math.isnan(p) or p <= 0 or (math.isinf(p) and not allow_inf):
+        raise ValueError(f"{name}: must be a positive {'number or inf' if allow_inf else 'finite number'}, got {p}")
+    return p
+
+
+def relu_plus(x: torch.Tensor, alpha: float = 0.014) -> torch.Tensor:
+    """ReLU+: ``max(x, alpha)``."""
+    alpha = float(alpha)
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha: must be finite, got {alpha}")
+    return _map(x).clamp(min=alpha)
+
+
+def regional_gem(x: torch.Tensor, p: float = 2.5, size: int = 5) -> torch.Tensor:
+    """Regional-GeM: ``0.5 * (mean of x^p over the size x size window)^(1/p) + 0.5 * x``.
+
+    The window is centred on each position, with the map reflected at its borders
+    (replicated where the map is too small to reflect: fewer than size // 2 + 1 rows or
+    columns). Expects a non-negative map (after ReLU or ReLU+), as a power mean does.
+    """
+    x, p = _map(x), _power(p)
+    if isinstance(size, bool) or int(size) != size or size < 1 or size % 2 == 0:
+        raise ValueError(f"size: must be an odd positive int, got {size!r}")
+    size, pad = int(size), int(size) // 2
+    mode = "reflect" if min(x.shape[2], x.shape[3]) > pad else "replicate"
+    padded = F.pad(x.clamp(min=0).pow(p), (pad, pad, pad, pad), mode=mode) if pad else x.clamp(min=0).pow(p)
+    local = F.avg_pool2d(padded, size, stride=1).pow(1.0 / p)
+    return 0.5 * local + 0.5 * x
+
+
+def gem(x: torch.Tensor, p: float = 4.6, eps: float = 1e-8) -> torch.Tensor:
+    """Generalised mean over positions: ``mean(clamp(x, eps)^p)^(1/p)``, B x C x H x W -> B x C.
+    p = 4.6 is SuperGlobal's GeM+; plain GeM uses p = 3; ``p = inf`` is MAC."""
+    x, p = _map(x), _power(p, allow_inf=True)
+    if math.isinf(p):
+        return mac(x)
+    return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
+
+
+def mac(x: torch.Tensor) -> torch.Tensor:
+    """Maximum activation of convolutions: the max over positions, B x C."""
+    return _map(x).amax(dim=(2, 3))
+
+
+def spoc(x: torch.Tensor) -> torch.Tensor:
+    """Sum-pooled convolutional features (as a mean), B x C."""
+    return _map(x).mean(dim=(2, 3))
+
+
+def scale_gem(descriptors: Sequence[torch.Tensor], p: float = float("inf")) -> torch.Tensor:
+    """Combines one image's descriptors at S scales (a list of S tensors, B x C each) into B x C.
+
+    ``p = inf``: the element-wise max of the L2-normalised descriptors (SuperGlobal's default).
+    Finite ``p`` (SuperGlobal uses 10): ``mean_s((x_s - gamma)^p)^(1/p) + gamma`` with gamma the
+    minimum of the image's values over all scales and channels (the authors process one
+    image at a time; taking gamma per image keeps a batch's rows independent).
+    """
+    if isinstance(descriptors, torch.Tensor):
+        descriptors = list(descriptors) if descriptors.dim() == 3 else [descriptors]
+    if len(descriptors) == 0:
+        raise ValueError("descriptors: expected at least one scale")
+    shapes = {tuple(d.shape) for d in descriptors}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"descriptors: expected S tensors of one shape B x C, got shapes {sorted(shapes)}")
+    p = _power(p, allow_inf=True)
+    x = torch.stack(list(descriptors), 0)  # S x B x C
+    if math.isinf(p):
+        return F.normalize(x, p=2, dim=-1).amax(dim=0)
+    gamma = x.amin(dim=(0, 2), keepdim=True)
+    return (x - gamma).pow(p).mean(dim=0).pow(1.0 / p) + gamma[0]
+
+
+class ReLUPlus(nn.Module):
+    def __init__(self, alpha: float = 0.014):
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def forward(self, x):
+        return relu_plus(x, self.alpha)
+
+    def extra_repr(self):
+        return f"alpha={self.alpha}"
+
+
+class RegionalGeM(nn.Module):
+    def __init__(self, p: float = 2.5, size: int = 5):
+        super().__init__()
+        self.p, self.size = _power(p), int(size)
+
+    def forward(self, x):
+        return regional_gem(x, self.p, self.size)
+
+    def extra_repr(self):
+        return f"p={self.p}, size={self.size}"
+
+
+class GeM(nn.Module):
+    def __init__(self, p: float = 4.6, eps: float = 1e-8):
+        super().__init__()
+        self.p, self.eps = _power(p, allow_inf=True), float(eps)
+
+    def forward(self, x):
+        return gem(x, self.p, self.eps)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class MAC(nn.Module):
+    def forward(self, x):
+        return mac(x)
+
+
+class SPoC(nn.Module):
+    def forward(self, x):
+        return spoc(x)
+
+
+class ScaleGeM(nn.Module):
+    def __init__(self, p: float = float("inf")):
+        super().__init__()
+        self.p = _power(p, allow_inf=True)
+
+    def forward(self, descriptors):
+        return scale_gem(descriptors, self.p)
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+
+class SuperGlobalPooling(nn.Module):
+    """ReLU+ -> Regional-GeM -> GeM+ on one scale's map (B x C x H x W -> B x C)."""
+
+    def __init__(self, alpha: float = 0.014, regional_p: float = 2.5, size: int = 5, p: float = 4.6):
+        super().__init__()
+        self.relu_plus = ReLUPlus(alpha)
+        self.regional = RegionalGeM(regional_p, size)
+        self.gem = GeM(p)
+
+    def forward(self, x):
+        return self.gem(self.regional(self.relu_plus(x)))
+
+
+POOLINGS = ("superglobal", "gem", "gem+", "mac", "spoc")
+
+
+def make_pooling(name: str) -> nn.Module:
+    """A pooling module by name: superglobal (ReLU+, Regional-GeM, GeM+), gem (p = 3),
+    gem+ (p = 4.6), mac, spoc."""
+    table = {"superglobal": SuperGlobalPooling, "gem": lambda: GeM(3.0), "gem+": lambda: GeM(4.6),
+             "mac": MAC, "spoc": SPoC}
+    if name not in table:
+        raise ValueError(f"pooling: unknown {name!r}; choose from {', '.join(POOLINGS)}")
+    return table[name]()

@@ -1,0 +1,304 @@
+"""Images on disk -> one features file that `pycsa eval`, `rerank` and `train` read.
+
+Work is saved as it goes: every ``chunk`` images land in ``OUT.partial/`` (one .npz per chunk,
+written atomically), so a killed run started again with the same settings redoes only the
+chunk it was in. The final file is written atomically too, then the partial folder goes.
+
+The file holds ``feats`` (N x D, L2-normalised), ``names`` (N, relative to the image folder),
+``labels``/``label_names`` when asked, ``unreadable``/``unreadable_why`` (the files that
+were skipped), ``extract_config`` (JSON) and, with local descriptors, ``local`` (M x d),
+``offsets`` (N + 1), ``scale`` (M), ``positions`` (M x 2, x/y in the resized image's pixels
+at scale 1) and the PCA they went through (``local_pca_mean``, ``local_pca_components``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from .._checks import integer
+from .backbones import build_backbone
+from .extractor import SUPERGLOBAL_SCALES, GlobalExtractor
+from .images import ImageFiles, collate_one, list_images
+
+__all__ = ["extract_to_file", "read_labels", "LocalPCA"]
+
+FORMAT = 1
+
+
+class LocalPCA:
+    """Mean-centred projection to ``dim`` dimensions, then L2 normalisation. Fitted by the
+    covariance's eigenvectors, so any number of samples gives a full basis; each
+    component's sign fixed (largest coordinate positive) so that refits agree."""
+
+    def __init__(self, mean: np.ndarray, components: np.ndarray):
+        self.mean, self.components = np.asarray(mean, np.float32), np.asarray(components, np.float32)
+
+    @classmethod
+    def fit(cls, x: np.ndarray, dim: int) -> "LocalPCA":
+        x = np.asarray(x, np.float64)
+        if x.shape[0] == 0:
+            raise ValueError("local PCA: no local descriptors to fit it on")
+        dim = min(dim, x.shape[1])
+        mean = x.mean(0)
+        cov = (x - mean).T @ (x - mean) / max(1, x.shape[0])
+        vals, vecs = np.linalg.eigh(cov)
+        comps = vecs[:, np.argsort(-vals, kind="stable")[:dim]].T
+        sign = np.sign(comps[np.arange(dim), np.abs(comps).argmax(1)])
+        return cls(mean, comps * sign[:, None])
+
+    @classmethod
+    def from_file(cls, path) -> "LocalPCA":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return cls(z["local_pca_mean"], z["local_pca_components"])
+        except (OSError, KeyError, ValueError) as exc:
+            raise ValueError(f"--local-pca-from: {path} holds no local PCA (local_pca_mean, "
+                             f"local_pca_components): {exc}") from exc
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if x.shape[1] != self.mean.shape[0]:
+            raise ValueError(f"local PCA: fitted on {self.mean.shape[0]}-d descriptors, got {x.shape[1]}-d")
+        y = (x - self.mean) @ self.components.T
+        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def read_labels(spec: str | None, root: Path, names: Sequence[str]):
+    """(int64 labels, label names) for ``names``, or (None, None). ``spec``: 'folders' (the
+    first folder under the image folder is the class), or a text file of 'name label' lines
+    (comma, tab or space separated; '#' comments)."""
+    if spec is None:
+        return None, None
+    if spec == "folders":
+        cls = [n.split("/", 1)[0] if "/" in n else None for n in names]
+        loose = [n for n, c in zip(names, cls) if c is None]
+        if loose:
+            raise ValueError(f"--labels folders: {len(loose)} image(s) are not inside a class folder of {root} "
+                             f"(e.g. {loose[0]})")
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"--labels: no such file (or 'folders'): {spec}")
+        table = {}
+        for ln, line in enumerate(path.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            parts = line.replace(",", " ").replace("\t", " ").split()
+            if len(parts) < 2:
+                raise ValueError(f"--labels: {path}:{ln}: expected 'name label', got {line!r}")
+            table[parts[0]] = " ".join(parts[1:])
+        cls = [table.get(n) for n in names]
+        unknown = [n for n, c in zip(names, cls) if c is None]
+        if unknown:
+            raise ValueError(f"--labels: {path} has no label for {len(unknown)} of the {len(names)} images "
+                             f"(e.g. {unknown[0]})")
+    label_names = sorted(set(cls))
+    lookup = {c: i for i, c in enumerate(label_names)}
+    return np.array([lookup[c] for c in cls], dtype=np.int64), np.array(label_names)
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_digest(path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, pooling: str = "superglobal",
+                    scales: Sequence[float] = SUPERGLOBAL_SCALES, scale_p: float = float("inf"), size: int = 1024,
+                    relu_plus_in_trunk: bool = False, labels: str | None = None, local: bool = False,
+                    max_local: int = 500, local_dim: int = 128, local_pca_from=None, batch_size: int = 8,
+                    workers: int | None = None, device=None, dtype="auto", chunk: int = 64,
+                    progress: Callable[[int, int], None] | None = None,
+                    report: Callable[[str], None] = print) -> dict:
+    """Extracts every image of a folder (or list file) into ``out`` (.npz); see the module
+    docstring for its contents. Returns a summary: counts, the file, what was resumed."""
+    out = Path(os.fspath(out))
+    if out.suffix != ".npz":
+        raise ValueError(f"--out: must end in .npz, got {out}")
+    if out.exists() and out.is_dir():
+        raise ValueError(f"--out: {out} is a folder")
+    size = integer(size, "--size", low=32)
+    batch_size, chunk = integer(batch_size, "--batch-size", low=1), integer(chunk, "chunk", low=1)
+    max_local, local_dim = integer(max_local, "--max-local", low=1), integer(local_dim, "--local-dim", low=1)
+    root, names = list_images(images)
+    label_ids, label_names = read_labels(labels, root, names)
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    trunk, projection = build_backbone(backbone, weights, relu_plus=0.014 if relu_plus_in_trunk else 0.0)
+    extractor = GlobalExtractor(trunk, pooling, scales, scale_p, projection, device=device, dtype=dtype)
+    pca = LocalPCA.from_file(local_pca_from) if (local and local_pca_from is not None) else None
+    config = {"format": FORMAT, "backbone": backbone,
+              "weights": "random" if weights == "random" else (None if weights is None else Path(weights).name),
+              "weights_sha1": _file_digest(weights) if weights not in (None, "random", "cache") else weights,
+              "pooling": pooling, "scales": list(extractor.scales), "scale_p": extractor.combine.p, "size": size,
+              "relu_plus_in_trunk": bool(relu_plus_in_trunk), "dtype": str(extractor.dtype).replace("torch.", ""),
+              "local": bool(local), "max_local": max_local if local else None, "local_dim": local_dim if local else None,
+              "local_pca_from": None if local_pca_from is None else str(local_pca_from), "chunk": chunk,
+              "images": hashlib.sha1("\n".join(names).encode()).hexdigest(), "count": len(names)}
+
+    partial = out.with_name(out.name + ".partial")
+    done = _open_partial(partial, config, report)
+    if local and pca is None and (partial / "pca.npz").is_file():
+        pca = LocalPCA.from_file(partial / "pca.npz")
+    chunks = [list(range(s, min(s + chunk, len(names)))) for s in range(0, len(names), chunk)]
+    todo = [c for c in range(len(chunks)) if c not in done]
+    done_images = sum(len(chunks[c]) for c in done)
+    if done:
+        report(f"resuming {partial}: {done_images} of {len(names)} images already extracted")
+
+    workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else integer(workers, "--workers", low=0)
+    todo_images = [i for c in todo for i in chunks[c]]
+    dataset = ImageFiles(root, names, todo_images, size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_one, num_workers=workers,
+                                         prefetch_factor=4 if workers else None)
+    stream = iter(loader)
+    if progress:
+        progress(done_images, len(names))
+    for c in todo:
+        result = _run_chunk(extractor, stream, len(chunks[c]), batch_size, max_local if local else 0)
+        if local:
+            if pca is None:
+                raw = np.concatenate(result["local_raw"]) if result["local_raw"] else np.zeros((0, 1), np.float32)
+                pca = LocalPCA.fit(raw, local_dim)
+                _atomic_savez(partial / "pca.npz", local_pca_mean=pca.mean, local_pca_components=pca.components)
+            raw = result.pop("local_raw")
+            result["local"] = pca(np.concatenate(raw)) if raw else np.zeros((0, pca.components.shape[0]), np.float32)
+        for i, why in zip(result["failed"], result["failed_why"]):
+            report(f"skipped unreadable {names[i]}: {why}")
+        _atomic_savez(partial / f"chunk_{c:06d}.npz", **{k: np.asarray(v) for k, v in result.items()})
+        done_images += len(chunks[c])
+        if progress:
+            progress(done_images, len(names))
+    return _assemble(out, partial, chunks, names, label_ids, label_names, config, pca, report)
+
+
+def _open_partial(partial: Path, config: dict, report) -> set:
+    """The chunks an interrupted run with the same settings finished; a fresh folder otherwise."""
+    meta = partial / "meta.json"
+    if partial.is_dir() and meta.is_file():
+        try:
+            old = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            old = None
+        if old != config:
+            if isinstance(old, dict):
+                diff = sorted(k for k in set(old) | set(config) if old.get(k) != config.get(k))
+                why = f"other settings ({', '.join(diff)} differ)"
+            else:
+                why = "an unreadable meta.json"
+            raise ValueError(f"--out: {partial} holds an interrupted run with {why}: run again with the same "
+                             f"settings to resume it, or remove {partial}")
+        done = set()
+        for f in partial.glob("chunk_*.npz"):
+            try:
+                with np.load(f, allow_pickle=False) as z:
+                    z["feats"]  # a chunk cut short by a kill is rewritten, never trusted
+                done.add(int(f.stem.split("_")[1]))
+            except Exception:  # noqa: BLE001
+                report(f"redoing {f.name}: it cannot be read")
+                f.unlink(missing_ok=True)
+        return done
+    partial.mkdir(parents=True, exist_ok=True)
+    tmp = meta.with_suffix(".tmp")
+    tmp.write_text(json.dumps(config))
+    os.replace(tmp, meta)
+    return set()
+
+
+def _run_chunk(extractor: GlobalExtractor, stream, count: int, batch_size: int, max_local: int) -> dict:
+    idx, feats, failed, failed_why = [], [], [], []
+    local_raw, counts, scale, positions = [], [], [], []
+    pending = []
+
+    def flush():
+        # images of one size go through the trunk together; sizes differ when aspect ratios do
+        groups: dict = {}
+        for i, img in pending:
+            groups.setdefault(tuple(img.shape), []).append((i, img))
+        for group in groups.values():
+            batch = torch.stack([img for _, img in group])
+            glob, loc = extractor.extract(batch, max_local)
+            for b, (i, _) in enumerate(group):
+                idx.append(i)
+                feats.append(glob[b].numpy())
+                if loc is not None:
+                    local_raw.append(loc.descriptors[b].numpy())
+                    counts.append(loc.descriptors[b].shape[0])
+                    scale.append(loc.scales[b].numpy())
+                    positions.append(loc.positions[b].numpy())
+        pending.clear()
+
+    for _ in range(count):
+        i, img, why = next(stream)
+        if img is None:
+            failed.append(i)
+            failed_why.append(why)
+        else:
+            pending.append((i, img))
+        if len(pending) >= batch_size:
+            flush()
+    flush()
+    order = np.argsort(np.asarray(idx, dtype=np.int64), kind="stable")
+    result = {"idx": np.asarray(idx, dtype=np.int64)[order],
+              "feats": np.stack(feats)[order].astype(np.float32) if feats else np.zeros((0, 0), np.float32),
+              "failed": np.asarray(failed, dtype=np.int64), "failed_why": np.asarray(failed_why, dtype=str)}
+    if max_local:
+        result["local_raw"] = [local_raw[j] for j in order]
+        result["counts"] = np.asarray(counts, dtype=np.int64)[order]
+        result["scale"] = np.concatenate([scale[j] for j in order]) if scale else np.zeros(0, np.int64)
+        result["positions"] = np.concatenate([positions[j] for j in order]) if positions else np.zeros((0, 2), np.float32)
+    return result
+
+
+def _assemble(out: Path, partial: Path, chunks, names, label_ids, label_names, config, pca, report) -> dict:
+    parts = []
+    for c in range(len(chunks)):
+        with np.load(partial / f"chunk_{c:06d}.npz", allow_pickle=False) as z:
+            parts.append({k: z[k] for k in z.files})
+    idx = np.concatenate([p["idx"] for p in parts])
+    failed = np.concatenate([p["failed"] for p in parts])
+    failed_why = np.concatenate([p["failed_why"] for p in parts]) if failed.size else np.zeros(0, dtype=str)
+    if idx.size == 0:
+        raise ValueError(f"--images: none of the {len(names)} files could be read (e.g. {names[failed[0]]}: "
+                         f"{failed_why[0]})")
+    feats = np.concatenate([p["feats"] for p in parts if p["feats"].shape[0]])
+    arrays = {"feats": feats, "names": np.asarray([names[i] for i in idx]),
+              "unreadable": np.asarray([names[i] for i in failed], dtype=str), "unreadable_why": failed_why,
+              "extract_config": np.asarray(json.dumps(config))}
+    if label_ids is not None:
+        arrays["labels"], arrays["label_names"] = label_ids[idx], label_names
+    if config["local"]:
+        counts = np.concatenate([p["counts"] for p in parts])
+        arrays.update(local=np.concatenate([p["local"] for p in parts]),
+                      offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                      scale=np.concatenate([p["scale"] for p in parts]).astype(np.int64),
+                      positions=np.concatenate([p["positions"] for p in parts]).astype(np.float32),
+                      local_pca_mean=pca.mean, local_pca_components=pca.components)
+    _atomic_savez(out, **arrays)
+    shutil.rmtree(partial, ignore_errors=True)
+    summary = {"out": str(out), "images": len(names), "extracted": int(idx.size), "unreadable": int(failed.size),
+               "dim": int(feats.shape[1])}
+    if config["local"]:
+        summary["local_descriptors"] = int(arrays["local"].shape[0])
+    return summary
