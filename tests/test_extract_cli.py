@@ -258,3 +258,32 @@ def test_the_readmes_four_commands_run_end_to_end(tmp_path):
     with np.load(tmp_path / "ranking.npz") as z:
         assert z["indices"].shape == (34, 34) and list(z["database_names"])[:1] == ["class0/grey.png"]
         assert (np.sort(z["indices"], axis=1) == np.arange(34)).all()
+
+
+def test_a_revisited_ground_truth_gives_its_database_and_cropped_queries(tmp_path, capsys):
+    import pickle
+
+    from pycsa.extract import GlobalExtractor, build_backbone, load_image
+
+    names = make_photos(tmp_path / "jpg", classes=2, per_class=4, odd=False)
+    imlist = [n[:-4] for n in names]  # the official files list names without the extension
+    gnd = {"imlist": imlist, "qimlist": [imlist[1], imlist[6]],
+           "gnd": [{"easy": [0, 2], "hard": [3], "junk": [], "bbx": [10.0, 5.0, 70.0, 60.0]},
+                   {"easy": [4, 5], "hard": [], "junk": [7], "bbx": [0, 0, 40, 40]}]}
+    with open(tmp_path / "gnd_toy.pkl", "wb") as f:
+        pickle.dump(gnd, f)
+    assert _extract(tmp_path / "jpg", tmp_path / "toy.npz", "--gnd", str(tmp_path / "gnd_toy.pkl")) == 0
+    assert "10 of 10 images, d=512 (8 database images, 2 query regions)" in capsys.readouterr().out
+    with np.load(tmp_path / "toy.npz") as z:
+        assert z["database"].shape == (8, 512) and z["queries"].shape == (2, 512)
+        assert list(z["names"]) == names and list(z["query_names"]) == [names[1], names[6]]
+        trunk, _ = build_backbone("resnet18", "random")
+        crop = load_image(tmp_path / "jpg" / names[6], 128, box=[0, 0, 40, 40])
+        assert crop.shape == (3, 40, 40)
+        expected = GlobalExtractor(trunk, device="cpu", dtype="float32")(crop[None])[0].numpy()
+        np.testing.assert_allclose(z["queries"][1], expected, rtol=1e-5, atol=1e-6)
+    assert main(["eval", "--features", str(tmp_path / "toy.npz"), "--gnd", str(tmp_path / "gnd_toy.pkl"),
+                 "--method", "alpha_qe"]) == 0
+    (tmp_path / "jpg" / names[3]).write_bytes(b"broken")
+    assert _extract(tmp_path / "jpg", tmp_path / "toy2.npz", "--gnd", str(tmp_path / "gnd_toy.pkl")) == 2
+    assert f"cannot be read, and none may be skipped: {names[3]}" in capsys.readouterr().err

@@ -41,6 +41,9 @@ def add_parser(sub) -> None:
     ex.add_argument("--size", type=int, default=1024, help="longest image side in pixels before scaling (default 1024)")
     ex.add_argument("--labels", help="'folders' (the first folder under --images is the class) or a file of "
                                      "'name label' lines; written as labels for `pycsa eval --labels`")
+    ex.add_argument("--gnd", help="Revisited Oxford/Paris ground truth (gnd_*.pkl): --images is the folder of its "
+                                  "images; writes its database and its queries cropped to their boxes, in its "
+                                  "order, for `pycsa eval --gnd`")
     ex.add_argument("--locals", action="store_true",
                     help="also local descriptors for RRT: the strongest positions, PCA-reduced (the same file "
                          "then serves as --locals)")
@@ -63,9 +66,11 @@ def run(args) -> int:
             args.images, args.out, backbone=args.backbone, weights=args.weights, pooling=args.pooling,
             scales=args.scales, scale_p=args.scale_p, size=args.size, relu_plus_in_trunk=args.relu_plus_in_trunk,
             labels=args.labels, local=args.locals, max_local=args.max_local, local_dim=args.local_dim,
-            local_pca_from=args.local_pca_from, batch_size=args.batch_size, workers=args.workers,
+            local_pca_from=args.local_pca_from, gnd=args.gnd, batch_size=args.batch_size, workers=args.workers,
             device=args.device, dtype=args.dtype, chunk=args.chunk, progress=cb, report=echo)
     extra = f", {summary['local_descriptors']} local descriptors" if "local_descriptors" in summary else ""
+    if "queries" in summary:
+        extra += f" ({summary['extracted'] - summary['queries']} database images, {summary['queries']} query regions)"
     skipped = f"; {summary['unreadable']} unreadable file(s) skipped (named above)" if summary["unreadable"] else ""
     echo(f"wrote {summary['out']}: {summary['extracted']} of {summary['images']} images, "
          f"d={summary['dim']}{extra}{skipped}")

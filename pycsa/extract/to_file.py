@@ -9,6 +9,7 @@ The file holds ``feats`` (N x D, L2-normalised), ``names`` (N, relative to the i
 were skipped), ``extract_config`` (JSON) and, with local descriptors, ``local`` (M x d),
 ``offsets`` (N + 1), ``scale`` (M), ``positions`` (M x 2, x/y in the resized image's pixels
 at scale 1) and the PCA they went through (``local_pca_mean``, ``local_pca_components``).
+With a ground truth (``gnd``), ``database`` and ``queries`` in its order instead of ``feats``.
 """
 from __future__ import annotations
 
@@ -127,12 +128,16 @@ def _file_digest(path) -> str:
 def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, pooling: str = "superglobal",
                     scales: Sequence[float] = SUPERGLOBAL_SCALES, scale_p: float = float("inf"), size: int = 1024,
                     relu_plus_in_trunk: bool = False, labels: str | None = None, local: bool = False,
-                    max_local: int = 500, local_dim: int = 128, local_pca_from=None, batch_size: int = 8,
+                    max_local: int = 500, local_dim: int = 128, local_pca_from=None, gnd=None, batch_size: int = 8,
                     workers: int | None = None, device=None, dtype="auto", chunk: int = 64,
                     progress: Callable[[int, int], None] | None = None,
                     report: Callable[[str], None] = print) -> dict:
     """Extracts every image of a folder (or list file) into ``out`` (.npz); see the module
-    docstring for its contents. Returns a summary: counts, the file, what was resumed."""
+    docstring for its contents. Returns a summary: counts, the file, what was resumed.
+
+    ``gnd``: a Revisited Oxford/Paris ground truth (gnd_*.pkl); ``images`` is then the folder
+    of its images, and the file holds ``database`` (imlist order) and ``queries`` (qimlist
+    order, cropped to their boxes), ready for ``pycsa eval --gnd``. No image may be missing."""
     out = Path(os.fspath(out))
     if out.suffix != ".npz":
         raise ValueError(f"--out: must end in .npz, got {out}")
@@ -141,7 +146,16 @@ def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, po
     size = integer(size, "--size", low=32)
     batch_size, chunk = integer(batch_size, "--batch-size", low=1), integer(chunk, "chunk", low=1)
     max_local, local_dim = integer(max_local, "--max-local", low=1), integer(local_dim, "--local-dim", low=1)
-    root, names = list_images(images)
+    boxes, num_db = None, None
+    if gnd is not None:
+        if labels is not None:
+            raise ValueError("--labels: not with --gnd (the ground truth says which images match)")
+        if local:
+            raise ValueError("--locals: not with --gnd yet; extract the database's and the queries' local "
+                             "descriptors with two list files (--images LIST) sharing one --local-pca-from")
+        root, names, boxes, num_db = _gnd_items(images, gnd)
+    else:
+        root, names = list_images(images)
     label_ids, label_names = read_labels(labels, root, names)
     out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -155,7 +169,8 @@ def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, po
               "relu_plus_in_trunk": bool(relu_plus_in_trunk), "dtype": str(extractor.dtype).replace("torch.", ""),
               "local": bool(local), "max_local": max_local if local else None, "local_dim": local_dim if local else None,
               "local_pca_from": None if local_pca_from is None else str(local_pca_from), "chunk": chunk,
-              "images": hashlib.sha1("\n".join(names).encode()).hexdigest(), "count": len(names)}
+              "images": hashlib.sha1(("\n".join(names) + repr(boxes)).encode()).hexdigest(), "count": len(names),
+              "gnd_queries": None if gnd is None else len(names) - num_db}
 
     partial = out.with_name(out.name + ".partial")
     done = _open_partial(partial, config, report)
@@ -169,7 +184,7 @@ def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, po
 
     workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else integer(workers, "--workers", low=0)
     todo_images = [i for c in todo for i in chunks[c]]
-    dataset = ImageFiles(root, names, todo_images, size)
+    dataset = ImageFiles(root, names, todo_images, size, boxes)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_one, num_workers=workers,
                                          prefetch_factor=4 if workers else None)
     stream = iter(loader)
@@ -190,7 +205,29 @@ def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, po
         done_images += len(chunks[c])
         if progress:
             progress(done_images, len(names))
-    return _assemble(out, partial, chunks, names, label_ids, label_names, config, pca, report)
+    return _assemble(out, partial, chunks, names, label_ids, label_names, config, pca, report, num_db)
+
+
+def _gnd_items(images, gnd_path):
+    """(root, names, boxes, database size): the ground truth's database images in its order,
+    then its queries cropped to their boxes, as the Revisited Oxford/Paris protocol has it."""
+    from ..datasets import load_gnd
+
+    root = Path(os.fspath(images))
+    if not root.is_dir():
+        raise FileNotFoundError(f"--images: with --gnd, the folder of the ground truth's images; no such folder: {root}")
+    gnd = load_gnd(gnd_path)
+
+    def find(name):
+        for candidate in (name, *(name + ext for ext in (".jpg", ".jpeg", ".png"))):
+            if (root / candidate).is_file():
+                return candidate
+        return name + ".jpg"  # reported as unreadable, by this name
+
+    db = [find(n) for n in gnd["imlist"]]
+    queries = [find(n) for n in gnd["qimlist"]]
+    boxes = [None] * len(db) + [entry.get("bbx") for entry in gnd["gnd"]]
+    return root, db + queries, boxes, len(db)
 
 
 def _open_partial(partial: Path, config: dict, report) -> set:
@@ -214,6 +251,10 @@ def _open_partial(partial: Path, config: dict, report) -> set:
             try:
                 with np.load(f, allow_pickle=False) as z:
                     z["feats"]  # a chunk cut short by a kill is rewritten, never trusted
+                    retry = z["failed"].size > 0
+                if retry:  # its unreadable files may have been fixed since
+                    f.unlink()
+                    continue
                 done.add(int(f.stem.split("_")[1]))
             except Exception:  # noqa: BLE001
                 report(f"redoing {f.name}: it cannot be read")
@@ -271,7 +312,8 @@ def _run_chunk(extractor: GlobalExtractor, stream, count: int, batch_size: int, 
     return result
 
 
-def _assemble(out: Path, partial: Path, chunks, names, label_ids, label_names, config, pca, report) -> dict:
+def _assemble(out: Path, partial: Path, chunks, names, label_ids, label_names, config, pca, report,
+              num_db=None) -> dict:
     parts = []
     for c in range(len(chunks)):
         with np.load(partial / f"chunk_{c:06d}.npz", allow_pickle=False) as z:
@@ -282,7 +324,18 @@ def _assemble(out: Path, partial: Path, chunks, names, label_ids, label_names, c
     if idx.size == 0:
         raise ValueError(f"--images: none of the {len(names)} files could be read (e.g. {names[failed[0]]}: "
                          f"{failed_why[0]})")
+    if num_db is not None and failed.size:
+        listed = ", ".join(f"{names[i]} ({why})" for i, why in zip(failed[:5], failed_why[:5]))
+        raise ValueError(f"--gnd: {failed.size} image(s) of the ground truth cannot be read, and none may be "
+                         f"skipped: {listed}. Fix them and run the same command again: the rest is kept in {partial}")
     feats = np.concatenate([p["feats"] for p in parts if p["feats"].shape[0]])
+    if num_db is not None:  # the Revisited layout: the database in imlist order, the queries in qimlist order
+        arrays = {"database": feats[:num_db], "queries": feats[num_db:], "names": np.asarray(names[:num_db]),
+                  "query_names": np.asarray(names[num_db:]), "extract_config": np.asarray(json.dumps(config))}
+        _atomic_savez(out, **arrays)
+        shutil.rmtree(partial, ignore_errors=True)
+        return {"out": str(out), "images": len(names), "extracted": int(idx.size), "unreadable": 0,
+                "dim": int(feats.shape[1]), "queries": len(names) - num_db}
     arrays = {"feats": feats, "names": np.asarray([names[i] for i in idx]),
               "unreadable": np.asarray([names[i] for i in failed], dtype=str), "unreadable_why": failed_why,
               "extract_config": np.asarray(json.dumps(config))}
