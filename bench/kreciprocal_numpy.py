@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["re_ranking_numpy", "gnn_rerank_dense_torch"]
+__all__ = ["re_ranking_numpy", "re_ranking_numpy_leave_one_out", "gnn_rerank_dense_torch"]
 
 
 def _reciprocal_members(initial_rank: np.ndarray, probe: int, depth: int) -> np.ndarray:
@@ -59,11 +59,25 @@ def re_ranking_numpy(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
     q_q = np.asarray(q_q_dist)
     g_g = np.asarray(g_g_dist)
     nq = q_g.shape[0]
-    n = nq + q_g.shape[1]
-
     joint = np.concatenate(
         [np.concatenate([q_q, q_g], axis=1), np.concatenate([q_g.T, g_g], axis=1)], axis=0
     )
+    return _k_reciprocal_joint(joint, nq, k1, k2, lambda_value)[:, nq:]
+
+
+def re_ranking_numpy_leave_one_out(g_g_dist, k1=20, k2=6, lambda_value=0.3):
+    """The same algorithm with every gallery item a query against all items (the
+    leave-one-out protocol) and the graph built once over the gallery: the joint matrix
+    is ``g_g`` itself, and the result g x g (not the public function called with
+    queries = gallery, where each item would be in the joint set twice)."""
+    g_g = np.asarray(g_g_dist)
+    return _k_reciprocal_joint(g_g, g_g.shape[0], k1, k2, lambda_value)
+
+
+def _k_reciprocal_joint(joint, nq, k1, k2, lambda_value):
+    """Steps 1-6 on a joint distance matrix whose first ``nq`` rows are the queries;
+    returns their rows against every item (nq x N)."""
+    n = joint.shape[0]
     joint = np.power(joint, 2).astype(np.float32)
     dist = np.transpose(joint / np.max(joint, axis=0))
     del joint
@@ -106,10 +120,11 @@ def re_ranking_numpy(q_g_dist, q_q_dist, g_g_dist, k1=20, k2=6, lambda_value=0.3
 
     final = jaccard * (1 - lambda_value) + dist * lambda_value
     del jaccard, dist, weights
-    return final[:nq, nq:]
+    return final[:nq]
 
 
-def gnn_rerank_dense_torch(X_q, X_g, k1=26, k2=7, lamb=0.0, *, skip_propagation_if_k2_is_1=False):
+def gnn_rerank_dense_torch(X_q, X_g, k1=26, k2=7, lamb=0.0, *, skip_propagation_if_k2_is_1=False,
+                           leave_one_out=False):
     """GNN re-ranking with dense N x N matrices (SPEC §3); returns the q x g similarity (torch, float32).
 
     ``X_q`` (q x d) and ``X_g`` (g x d): torch tensors or arrays, rows
@@ -125,13 +140,16 @@ def gnn_rerank_dense_torch(X_q, X_g, k1=26, k2=7, lamb=0.0, *, skip_propagation_
     step 3 entirely when ``k2 == 1`` (the similarity is then the raw count of
     shared top-k1 neighbours); SPEC §3 does not, and neither does this function
     unless ``skip_propagation_if_k2_is_1=True``.
+
+    ``leave_one_out``: ``X_q`` are the rows of ``X_g`` (every item a query against all
+    items); then ``Z = X_g`` (each item once) and the result is g x g, ``A Aᵀ``.
     """
     import torch
 
     X_q = torch.as_tensor(X_q)
     X_g = torch.as_tensor(X_g, device=X_q.device)
     nq = X_q.shape[0]
-    Z = torch.cat([X_q, X_g], dim=0).float()
+    Z = X_g.float() if leave_one_out else torch.cat([X_q, X_g], dim=0).float()
     n = Z.shape[0]
     k1 = min(int(k1), n)
     k2 = min(int(k2), k1)
@@ -157,6 +175,9 @@ def gnn_rerank_dense_torch(X_q, X_g, k1=26, k2=7, lamb=0.0, *, skip_propagation_
             A = B
             del B
             A = A / torch.linalg.vector_norm(A, ord=2, dim=1, keepdim=True)
+    if leave_one_out:
+        sim = A @ A.T
+        return (1 - lamb) * sim + lamb * (Z @ Z.T) if lamb else sim
     sim = A[:nq] @ A[nq:].T
     if lamb:
         sim = (1 - lamb) * sim + lamb * (Z[:nq] @ Z[nq:].T)

@@ -20,4 +20,8 @@ at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const 
 at::Tensor k_reciprocal_features_cpu(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
                                      double lambda);
 
+// Every item a query against all items (the leave-one-out protocol): the graph is built once
+// over the rows of feats (N x d), not over [feats; feats]; the result is N x N.
+at::Tensor k_reciprocal_self_cpu(const at::Tensor& feats, int64_t k1, int64_t k2, double lambda);
+
 }  // namespace pycsa

@@ -20,6 +20,7 @@ TORCH_LIBRARY(pycsa, m) {
   m.def("csr_cross_dense(Tensor rowptr, Tensor col, Tensor val, int split) -> Tensor");
   m.def("gnn_propagate_cross(Tensor rowptr, Tensor col, Tensor val, Tensor nbr, Tensor weight, int split) -> Tensor");
   m.def("k_reciprocal_features(Tensor query, Tensor gallery, int k1, int k2, float lambda_value) -> Tensor");
+  m.def("k_reciprocal_self(Tensor feats, int k1, int k2, float lambda_value) -> Tensor");
   m.def("inner_product_topk(Tensor queries, Tensor database, int k) -> (Tensor, Tensor)");
 }
 
@@ -28,6 +29,7 @@ TORCH_LIBRARY_IMPL(pycsa, CPU, m) {
   m.impl("attention", &pycsa::attention_cpu);
   m.impl("k_reciprocal", &pycsa::k_reciprocal_cpu);
   m.impl("k_reciprocal_features", &pycsa::k_reciprocal_features_cpu);
+  m.impl("k_reciprocal_self", &pycsa::k_reciprocal_self_cpu);
   m.impl("weighted_gather_sum", &pycsa::weighted_gather_sum_cpu);
   m.impl("csr_add_transpose", &pycsa::csr_add_transpose_cpu);
   m.impl("gnn_propagate", &pycsa::gnn_propagate_cpu);

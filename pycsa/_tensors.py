@@ -48,3 +48,23 @@ def check_finite(x: torch.Tensor, name: str) -> None:
     if x.numel() and not bool(torch.isfinite(x.sum())):
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"{name}: contains NaN or inf")
+
+
+def same_rows(Q: torch.Tensor, X: torch.Tensor) -> bool:
+    """True when the queries are the database's rows, in order (the leave-one-out protocol:
+    every item a query against all items): the same memory, or equal values."""
+    if Q.shape != X.shape or Q.device != X.device:
+        return False
+    if Q.data_ptr() == X.data_ptr() and Q.stride() == X.stride() and Q.dtype == X.dtype:
+        return True
+    return bool(torch.equal(Q, X.to(Q.dtype)))
+
+
+def leave_one_out(flag, Q: torch.Tensor, X: torch.Tensor, name: str = "leave_one_out") -> bool:
+    """``flag`` None: detect (:func:`same_rows`); True: the caller says so (then the shapes must agree)."""
+    if flag is None:
+        return same_rows(Q, X)
+    if flag and Q.shape != X.shape:
+        raise ValueError(f"{name}: True needs the queries to be the database's rows, but queries are "
+                         f"{tuple(Q.shape)} and the database {tuple(X.shape)}")
+    return bool(flag)

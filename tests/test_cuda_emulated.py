@@ -360,6 +360,21 @@ def test_k_reciprocal_features(q, g, k1, k2):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
 
 
+# every item a query against all items: one graph over the rows, gallery columns from row 0
+@pytest.mark.parametrize("n,k1,k2", [(1, 1, 1), (2, 20, 6), (17, 4, 2), (40, 10, 4), (63, 20, 1)])
+def test_k_reciprocal_self(n, k1, k2):
+    gen = torch.Generator().manual_seed(3 * n)
+    feats = torch.randn(n, 16, generator=gen)
+    out = emulated(lambda: emu.k_reciprocal_self(feats, k1, k2, 0.3))
+    ref = cpu.k_reciprocal_self(feats, k1, k2, 0.3)
+    assert out.shape == (n, n)
+    assert launch_count("pair_d2_features_kernel") >= 1 and launch_count("softmax_rows_kernel") == 1
+    assert launch_count("cross_kernel") == (1 if n > 0 else 0)
+    if n >= 15:
+        assert launch_count("reciprocal_sets_kernel") > 1  # the chunked path
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("nq,n,k1,k2", [(5, 25, 6, 3), (1, 2, 1, 1), (9, 47, 12, 5)])
 def test_k_reciprocal_matrices(dtype, nq, n, k1, k2):
@@ -431,15 +446,15 @@ KERNEL_TESTS = {
     "sum_runs_kernel": ["test_csr_add_transpose_bits"],
     "expand_products_kernel": ["test_gnn_propagate_bits"],
     "normalize_rows_kernel": ["test_gnn_propagate_bits"],
-    "cross_kernel": ["test_csr_cross_dense_bits"],
+    "cross_kernel": ["test_csr_cross_dense_bits", "test_k_reciprocal_self"],
     "affinity_simt_kernel": ["test_affinity"],
     "affinity_wmma_kernel": ["test_affinity"],
     "attention_simt_kernel": ["test_attention"],
     "attention_wmma_kernel": ["test_attention"],
-    "reciprocal_sets_kernel": ["test_k_reciprocal_features", "test_k_reciprocal_matrices"],
+    "reciprocal_sets_kernel": ["test_k_reciprocal_features", "test_k_reciprocal_matrices", "test_k_reciprocal_self"],
     "pair_d2_matrix_kernel": ["test_k_reciprocal_matrices"],
-    "pair_d2_features_kernel": ["test_k_reciprocal_features"],
-    "softmax_rows_kernel": ["test_k_reciprocal_features"],
+    "pair_d2_features_kernel": ["test_k_reciprocal_features", "test_k_reciprocal_self"],
+    "softmax_rows_kernel": ["test_k_reciprocal_features", "test_k_reciprocal_self"],
 }
 
 

@@ -39,6 +39,7 @@ struct MatrixDistances {
   int64_t q, g;
 
   int64_t n() const { return q + g; }
+  int64_t goff() const { return q; }  // the gallery's first row in D
   T at(int64_t r, int64_t c) const {
     if (r < q) return c < q ? qq[r * q + c] : qg[r * g + (c - q)];
     return c < q ? qg[c * g + (r - q)] : gg[(r - q) * g + (c - q)];
@@ -101,14 +102,17 @@ void scan_gallery_columns(const MatrixDistances<T>& D, int64_t c0, int64_t c1, i
 }
 
 // Squared Euclidean distances computed from features Z = [Q; G] (N x d, float32),
-// a block of rows at a time with one GEMM: D is never held.
+// a block of rows at a time with one GEMM: D is never held. With every item a query
+// against all items (leave-one-out), Z = G: the queries are rows [0, q = N) and the
+// gallery starts at row gallery_row = 0.
 struct FeatureDistances {
   static constexpr bool kScansRows = false;
   at::Tensor z;      // N x d
   at::Tensor norms;  // N, squared row norms
-  int64_t q, g;
+  int64_t q, g, gallery_row;
 
-  int64_t n() const { return q + g; }
+  int64_t n() const { return z.size(0); }
+  int64_t goff() const { return gallery_row; }
   float d2(int64_t i, int64_t j) const {
     const int64_t d = z.size(1);
     const float* a = z.data_ptr<float>() + i * d;
@@ -196,7 +200,7 @@ void smallest(const float* row, int64_t n, int64_t m, int32_t* out, std::vector<
 
 template <typename Distances>
 at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float lambda) {
-  const int64_t N = D.n(), q = D.q, g = D.g;
+  const int64_t N = D.n(), q = D.q, g = D.g, goff = D.goff();
   k1 = std::min(k1, N - 1);
   k2 = std::min(k2, N);
   const int64_t m = std::max(k1 + 1, k2);  // ranks kept per row
@@ -330,9 +334,9 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
         const float* d2 = stage.data() + ii * N;
         const float mx = colmax[i];
         for (int64_t j = 0; j < g; ++j) {
-          const float s = acc[q + j];
+          const float s = acc[goff + j];
           const float jac = 1.f - s / (2.f - s);
-          const float original = mx > 0 ? d2[q + j] / mx : 0.f;
+          const float original = mx > 0 ? d2[goff + j] / mx : 0.f;
           o[i * g + j] = jac * w_jac + original * w_orig;
         }
       }
@@ -366,8 +370,18 @@ at::Tensor k_reciprocal_features_cpu(const at::Tensor& query, const at::Tensor& 
   check_k_reciprocal_args(k1, k2, lambda);
   at::Tensor z = at::cat({query, gallery}, 0).to(at::kFloat).contiguous();
   at::Tensor norms = z.mul(z).sum(1);
-  return k_reciprocal_impl(FeatureDistances{z, norms, query.size(0), gallery.size(0)}, k1, k2,
+  return k_reciprocal_impl(FeatureDistances{z, norms, query.size(0), gallery.size(0), query.size(0)}, k1, k2,
                            static_cast<float>(lambda));
+}
+
+at::Tensor k_reciprocal_self_cpu(const at::Tensor& feats, int64_t k1, int64_t k2, double lambda) {
+  check_k_reciprocal_features(feats, feats);
+  TORCH_CHECK_VALUE(feats.device().is_cpu(), "feats: expected a CPU tensor");
+  check_k_reciprocal_args(k1, k2, lambda);
+  at::Tensor z = feats.to(at::kFloat).contiguous();
+  at::Tensor norms = z.mul(z).sum(1);
+  const int64_t n = z.size(0);
+  return k_reciprocal_impl(FeatureDistances{z, norms, n, n, 0}, k1, k2, static_cast<float>(lambda));
 }
 
 }  // namespace pycsa

@@ -196,9 +196,10 @@ __global__ void softmax_rows_kernel(const int64_t* __restrict__ rowptr, const fl
 }
 
 template <typename Rows, typename PairD2>
-at::Tensor k_reciprocal_impl(const Rows& rows_of_d, int64_t q, int64_t g, int64_t k1, int64_t k2, float lambda,
-                             const at::TensorOptions& fopts, PairD2 pair_d2) {
-  const int64_t N = q + g;
+// Items [0, N); queries are rows [0, q), the gallery rows [goff, goff + g): goff = q for
+// [Q; G], goff = 0 with every item a query against all items (Z = G, q = g = N).
+at::Tensor k_reciprocal_impl(const Rows& rows_of_d, int64_t N, int64_t q, int64_t goff, int64_t g, int64_t k1,
+                             int64_t k2, float lambda, const at::TensorOptions& fopts, PairD2 pair_d2) {
   k1 = std::min(k1, N - 1);
   k2 = std::min(k2, N);
   const int64_t m = std::max(k1 + 1, k2);
@@ -220,7 +221,7 @@ at::Tensor k_reciprocal_impl(const Rows& rows_of_d, int64_t q, int64_t g, int64_
     if (i0 < q) {
       const int64_t nq = std::min(nb, q - i0);
       const at::Tensor mq = mx.narrow(0, 0, nq).unsqueeze(1);
-      original.narrow(0, i0, nq).copy_(at::where(mq > 0, rows.narrow(0, 0, nq).narrow(1, q, g) / mq, 0.f));
+      original.narrow(0, i0, nq).copy_(at::where(mq > 0, rows.narrow(0, 0, nq).narrow(1, goff, g) / mq, 0.f));
     }
   }
 
@@ -268,7 +269,7 @@ at::Tensor k_reciprocal_impl(const Rows& rows_of_d, int64_t q, int64_t g, int64_
   // Pass 3: Σ_l min(V[i, l], V[j, l]) for query i and gallery item j, then Jaccard.
   const cuda_sparse::Transposed inv = cuda_sparse::transpose(Vptr, Vcol, Vval, N);
   at::Tensor s = at::zeros({q, g}, fopts);
-  cuda_sparse::cross(Vptr, Vcol, Vval, inv, q, q, cuda_sparse::Minimum{}, s);
+  cuda_sparse::cross(Vptr, Vcol, Vval, inv, q, goff, cuda_sparse::Minimum{}, s);
   const at::Tensor jac = 1 - s / (2 - s);
   return jac * static_cast<float>(1.0 - lambda) + original * lambda;
 }
@@ -293,18 +294,15 @@ at::Tensor k_reciprocal_cuda(const at::Tensor& q_g, const at::Tensor& q_q, const
           pcol.data_ptr<int64_t>(), d2.numel(), d2.data_ptr<float>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    out = k_reciprocal_impl(MatrixRows{a, b, c, q, g}, q, g, k1, k2, static_cast<float>(lambda), fopts, pair_d2);
+    out = k_reciprocal_impl(MatrixRows{a, b, c, q, g}, q + g, q, q, g, k1, k2, static_cast<float>(lambda), fopts,
+                            pair_d2);
   });
   return out;
 }
 
-at::Tensor k_reciprocal_features_cuda(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
-                                      double lambda) {
-  check_k_reciprocal_features(query, gallery);
-  TORCH_CHECK_VALUE(query.is_cuda(), "query_feats/gallery_feats: expected CUDA tensors");
-  check_k_reciprocal_args(k1, k2, lambda);
-  const c10::cuda::CUDAGuard guard(query.device());
-  const at::Tensor z = at::cat({query, gallery}, 0).to(at::kFloat).contiguous();
+// Rows of z (N x d float32) as items: queries [0, q), gallery [goff, goff + g).
+static at::Tensor k_reciprocal_from_rows(const at::Tensor& z, int64_t q, int64_t goff, int64_t g, int64_t k1,
+                                         int64_t k2, double lambda) {
   const at::Tensor norms = z.mul(z).sum(1);
   const int64_t d = z.size(1);
   auto pair_d2 = [&](const at::Tensor& prow, const at::Tensor& pcol, at::Tensor& d2) {
@@ -314,8 +312,27 @@ at::Tensor k_reciprocal_features_cuda(const at::Tensor& query, const at::Tensor&
         d2.numel(), d2.data_ptr<float>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   };
-  return k_reciprocal_impl(FeatureRows{z, norms}, query.size(0), gallery.size(0), k1, k2, static_cast<float>(lambda),
+  return k_reciprocal_impl(FeatureRows{z, norms}, z.size(0), q, goff, g, k1, k2, static_cast<float>(lambda),
                            z.options(), pair_d2);
+}
+
+at::Tensor k_reciprocal_features_cuda(const at::Tensor& query, const at::Tensor& gallery, int64_t k1, int64_t k2,
+                                      double lambda) {
+  check_k_reciprocal_features(query, gallery);
+  TORCH_CHECK_VALUE(query.is_cuda(), "query_feats/gallery_feats: expected CUDA tensors");
+  check_k_reciprocal_args(k1, k2, lambda);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const at::Tensor z = at::cat({query, gallery}, 0).to(at::kFloat).contiguous();
+  return k_reciprocal_from_rows(z, query.size(0), query.size(0), gallery.size(0), k1, k2, lambda);
+}
+
+at::Tensor k_reciprocal_self_cuda(const at::Tensor& feats, int64_t k1, int64_t k2, double lambda) {
+  check_k_reciprocal_features(feats, feats);
+  TORCH_CHECK_VALUE(feats.is_cuda(), "feats: expected a CUDA tensor");
+  check_k_reciprocal_args(k1, k2, lambda);
+  const c10::cuda::CUDAGuard guard(feats.device());
+  const at::Tensor z = feats.to(at::kFloat).contiguous();
+  return k_reciprocal_from_rows(z, z.size(0), 0, z.size(0), k1, k2, lambda);
 }
 
 }  // namespace pycsa
@@ -323,4 +340,5 @@ at::Tensor k_reciprocal_features_cuda(const at::Tensor& query, const at::Tensor&
 TORCH_LIBRARY_IMPL(pycsa, CUDA, m) {
   m.impl("k_reciprocal", &pycsa::k_reciprocal_cuda);
   m.impl("k_reciprocal_features", &pycsa::k_reciprocal_features_cuda);
+  m.impl("k_reciprocal_self", &pycsa::k_reciprocal_self_cuda);
 }

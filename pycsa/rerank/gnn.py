@@ -21,7 +21,7 @@ import torch
 
 from .._checks import positive_int, unit_interval
 from .._precision import matmul
-from .._tensors import as_tensor, check_features, to_caller
+from .._tensors import as_tensor, check_features, leave_one_out as leave_one_out_rows, to_caller
 from ..ops import _extension, csr_add_transpose, csr_cross_dense, gnn_propagate, gnn_propagate_cross
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index, topk_lower_index
@@ -56,8 +56,27 @@ def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, 
     return gnn_propagate_cross(*csr_add_transpose(*A), nbr, W, num_queries)
 
 
-def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, layers: int = 2) -> torch.Tensor:
-    """Steps 2-3 of SPEC §3 with torch.sparse on the inputs' device (cuSPARSE on CUDA).
+def gnn_self_similarity(S: torch.Tensor, R: torch.Tensor, k2: int, layers: int = 2) -> torch.Tensor:
+    """Steps 2-3 of SPEC §3 with every item a query against all items (n x n): the graph
+    once over the items, their last-layer rows against themselves."""
+    n, k1 = R.shape
+    dev = R.device
+    rowptr = torch.arange(0, n * k1 + 1, k1, dtype=torch.int64, device=dev)
+    col = torch.sort(R.long(), dim=1).values.reshape(-1).contiguous()
+    val = torch.ones(n * k1, dtype=torch.float32, device=dev)
+    W = (S.float() ** 2)[:, :k2].contiguous()
+    nbr = R[:, :k2].long().contiguous()
+    A = (rowptr, col, val)
+    for _ in range(layers):
+        A = gnn_propagate(*csr_add_transpose(*A), nbr, W)
+    ptr, c, v = A  # A·Aᵀ as the cross product of [A; A]: rows [0, n) against rows [n, 2n)
+    return csr_cross_dense(torch.cat([ptr, ptr[1:] + ptr[-1]]), torch.cat([c, c]), torch.cat([v, v]), n)
+
+
+def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int | None, k2: int,
+                          layers: int = 2) -> torch.Tensor:
+    """Steps 2-3 of SPEC §3 with torch.sparse on the inputs' device (cuSPARSE on CUDA);
+    ``num_queries`` None: every item a query against all items.
 
     The CUDA path when pycsa was built without its CUDA kernels; equal to
     :func:`gnn_similarity`.
@@ -82,6 +101,8 @@ def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2
         val = torch.where(norm > 0, val / norm.clamp_min(torch.finfo(val.dtype).tiny), val)
         A = torch.sparse_coo_tensor(idx, val, (n, n), is_coalesced=True, check_invariants=False)
     idx, val = A.indices(), A.values()
+    if num_queries is None:  # every item a query against all items
+        return torch.sparse.mm(A, A.to_dense().T)
     query = idx[0] < num_queries
     Aq = torch.sparse_coo_tensor(idx[:, query], val[query], (num_queries, n), is_coalesced=True,
                                  check_invariants=False)
@@ -91,9 +112,15 @@ def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2
 
 
 def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: float = 0.0, *,
-               layers: int = 2, return_ranking: bool = False):
+               layers: int = 2, return_ranking: bool = False, leave_one_out: bool | None = False):
     """GNN re-ranking: the q x g similarity (higher is better), or with ``return_ranking``
     the q x g ranking (gallery indices by descending similarity, ties to the lower index).
+
+    ``leave_one_out``: the queries are the gallery's own rows (every item a query against
+    all items). The graph is then built once over the gallery, as the protocol means,
+    instead of over [queries; gallery], where each item would appear twice and be its own
+    nearest neighbour. False (the default here, as the public code does): the joint graph;
+    None: detect it (the same array, or equal values); True: the caller says so.
 
     Inputs are numpy arrays or torch tensors (rows are items, ideally L2-normalised);
     the result comes back in the same kind and on the same device. CPU: the C++ graph
@@ -111,12 +138,17 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
     if Q.device != G.device:
         raise ValueError(f"query_feats: on {Q.device} but gallery_feats is on {G.device}")
     device = Q.device
+    self_mode = leave_one_out_rows(leave_one_out, Q, G)
     Q, G = Q.float(), G.float()
-    Z = torch.cat([Q, G])
+    Z = G if self_mode else torch.cat([Q, G])
     k1 = min(k1, Z.shape[0])
     k2 = min(k2, k1)
     S, R = knn_graph(Z, k1)
-    if device.type == "cpu" or _extension.has_cuda_kernels():
+    if self_mode and (device.type == "cpu" or _extension.has_cuda_kernels()):
+        sim = gnn_self_similarity(S, R, k2, layers)
+    elif self_mode:
+        sim = gnn_similarity_sparse(S, R, None, k2, layers)
+    elif device.type == "cpu" or _extension.has_cuda_kernels():
         sim = gnn_similarity(S, R, Q.shape[0], k2, layers)  # the graph is on the device already
     else:
         sim = gnn_similarity_sparse(S, R, Q.shape[0], k2, layers)
@@ -128,13 +160,16 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
 
 @register("gnn")
 class GNN(Reranker):
-    """GNN re-ranking over the queries and the whole database; top-k by GNN similarity."""
+    """GNN re-ranking over the queries and the whole database; top-k by GNN similarity.
+    When the queries are the database's rows (detected, or ``leave_one_out=True``), the
+    graph is built over the database alone (see :func:`gnn_rerank`)."""
 
-    def __init__(self, k1: int = 26, k2: int = 7, lamb: float = 0.0):
+    def __init__(self, k1: int = 26, k2: int = 7, lamb: float = 0.0, leave_one_out: bool | None = None):
         self.k1, self.k2, self.lamb = _params(k1, k2, lamb)
+        self.leave_one_out = leave_one_out
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        sim = gnn_rerank(Q, X, self.k1, self.k2, self.lamb)
+        sim = gnn_rerank(Q, X, self.k1, self.k2, self.lamb, leave_one_out=self.leave_one_out)
         scores, indices = topk_lower_index(sim, ranking.indices.shape[1])
         if progress is not None:
             progress(Q.shape[0], Q.shape[0])

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from .._checks import positive_int, unit_interval
-from .._tensors import as_tensor, check_finite, to_caller
+from .._tensors import as_tensor, check_finite, leave_one_out as leave_one_out_rows, to_caller
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import topk_lower_index
 from ..ops import _extension
@@ -83,19 +83,39 @@ def k_reciprocal_features(query_feats, gallery_feats, k1: int = 20, k2: int = 6,
     return to_caller(out, was_numpy)
 
 
+def k_reciprocal_self(feats, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+    """k-reciprocal re-ranking with every item a query against all items (the leave-one-out
+    protocol): the graph is built once over the rows of ``feats``, so an item is not its own
+    duplicate neighbour as it would be in ``k_reciprocal_features(feats, feats)``. N x N."""
+    k1, k2, lam = _params(k1, k2, lambda_value)
+    F = _matrix(feats, "feats")
+    was_numpy = not isinstance(feats, torch.Tensor)
+    if F.shape[0] < 1:
+        raise ValueError("feats: needs at least one row")
+    _require_kernels(F.device, "k_reciprocal_self")
+    out = torch.ops.pycsa.k_reciprocal_self(F.float(), k1, k2, lam)
+    return to_caller(out, was_numpy)
+
+
 @register("k_reciprocal")
 class KReciprocal(Reranker):
     """k-reciprocal re-ranking of the whole database (Euclidean distances of the features).
 
     Returns the top-k (k = the input ranking's depth) by ascending final distance;
-    scores are ``1 - distance``.
+    scores are ``1 - distance``. When the queries are the database's rows (detected, or
+    ``leave_one_out=True``), the graph is built over the database alone
+    (:func:`k_reciprocal_self`).
     """
 
-    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3):
+    def __init__(self, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, leave_one_out: bool | None = None):
         self.k1, self.k2, self.lambda_value = _params(k1, k2, lambda_value)
+        self.leave_one_out = leave_one_out
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        dist = k_reciprocal_features(Q, X, self.k1, self.k2, self.lambda_value)
+        if leave_one_out_rows(self.leave_one_out, Q, X):
+            dist = k_reciprocal_self(X, self.k1, self.k2, self.lambda_value)
+        else:
+            dist = k_reciprocal_features(Q, X, self.k1, self.k2, self.lambda_value)
         scores, indices = topk_lower_index(1.0 - dist, ranking.indices.shape[1])
         if progress is not None:
             progress(Q.shape[0], Q.shape[0])
