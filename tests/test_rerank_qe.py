@@ -57,6 +57,20 @@ def test_database_augmentation_matches_loop(name, kind, device):
     _assert_ranks(new.indices, Q, Xa, 25)
 
 
+def test_alpha_qe_dba_expands_the_query_in_the_augmented_database(device):
+    Q, X = _data(seed=2)
+    s, i = pycsa.search(Q, X, 20)
+    new = pycsa.create("alpha_qe_dba", k=3).rerank(Q.to(device), X.to(device), pycsa.Ranking(i.to(device), s.to(device)))
+    sx, ix = pycsa.search(X, X, 4)
+    Xa = torch.stack([_loop_expand(X[j], X, ix[j, 1:], sx[j, 1:], "alpha") for j in range(X.shape[0])]).float()
+    sa, ia = pycsa.search(Q, Xa, 3)  # the query's top-3 in the augmented database expand it
+    expanded = torch.stack([_loop_expand(Q[b], Xa, ia[b], sa[b], "alpha") for b in range(Q.shape[0])])
+    assert new.indices.shape == (9, 20)
+    _assert_ranks(new.indices, expanded, Xa, 20)
+    chain = pycsa.create("alpha_dba+alpha_qe").rerank(Q, X, pycsa.Ranking(i, s))
+    assert not torch.equal(chain.indices, new.indices.cpu())  # the chain's QE searches the original database
+
+
 def test_refits_when_the_database_changes():
     Q, X = _data(seed=2)
     r = pycsa.create("dba", k=2).fit(X)

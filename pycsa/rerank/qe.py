@@ -124,3 +124,34 @@ class AlphaDBA(_DatabaseAugmentation):
     """αDBA: database rows expanded with weights max(similarity, 0)^α."""
 
     kind = "alpha"
+
+
+@register("alpha_qe_dba")
+class AlphaQEDBA(Reranker):
+    """αDBA on the database (offline), then αQE against the augmented database: the query's
+    top-k in the augmented database expand it, and the expanded query searches the augmented
+    database again. The standard combination of the two (Radenović et al. 2018), unlike the
+    chain ``alpha_dba+alpha_qe``, whose query expansion searches the original database.
+    The input ranking's order is not used: the first search is against the augmented
+    database; its depth is the output's."""
+
+    def __init__(self, k: int = 10, alpha: float = 3.0, dba_k: int | None = None, dba_alpha: float | None = None):
+        self.k, self.alpha = positive_int(k, "k"), float(alpha)
+        self.dba_k = self.k if dba_k is None else positive_int(dba_k, "dba_k")
+        self.dba_alpha = self.alpha if dba_alpha is None else float(dba_alpha)
+        self._dba = AlphaDBA(self.dba_k, self.dba_alpha)
+
+    def fit(self, database, *, progress: Progress = None):
+        self._dba.fit(database, progress=progress)
+        return self
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        if self._dba._source is None or not self._dba._source.same_database(X):
+            self._dba.fit(X)
+        augmented = self._dba._augmented
+        depth = ranking.indices.shape[1]
+        k = min(self.k, X.shape[0])
+        scores, indices = augmented.search(Q, k)
+        Qe = expand(Q, augmented.database, indices, scores, "alpha", self.alpha)
+        scores, indices = augmented.search(Qe, depth, progress=progress)
+        return Ranking(indices, scores)
