@@ -1,5 +1,5 @@
 """The ``pycsa`` command: the only place that prints tables, draws plots and shows
-progress. One module per command (demo, extract, evaluate, train, rerank); output.py holds what
+progress. One module per command (demo, extract, evaluate, train, rerank, tune); output.py holds what
 they share on screen, rerankers.py how a method name becomes a fitted re-ranker."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pycsa
 
-from . import demo, evaluate, extract, rerank, train
+from . import demo, evaluate, extract, rerank, train, tune
 
 __all__ = ["main"]
 
@@ -16,7 +16,7 @@ __all__ = ["main"]
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pycsa", description="Fast re-ranking for image retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for command in (demo, extract, evaluate, train, rerank):
+    for command in (demo, extract, evaluate, train, rerank, tune):
         command.add_parser(sub)
     methods = sub.add_parser("methods", help="list the re-rankers")
     methods.set_defaults(run=lambda a: print("\n".join(pycsa.available())) or 0)

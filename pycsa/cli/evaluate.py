@@ -12,7 +12,7 @@ from pycsa.datasets import load_gnd, load_retrieval_features
 from pycsa.evaluate import bullseye, class_map, reid, revisited
 
 from .output import format_table, pct, plot_bars, progress_bar
-from .rerankers import learned_args, parse_methods, run_reranker
+from .rerankers import learned_args, parse_methods, run_reranker, with_tuned
 
 
 def add_parser(sub) -> None:
@@ -39,12 +39,16 @@ def add_parser(sub) -> None:
     ev.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="evaluate on one half of the classes only (e.g. the half a model was not trained on)")
     ev.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
+    ev.add_argument("--config", help="a `pycsa tune` result (tuned.json): tuned methods run with its parameters, "
+                                     "and --method all means the methods it tuned")
     ev.set_defaults(run=run)
 
 
 def run(args) -> int:
     learned = learned_args(args)
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
+    if learned["config"] is not None:
+        methods = with_tuned(methods, learned, args.method, args.config)
     if args.k < 1:
         raise ValueError(f"--k: must be a positive int, got {args.k}")
     fs = load_retrieval_features(args.features)

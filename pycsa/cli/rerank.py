@@ -7,7 +7,7 @@ import pycsa
 from pycsa.datasets import load_retrieval_features
 
 from .output import progress_bar
-from .rerankers import learned_args, parse_methods, run_reranker
+from .rerankers import learned_args, parse_methods, run_reranker, with_tuned
 
 
 def add_parser(sub) -> None:
@@ -20,6 +20,7 @@ def add_parser(sub) -> None:
     rr.add_argument("--rrt-top", type=int, default=None, help="RRT re-ranks each query's top-N (default 100)")
     rr.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
     rr.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
+    rr.add_argument("--config", help="a `pycsa tune` result (tuned.json): tuned methods run with its parameters")
     rr.add_argument("--out", required=True, help=".npz file for the new ranking (indices, scores)")
     rr.set_defaults(run=run)
 
@@ -27,6 +28,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     learned = learned_args(args)
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
+    if learned["config"] is not None:
+        methods = with_tuned(methods, learned, args.method, args.config)
     if len(methods) != 1:
         raise ValueError("--method: name one re-ranker (or one chain 'a+b') for `pycsa rerank`")
     fs = load_retrieval_features(args.features)

@@ -31,19 +31,32 @@ def learned_args(args) -> dict:
 
     locals_ = getattr(args, "locals", None)
     qlocals = getattr(args, "query_locals", None)
+    config = getattr(args, "config", None)
+    if config is not None:
+        from pycsa.tune import load_config
+
+        config = load_config(config)
     return {"checkpoints": checkpoints(getattr(args, "checkpoint", None)), "csa_k": getattr(args, "csa_k", None),
+            "config": config,
             "rrt_top": getattr(args, "rrt_top", None),
             "locals": None if locals_ is None else load_local_descriptors(locals_),
             "query_locals": None if qlocals is None else load_local_descriptors(qlocals)}
 
 
 def build_reranker(name: str, learned: dict | None = None):
-    """A re-ranker or chain by name; learned methods get their checkpoint (and CSA's K, RRT's locals)."""
+    """A re-ranker or chain by name; learned methods get their checkpoint (and CSA's K, RRT's
+    locals); with ``learned["config"]`` (a `pycsa tune` result) the tuned parameters."""
     learned = learned or {"checkpoints": {}}
+    tuned = None
+    if learned.get("config") is not None:
+        from pycsa.tune import tuned_stages
+
+        tuned = tuned_stages(learned["config"], name)
     made = []
-    for part in name.split("+"):
+    for i, part in enumerate(name.split("+")):
+        params = tuned[i][1] if tuned is not None else {}
         if not needs_checkpoint(part):
-            made.append(pycsa.create(part))
+            made.append(pycsa.create(part, **params))
             continue
         path = learned["checkpoints"].get(part)
         if path is None:
@@ -58,7 +71,7 @@ def build_reranker(name: str, learned: dict | None = None):
             kwargs.update(locals=learned["locals"], query_locals=learned.get("query_locals"))
             if learned.get("rrt_top") is not None:
                 kwargs["top"] = learned["rrt_top"]
-        made.append(pycsa.create(part, checkpoint=path, **kwargs))
+        made.append(pycsa.create(part, checkpoint=path, **kwargs, **params))
     return made[0] if len(made) == 1 else pycsa.Chain(made)
 
 
@@ -90,3 +103,21 @@ def parse_methods(spec: str, learned=frozenset()) -> list[str]:
                 raise ValueError(f"--method: unknown re-ranker {part!r}; available: {', '.join(pycsa.available())}")
     return names
 
+
+
+def with_tuned(methods: list[str], learned: dict, spec: str, path) -> list[str]:
+    """With --config, 'all' means the methods the config tuned (those whose learned stages
+    have a checkpoint); prints the parameters each method runs with."""
+    from pycsa.tune import tuned_stages
+
+    config = learned["config"]
+    if "all" in [m.strip() for m in spec.split(",")]:
+        named = [m.strip() for m in spec.split(",") if m.strip() and m.strip() != "all"]
+        methods = named + [name for name in config["methods"] if name not in named and all(
+            p in learned["checkpoints"] or not needs_checkpoint(p) for p in name.split("+"))]
+    for name in methods:
+        stages = tuned_stages(config, name)
+        if stages is not None:
+            shown = " + ".join(f"{n}({', '.join(f'{k}={v}' for k, v in p.items())})" for n, p in stages)
+            print(f"{name}: tuned parameters from {path}: {shown}")
+    return methods

@@ -1,0 +1,98 @@
+"""`pycsa tune`: the best parameters of each re-ranker on a labelled validation set."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pycsa
+from pycsa.datasets import load_gnd, load_retrieval_features
+from pycsa.tune import SLOW, Scorer, tune
+
+from .output import echo, format_table, progress_bar
+from .rerankers import learned_args, parse_methods
+
+
+def add_parser(sub) -> None:
+    tu = sub.add_parser("tune", help="search each re-ranker's parameters on a labelled validation set")
+    tu.add_argument("--features", required=True,
+                    help="validation features: labelled (classes, or re-ID with cameras), or with --gnd. Its "
+                         "classes must not be those of the data you will test on (use --class-split, or a "
+                         "separate file)")
+    truth = tu.add_mutually_exclusive_group()
+    truth.add_argument("--gnd", help="Revisited Oxford/Paris ground truth for the features' queries")
+    truth.add_argument("--labels", action="store_true", help="score with the labels in the features file (default)")
+    tu.add_argument("--class-split", default="all", choices=["all", "first", "second"],
+                    help="tune on one half of the classes only (then evaluate on the other half)")
+    tu.add_argument("--method", default="all",
+                    help="comma-separated re-rankers or chains 'a+b', or 'all' (every training-free one but "
+                         f"{', '.join(sorted(SLOW))}, plus learned ones given --checkpoint)")
+    tu.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
+    tu.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
+    tu.add_argument("--budget", type=float, default=None,
+                    help="seconds in all (shared between the methods); the best found so far is kept")
+    tu.add_argument("--margin", type=float, default=0.1,
+                    help="a parameter leaves its current value only for a gain above this many points (0.1)")
+    tu.add_argument("--out", required=True, help="JSON file of the tuned settings (for --config and "
+                                                 "pycsa.create_from_config)")
+    tu.set_defaults(run=run)
+
+
+def run(args) -> int:
+    if not args.out.endswith(".json"):
+        raise ValueError(f"--out: must end in .json, got {args.out}")
+    if args.budget is not None and not args.budget > 0:
+        raise ValueError(f"--budget: must be a positive number of seconds, got {args.budget}")
+    learned = learned_args(args)
+    methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
+    if "all" in [m.strip() for m in args.method.split(",")]:
+        methods = [m for m in methods if m not in SLOW]
+    fs = load_retrieval_features(args.features)
+    if args.class_split != "all":
+        fs = fs.class_half(args.class_split)
+    gnd = None
+    if args.gnd:
+        mode, gnd = "revisited", load_gnd(args.gnd)
+        if len(gnd["gnd"]) != fs.queries.shape[0] or len(gnd["imlist"]) != fs.database.shape[0]:
+            raise ValueError(f"--gnd: {args.gnd} does not list the features' {fs.queries.shape[0]} queries and "
+                             f"{fs.database.shape[0]} database images")
+    elif fs.has_cams and fs.has_labels:
+        mode = "reid"
+    elif fs.has_labels:
+        mode = "classes"
+    else:
+        raise ValueError(f"--features: {args.features} has no labels: pass --gnd FILE, or features with labels")
+    if len(fs.splits()) > 1:
+        fs = fs.splits()[0]  # the first split of the test identities is the validation set
+    stage_kwargs = {}
+    for name, path in learned["checkpoints"].items():
+        stage_kwargs[name] = {"checkpoint": path}
+        if name == "csa" and learned.get("csa_k") is not None:
+            stage_kwargs[name]["k"] = learned["csa_k"]
+    scorer = Scorer(mode, fs, gnd)
+    Q, X = fs.queries, fs.database
+    print(f"pycsa {pycsa.__version__} tune: {args.features}"
+          + (f" (classes: {args.class_split} half)" if args.class_split != "all" else "")
+          + f": {Q.shape[0]} queries, {X.shape[0]} database items; score: {scorer.metric}")
+    print(f"methods: {', '.join(methods)}" + (f"; budget {args.budget:g} s" if args.budget else "") + "\n")
+    with progress_bar("tune", unit="setting") as cb:
+        result = tune(methods, Q, X, scorer, learned=stage_kwargs, budget=args.budget, margin=args.margin,
+                      progress=cb, report=echo)
+    result.update(features=str(args.features), class_split=args.class_split, protocol=mode,
+                  gnd=args.gnd, num_queries=int(Q.shape[0]), num_database=int(X.shape[0]))
+    rows = [{"method": "cosine (no re-ranking)", "default": f"{result['cosine']:.2f}", "tuned": "",
+             "parameters": ""}]
+    for name, entry in sorted(result["methods"].items(), key=lambda kv: -kv[1]["score"]):
+        params = " + ".join(", ".join(f"{k}={v}" for k, v in p.items()) or "-" for _, p in entry["stages"])
+        rows.append({"method": name, "default": f"{entry['default_score']:.2f}", "tuned": f"{entry['score']:.2f}",
+                     "parameters": params})
+    print("\n" + format_table(rows, ["method", "default", "tuned", "parameters"]))
+    print(f"\n{scorer.metric} in percent on the validation set; best: {result.get('best')}")
+    out = Path(args.out)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    with os.fdopen(fd, "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(tmp, out)
+    print(f"wrote {args.out}: `pycsa eval --config {args.out}` or pycsa.create_from_config('{args.out}')")
+    return 0

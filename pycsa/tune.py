@@ -1,0 +1,329 @@
+"""The best re-ranker and parameters for a user's data: a search on a labelled validation set.
+
+Each method's main parameters are searched coordinate by coordinate from its defaults: every
+value of one parameter with the others fixed, the best kept, then the next parameter; rounds
+repeat until one changes nothing. A value replaces the current one only when it beats it by
+more than ``margin`` (0.1 points) and by more than two standard errors of the per-class
+differences (per query for Revisited), so that noise on a small validation set does not
+pull a parameter away from its default (on MPEG-7, gains below that did not carry over
+from one half of the classes to the other). The score is the data's own protocol (see
+:class:`Scorer`). Learned methods (CSA, RRT) take part with a trained checkpoint; their own
+training parameters are not searched here.
+
+The result is a JSON-able dict (``pycsa tune --out tuned.json``) that
+:func:`create_from_config` and ``pycsa eval/rerank --config`` turn back into re-rankers.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .ranking import Chain, Ranking, Reranker, create, registered
+
+__all__ = ["SEARCH_SPACES", "search_space", "Scorer", "tune_method", "tune", "create_from_config",
+           "load_config", "CONFIG_FORMAT"]
+
+CONFIG_FORMAT = 1
+_SMALL = (1, 2, 3, 5, 7, 10, 15, 20)
+
+# The main parameters of each re-ranker and the values tried (defaults included).
+SEARCH_SPACES: dict[str, dict[str, tuple]] = {
+    "aqe": {"k": _SMALL},
+    "aqewd": {"k": _SMALL},
+    "alpha_qe": {"k": _SMALL, "alpha": (1.0, 2.0, 3.0, 5.0)},
+    "dba": {"k": _SMALL},
+    "alpha_dba": {"k": _SMALL, "alpha": (1.0, 2.0, 3.0, 5.0)},
+    "alpha_qe_dba": {"k": (1, 2, 3, 5, 7, 10), "dba_k": _SMALL, "alpha": (1.0, 3.0, 5.0)},
+    "diffusion": {"k": (5, 10, 15, 20, 30, 50, 100), "gamma": (1.0, 2.0, 3.0), "alpha": (0.8, 0.9, 0.95, 0.99),
+                  "query_k": (3, 5, 10, 20)},
+    "diffusion_truncated": {"T": (100, 200, 500, 1000), "k": (5, 10, 20, 50), "alpha": (0.8, 0.9, 0.99)},
+    "gnn": {"k1": (5, 10, 15, 20, 26, 35, 52, 80), "k2": (1, 2, 3, 5, 7, 10, 14), "lamb": (0.0, 0.1, 0.3)},
+    "k_reciprocal": {"k1": (5, 10, 15, 20, 30, 40, 60), "k2": (1, 3, 6, 10), "lambda_value": (0.0, 0.1, 0.3, 0.5)},
+    "superglobal": {"M": (50, 100, 200, 400), "K": (3, 5, 9, 15), "beta": (0.05, 0.15, 0.3)},
+}
+# integer sizes that cannot exceed the database: larger values are not tried
+_SIZE_PARAMS = {"k", "k1", "k2", "dba_k", "query_k", "M", "K", "T"}
+# slow enough that "all" leaves them out (name them to tune them)
+SLOW = {"diffusion_truncated"}
+
+
+def search_space(name: str, n: int | None = None) -> dict[str, tuple]:
+    """The values tried for re-ranker ``name`` (its ``search_space`` class attribute for
+    re-rankers registered outside pycsa); sizes capped at ``n`` database items."""
+    space = SEARCH_SPACES.get(name)
+    if space is None:
+        space = getattr(registered(name), "search_space", None) or {}
+    out = {}
+    for param, values in space.items():
+        if n is not None and param in _SIZE_PARAMS:
+            kept = tuple(v for v in values if v <= n)
+            values = kept or (min(values),)
+        out[param] = tuple(values)
+    return out
+
+
+def _defaults(name: str) -> dict:
+    import inspect
+
+    sig = inspect.signature(registered(name).__init__)
+    return {p.name: p.default for p in sig.parameters.values()
+            if p.name != "self" and p.default is not inspect.Parameter.empty}
+
+
+@dataclass
+class Scorer:
+    """A ranking's score on the validation set, in percent, by the data's protocol:
+    'classes' (mAP over every item as a query against the others, the item itself left
+    out), 'reid' (mAP with the same-camera rule) or 'revisited' (the mean of the Medium
+    and Hard mAP of a gnd file)."""
+
+    mode: str
+    fs: object
+    gnd: dict | None = None
+
+    @property
+    def metric(self) -> str:
+        return {"classes": "mAP", "reid": "mAP", "revisited": "mAP (mean of Medium and Hard)"}[self.mode]
+
+    def __call__(self, ranking: Ranking) -> float:
+        return self.evaluate(ranking)[0]
+
+    def evaluate(self, ranking: Ranking):
+        """(score, the scores of its parts or None: per class, or per query for Revisited):
+        the parts let the search tell a real gain from noise."""
+        from .evaluate import class_map, reid, revisited
+
+        indices = np.asarray(ranking.indices)
+        if self.mode == "classes":
+            fs = self.fs
+            m, aps = class_map(indices, fs.query_labels, fs.db_labels, exclude_self=fs.queries_are_database,
+                               return_aps=True)
+            # per class, not per query: the tuned setting must carry over to other classes, and
+            # the queries of one class move together
+            aps = np.asarray(aps, dtype=np.float64)
+            labels = np.asarray(fs.query_labels)
+            per_class = np.array([np.nanmean(aps[labels == c]) if np.isfinite(aps[labels == c]).any() else np.nan
+                                  for c in np.unique(labels)])
+            return 100.0 * m, 100.0 * per_class
+        if self.mode == "revisited":
+            res = revisited(indices, self.gnd)
+            aps = 0.5 * (np.asarray(res["medium"]["aps"]) + np.asarray(res["hard"]["aps"]))
+            return 100.0 * 0.5 * (res["medium"]["mAP"] + res["hard"]["mAP"]), 100.0 * aps
+        fs = self.fs
+        scores = np.asarray(ranking.scores, dtype=np.float64)
+        q, n = indices.shape[0], fs.database.shape[0]
+        dist = np.full((q, n), np.inf)
+        dist[np.arange(q)[:, None], indices] = 1.0 - scores
+        _, m = reid(dist, fs.query_labels, fs.db_labels, fs.query_cams, fs.db_cams, max_rank=min(10, n))
+        return 100.0 * m, None
+
+
+def _build(stages: list[tuple[str, dict]], learned: dict | None) -> Reranker:
+    made = []
+    for name, params in stages:
+        extra = (learned or {}).get(name, {})
+        made.append(create(name, **extra, **params))
+    return made[0] if len(made) == 1 else Chain(made)
+
+
+@dataclass
+class TuneResult:
+    method: str
+    stages: list
+    """[(stage name, tuned parameters)], one per stage of the chain."""
+    score: float
+    default_score: float
+    evaluations: int
+    seconds: float
+    stopped_by_budget: bool = False
+    history: list = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"stages": [[n, p] for n, p in self.stages], "score": round(self.score, 4),
+                "default_score": round(self.default_score, 4), "evaluations": self.evaluations,
+                "seconds": round(self.seconds, 2), "stopped_by_budget": self.stopped_by_budget}
+
+
+def tune_method(method: str, Q, X, ranking: Ranking, scorer: Callable[[Ranking], float], *,
+                learned: dict | None = None, deadline: float | None = None, margin: float = 0.1,
+                standard_errors: float = 2.0, max_rounds: int = 3,
+                on_eval: Callable[[int], None] | None = None) -> TuneResult:
+    """Coordinate search over the parameters of ``method`` (a name or a chain 'a+b'), each
+    stage's parameters in turn. ``learned``: constructor arguments of learned stages
+    ({"csa": {"checkpoint": ...}}). ``deadline``: time.monotonic() after which the search
+    stops with the best found so far."""
+    names = method.split("+")
+    n = X.shape[0]
+    current = [{} for _ in names]  # only what differs from the defaults
+    coords = [(s, p, vals) for s, name in enumerate(names) for p, vals in search_space(name, n).items()]
+    defaults = [_defaults(name) for name in names]
+    cache: dict = {}
+    t0 = time.monotonic()
+    stopped = False
+
+    def key(params):
+        return tuple(tuple(sorted(p.items())) for p in params)
+
+    def evaluate(params):
+        k = key(params)
+        if k not in cache:
+            reranker = _build(list(zip(names, params)), learned)
+            new = reranker.fit(X).rerank(Q, X, ranking)
+            out = scorer.evaluate(new) if hasattr(scorer, "evaluate") else (scorer(new), None)
+            cache[k] = (float(out[0]), out[1])
+            if on_eval is not None:
+                on_eval(len(cache))
+        return cache[k]
+
+    def better(new, old) -> bool:
+        """A gain above ``margin`` and, where the scorer gives per-class (or per-query)
+        scores, above ``standard_errors`` standard errors of their paired differences: a
+        gain the validation set can tell from noise."""
+        gain = new[0] - old[0]
+        if gain <= margin:
+            return False
+        if new[1] is None or old[1] is None:
+            return True
+        diff = new[1] - old[1]
+        diff = diff[~np.isnan(diff)]
+        return diff.size < 2 or gain > standard_errors * diff.std(ddof=1) / math.sqrt(diff.size)
+
+    best_eval = evaluate(current)
+    best = best_eval[0]
+    default_score = best
+    history = [(dict(enumerate(current)), best)]
+    for _ in range(max_rounds):
+        changed = False
+        for s, param, values in coords:
+            here = current[s].get(param, defaults[s].get(param))
+            for v in values:
+                if v == here:
+                    continue
+                if deadline is not None and time.monotonic() > deadline:
+                    stopped = True
+                    break
+                trial = [dict(p) for p in current]
+                trial[s][param] = v
+                result = evaluate(trial)
+                if better(result, best_eval):
+                    best_eval, best, current, changed = result, result[0], trial, True
+                    history.append((dict(enumerate(current)), best))
+            if stopped:
+                break
+        if stopped or not changed:
+            break
+    stages = [(name, {**{p: defaults[s].get(p) for p in search_space(name, n)}, **current[s]})
+              for s, name in enumerate(names)]
+    return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history)
+
+
+def tune(methods: list[str], Q, X, scorer: Callable[[Ranking], float], *, depth: int | None = None,
+         learned: dict | None = None, budget: float | None = None, margin: float = 0.1,
+         standard_errors: float = 2.0, progress: Callable[[int, int], None] | None = None, report: Callable[[str], None] | None = None) -> dict:
+    """Tunes each method in turn on (Q, X) (the validation set) and returns the config dict:
+    {"format", "metric", "cosine", "methods": {name: TuneResult.to_json()}, "best"}.
+    ``budget`` seconds are shared out: each method gets what is left over the methods left."""
+    from .search import search
+
+    n = X.shape[0]
+    depth = n if depth is None else min(depth, n)
+    scores, indices = search(Q, X, depth)
+    ranking = Ranking(indices, scores)
+    cosine = float(scorer(ranking))
+    out = {"format": CONFIG_FORMAT, "metric": getattr(scorer, "metric", "score"), "cosine": round(cosine, 4),
+           "methods": {}}
+    start = time.monotonic()
+    total = sum(_grid_size(m, n) for m in methods)
+    done = 0
+    for i, method in enumerate(methods):
+        deadline = None
+        if budget is not None:
+            left = budget - (time.monotonic() - start)
+            deadline = time.monotonic() + max(0.0, left / (len(methods) - i))
+        base = done
+
+        def on_eval(count, base=base):
+            if progress is not None:
+                progress(min(total, base + count), total)
+
+        result = tune_method(method, Q, X, ranking, scorer, learned=learned, deadline=deadline, margin=margin,
+                             standard_errors=standard_errors, on_eval=on_eval)
+        done = base + _grid_size(method, n)
+        if progress is not None:
+            progress(min(done, total), total)
+        out["methods"][method] = result.to_json()
+        if report is not None:
+            report(f"{method}: {result.default_score:.2f} at its defaults, {result.score:.2f} tuned "
+                   f"({result.evaluations} settings, {result.seconds:.1f} s)"
+                   + (" - stopped by the budget" if result.stopped_by_budget else ""))
+    if out["methods"]:
+        out["best"] = max(out["methods"], key=lambda m: out["methods"][m]["score"])
+    return out
+
+
+def _grid_size(method: str, n: int) -> int:
+    """A rough count of settings one round of the search tries (for the progress bar)."""
+    return 1 + sum(len(v) - 1 for name in method.split("+") for v in search_space(name, n).values())
+
+
+def load_config(config) -> dict:
+    """A tune result: a dict, or the path of the JSON file ``pycsa tune`` wrote."""
+    if isinstance(config, dict):
+        cfg = config
+    else:
+        path = Path(os.fspath(config))
+        if not path.is_file():
+            raise FileNotFoundError(f"--config: no such file: {path}")
+        try:
+            cfg = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--config: {path} is not a JSON file written by `pycsa tune` ({exc})") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT or not isinstance(cfg.get("methods"), dict):
+        raise ValueError(f"--config: {config if not isinstance(config, dict) else 'the dict'} is not a `pycsa tune` "
+                         f"result (format {CONFIG_FORMAT} with 'methods')")
+    for name, entry in cfg["methods"].items():
+        stages = entry.get("stages") if isinstance(entry, dict) else None
+        if (not isinstance(stages, list) or [s[0] for s in stages] != name.split("+")
+                or not all(isinstance(s[1], dict) for s in stages)):
+            raise ValueError(f"--config: the entry for {name!r} has no valid 'stages' ([[name, params], ...])")
+        for stage, params in stages:
+            for p, v in params.items():
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise ValueError(f"--config: {name}: {stage}.{p} = {v} is not finite")
+    return cfg
+
+
+def tuned_stages(config, method: str) -> list[tuple[str, dict]] | None:
+    """The tuned (stage, params) of ``method``: its own entry, else each stage's own entry
+    where the config has one (defaults for the others); None when the config knows none."""
+    cfg = load_config(config)
+    entry = cfg["methods"].get(method)
+    if entry is not None:
+        return [(n, dict(p)) for n, p in entry["stages"]]
+    parts = method.split("+")
+    found = [cfg["methods"].get(p) for p in parts]
+    if not any(e is not None and len(e["stages"]) == 1 for e in found):
+        return None
+    return [(p, dict(e["stages"][0][1]) if e is not None and len(e["stages"]) == 1 else {})
+            for p, e in zip(parts, found)]
+
+
+def create_from_config(config, method: str | None = None, **learned_kwargs) -> Reranker:
+    """The re-ranker ``method`` (default: the config's best) with its tuned parameters.
+    ``learned_kwargs``: constructor arguments of learned stages, e.g.
+    ``csa={"checkpoint": "csa.pt"}``."""
+    cfg = load_config(config)
+    method = method or cfg.get("best")
+    if method is None:
+        raise ValueError("method: the config holds no tuned method")
+    stages = tuned_stages(cfg, method)
+    if stages is None:
+        raise ValueError(f"method: {method!r} was not tuned in this config (tuned: {', '.join(cfg['methods'])})")
+    return _build(stages, learned_kwargs)

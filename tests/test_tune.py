@@ -1,0 +1,184 @@
+"""pycsa.tune and `pycsa tune`: the search finds planted optima, keeps defaults against noise,
+honours its budget, and its result drives `pycsa eval/rerank --config` and create_from_config."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import pycsa
+from pycsa.cli import main
+from pycsa.datasets import load_retrieval_features
+from pycsa.ranking import Ranking, Reranker, register
+from pycsa.tune import Scorer, create_from_config, load_config, search_space, tune, tune_method
+
+
+def _labelled(n_classes=12, per_class=10, dim=24, noise=0.9, seed=0):
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((n_classes, dim))
+    labels = np.repeat(np.arange(n_classes), per_class)
+    X = centers[labels] + noise * rng.standard_normal((labels.size, dim))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+class _FS:  # the parts of a FeatureSet the class-mAP scorer reads
+    def __init__(self, X, y):
+        self.queries = self.database = X
+        self.query_labels = self.db_labels = y
+        self.queries_are_database = True
+
+
+class PlantedK(Reranker):
+    """The input ranking when k == 7; otherwise each query's top-10 reversed (worse)."""
+    search_space = {"k": (1, 3, 5, 7, 9, 11), "unused": (0.0, 1.0)}
+
+    def __init__(self, k: int = 1, unused: float = 0.0):
+        self.k, self.unused = k, unused
+
+    def _rerank(self, Q, X, ranking, progress):
+        if self.k == 7:
+            return ranking
+        idx, sc = ranking.indices.clone(), ranking.scores.clone()
+        idx[:, :10] = idx[:, :10].flip(1)
+        return Ranking(idx, sc)
+
+
+class NoisyK(Reranker):
+    """k == 4 swaps two items at the end of every ranking: a change far below any real gain."""
+    search_space = {"k": (2, 4, 6)}
+
+    def __init__(self, k: int = 2):
+        self.k = k
+
+    def _rerank(self, Q, X, ranking, progress):
+        idx = ranking.indices.clone()
+        if self.k == 4:
+            idx[:, -2:] = idx[:, -2:].flip(1)
+        return Ranking(idx, ranking.scores)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def toy_rerankers():
+    """Registered for this module's tests only: other tests list every registered method."""
+    from pycsa.ranking import _REGISTRY
+
+    for name, cls in (("planted_k_test", PlantedK), ("noisy_k_test", NoisyK)):
+        register(name)(cls)
+    yield
+    for name in ("planted_k_test", "noisy_k_test"):
+        _REGISTRY.pop(name, None)
+
+
+def _ranking(X):
+    s, i = pycsa.search(X, X, X.shape[0])
+    return Ranking(i, s)
+
+
+def test_the_search_finds_a_planted_best_k():
+    X, y = _labelled()
+    scorer = Scorer("classes", _FS(X, y))
+    r = tune_method("planted_k_test", X, X, _ranking(X), scorer)
+    assert r.stages == [("planted_k_test", {"k": 7, "unused": 0.0})]
+    assert r.score == pytest.approx(scorer(_ranking(X)))  # the input ranking, i.e. cosine
+    assert r.score > r.default_score + 1
+    assert r.evaluations <= 1 + 5 + 1 + 5  # one round to find k, one to confirm nothing moves
+
+
+def test_a_gain_within_noise_keeps_the_default():
+    X, y = _labelled(seed=1)
+    r = tune_method("noisy_k_test", X, X, _ranking(X), Scorer("classes", _FS(X, y)))
+    assert r.stages[0][1] == {"k": 2} and r.score == r.default_score
+
+
+def test_real_methods_tune_to_at_least_their_defaults():
+    X, y = _labelled(seed=2)
+    cfg = tune(["alpha_qe", "gnn"], X, X, Scorer("classes", _FS(X, y)))
+    for entry in cfg["methods"].values():
+        assert entry["score"] >= entry["default_score"]
+    assert cfg["best"] in ("alpha_qe", "gnn") and cfg["metric"] == "mAP"
+
+
+def test_sizes_are_capped_at_the_database():
+    assert search_space("gnn", 12)["k1"] == (5, 10)
+    assert search_space("alpha_qe", 2)["k"] == (1, 2)
+    assert search_space("planted_k_test")["k"] == (1, 3, 5, 7, 9, 11)
+
+
+def test_the_budget_stops_the_search():
+    X, y = _labelled(seed=3)
+    r = tune_method("planted_k_test", X, X, _ranking(X), Scorer("classes", _FS(X, y)), deadline=0.0)
+    assert r.stopped_by_budget and r.evaluations == 1 and r.stages[0][1]["k"] == 1
+
+
+def test_config_round_trip_and_create_from_config(tmp_path):
+    X, y = _labelled(seed=4)
+    cfg = tune(["planted_k_test", "alpha_qe"], X, X, Scorer("classes", _FS(X, y)))
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(cfg))
+    r = create_from_config(path, "planted_k_test")
+    assert isinstance(r, PlantedK) and r.k == 7
+    best = create_from_config(str(path))
+    assert best.name == cfg["best"]
+    chain = create_from_config(load_config(path), "alpha_qe+planted_k_test")  # each stage's own tuning
+    assert chain.rerankers[1].k == 7 and chain.rerankers[0].k == cfg["methods"]["alpha_qe"]["stages"][0][1]["k"]
+    with pytest.raises(ValueError, match="was not tuned"):
+        create_from_config(path, "gnn")
+
+
+@pytest.mark.parametrize("text, words", [("{", "not a JSON file"), ('{"format": 9, "methods": {}}', "not a `pycsa tune`"),
+                                         ('{"format": 1, "methods": {"gnn": {"stages": [["dba", {}]]}}}', "valid 'stages'")])
+def test_bad_configs_are_refused_by_name(tmp_path, text, words):
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(ValueError, match=words):
+        load_config(tmp_path / "bad.json")
+
+
+def _features_file(tmp_path):
+    X, y = _labelled(n_classes=16, per_class=12, seed=5)
+    np.savez(tmp_path / "f.npz", feats=X, labels=y)
+    return tmp_path / "f.npz"
+
+
+def test_cli_tune_then_eval_and_rerank_with_the_config(tmp_path, capsys):
+    f = _features_file(tmp_path)
+    out = tmp_path / "tuned.json"
+    assert main(["tune", "--features", str(f), "--class-split", "first", "--method", "alpha_qe,planted_k_test,gnn",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "planted_k_test" in text and "k=7" in text and f"wrote {out}" in text
+    cfg = load_config(out)
+    assert cfg["class_split"] == "first" and cfg["protocol"] == "classes" and set(cfg["methods"]) == {
+        "alpha_qe", "planted_k_test", "gnn"}
+
+    assert main(["eval", "--features", str(f), "--class-split", "second", "--config", str(out),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    text = capsys.readouterr().out
+    assert f"planted_k_test: tuned parameters from {out}: planted_k_test(k=7, unused=0.0)" in text
+    rows = {r["method"]: r["mAP"] for r in json.loads((tmp_path / "e.json").read_text())["rows"]}
+    assert set(rows) == {"cosine", "alpha_qe", "planted_k_test", "gnn"}  # 'all' = what was tuned
+    assert rows["planted_k_test"] == rows["cosine"]  # k=7 keeps the input ranking
+
+    # the same re-ranker from the API gives the eval's ranking
+    fs = load_retrieval_features(f).class_half("second")
+    r = create_from_config(out, "gnn")
+    new = r.rerank(fs.queries, fs.database, _ranking(fs.database))
+    assert np.asarray(new.indices).shape[0] == fs.queries.shape[0]
+
+    assert main(["rerank", "--features", str(f), "--method", "planted_k_test", "--config", str(out),
+                 "--out", str(tmp_path / "r.npz")]) == 0
+    assert "tuned parameters" in capsys.readouterr().out
+
+
+def test_cli_tune_errors(tmp_path, capsys):
+    f = _features_file(tmp_path)
+    assert main(["tune", "--features", str(f), "--out", str(tmp_path / "t.txt")]) == 2
+    assert "must end in .json" in capsys.readouterr().err
+    assert main(["tune", "--features", str(f), "--budget", "0", "--out", str(tmp_path / "t.json")]) == 2
+    assert "--budget" in capsys.readouterr().err
+    np.savez(tmp_path / "nolabels.npz", feats=np.eye(5, dtype=np.float32))
+    assert main(["tune", "--features", str(tmp_path / "nolabels.npz"), "--out", str(tmp_path / "t.json")]) == 2
+    assert "has no labels" in capsys.readouterr().err
+    assert main(["eval", "--features", str(f), "--config", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
