@@ -50,8 +50,6 @@ SEARCH_SPACES: dict[str, dict[str, tuple]] = {
 }
 # integer sizes that cannot exceed the database: larger values are not tried
 _SIZE_PARAMS = {"k", "k1", "k2", "dba_k", "query_k", "M", "K", "T"}
-# slow enough that "all" leaves them out (name them to tune them)
-SLOW = {"diffusion_truncated"}
 
 
 def search_space(name: str, n: int | None = None) -> dict[str, tuple]:

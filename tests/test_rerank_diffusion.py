@@ -123,16 +123,33 @@ def test_a_bad_cache_entry_is_named_and_rebuilt(tmp_path):
             pycsa.create("diffusion", k=5, cache_dir=str(tmp_path / "a")).fit(X)
 
 
-def test_truncated_matches_dense_per_query():
+def _dense_weights(X, k, gamma):
+    """The database's mutual kNN weights min(w_ij, w_ji), dense and not normalised."""
+    n = X.shape[0]
+    S = X.double() @ X.double().T
+    W = torch.zeros(n, n, dtype=torch.float64)
+    for i in range(n):
+        order = sorted(range(n), key=lambda j: (-float(S[i, j]), j))
+        for j in [j for j in order[:k + 1] if j != i][:k]:
+            W[i, j] = max(float(S[i, j]), 0.0) ** gamma
+    return torch.where((W > 0) & (W.T > 0), torch.minimum(W, W.T), torch.zeros_like(W))
+
+
+@pytest.mark.parametrize("T, k, kq, block", [(40, 6, 4, 1 << 25), (40, 6, 4, 500), (1, 3, 1, 1 << 25),
+                                            (90, 10, 5, 1 << 25)])
+def test_truncated_is_the_database_graph_restricted_to_each_list(T, k, kq, block):
     X = _data(90, seed=4)
     Q = torch.nn.functional.normalize(X[:5] + 0.1 * _data(5, seed=5), dim=1)
-    s, i = pycsa.search(Q, X, 60)
-    T, k, kq = 40, 6, 4
-    new = pycsa.create("diffusion_truncated", T=T, k=k, query_k=kq, alpha=0.9, iters=200).rerank(
-        Q, X, pycsa.Ranking(i, s))
+    s, i = pycsa.search(Q, X, 90)
+    new = pycsa.create("diffusion_truncated", T=T, k=k, query_k=kq, alpha=0.9, iters=200,
+                       block_elems=block).rerank(Q, X, pycsa.Ranking(i, s))
+    W = _dense_weights(X, k, 3.0)
     for b in range(5):
         top = i[b, :T]
-        A = torch.eye(T, dtype=torch.float64) - 0.9 * _dense_graph(X[top], k, 3.0)
+        M = W[top][:, top]  # the database graph between the candidates, normalised inside the list
+        d = M.sum(1)
+        inv = torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
+        A = torch.eye(T, dtype=torch.float64) - 0.9 * (inv[:, None] * M * inv[None, :])
         y = torch.zeros(T, dtype=torch.float64)
         y[:kq] = s[b, :kq].double().clamp(min=0) ** 3
         f = torch.linalg.solve(A, y)
@@ -141,3 +158,11 @@ def test_truncated_matches_dense_per_query():
         assert torch.allclose(new.scores[b, :T].double(), got, atol=1e-5)
         assert sorted(new.indices[b, :T].tolist()) == sorted(top.tolist())
         assert torch.equal(new.indices[b, T:], i[b, T:])  # the rest keeps its place
+
+
+def test_truncated_over_the_whole_database_is_full_diffusion():
+    X = _data(70, seed=6)
+    s, i = pycsa.search(X, X, 70)
+    full = pycsa.create("diffusion", k=8, alpha=0.9, iters=300).rerank(X, X, pycsa.Ranking(i, s))
+    trunc = pycsa.create("diffusion_truncated", T=70, k=8, alpha=0.9, iters=300).rerank(X, X, pycsa.Ranking(i, s))
+    torch.testing.assert_close(trunc.scores, full.scores, atol=1e-5, rtol=0)

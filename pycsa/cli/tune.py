@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pycsa
 from pycsa.datasets import load_gnd, load_retrieval_features
-from pycsa.tune import SLOW, Scorer, tune
+from pycsa.tune import Scorer, tune
 
 from .output import echo, format_table, progress_bar
 from .rerankers import learned_args, parse_methods
@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
     tu.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="tune on one half of the classes only (then evaluate on the other half)")
     tu.add_argument("--method", default="all",
-                    help="comma-separated re-rankers or chains 'a+b', or 'all' (every training-free one but "
-                         f"{', '.join(sorted(SLOW))}, plus learned ones given --checkpoint)")
+                    help="comma-separated re-rankers or chains 'a+b', or 'all' (every training-free one, plus "
+                         "learned ones given --checkpoint)")
     tu.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
     tu.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
     tu.add_argument("--budget", type=float, default=None,
@@ -46,8 +46,6 @@ def run(args) -> int:
         raise ValueError(f"--budget: must be a positive number of seconds, got {args.budget}")
     learned = learned_args(args)
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
-    if "all" in [m.strip() for m in args.method.split(",")]:
-        methods = [m for m in methods if m not in SLOW]
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
         fs = fs.class_half(args.class_split)

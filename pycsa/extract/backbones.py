@@ -249,7 +249,9 @@ def build_backbone(name: str, weights=None, relu_plus: float = 0.0):
     else:
         path = Path(os.fspath(weights))
         if not path.is_file():
-            raise FileNotFoundError(f"--weights: no such file: {path}")
+            raise FileNotFoundError(f"--weights: no such file: {path} (a torchvision or timm state dict of {name}, "
+                                    "e.g. torchvision's resnet50-11ad3fa6.pth; or 'random' to try the pipeline "
+                                    "with an untrained network)")
         projection = load_backbone_weights(trunk, path, name)
     trunk.eval()
     if projection is not None:
