@@ -156,7 +156,7 @@ def _run_train_rrt(args) -> int:
                         triplets_per_anchor=args.triplets_per_anchor, match_init=args.match_init or None,
                         global_skip=args.global_skip or None,
                         augment=args.augment, val_topk=args.val_topk,
-                        checkpoint=args.out, seed=args.seed, progress=cb,
+                        checkpoint=args.out, resume=args.resume, seed=args.seed, progress=cb,
                         on_epoch=lambda r: echo(fmt(r)))
     print(f"wrote {args.out}")
     if args.plot:

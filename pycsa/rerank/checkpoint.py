@@ -4,8 +4,13 @@ without running code (``weights_only``)."""
 from __future__ import annotations
 
 import os
+import random
+import socket
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._safe_load import load_weights_only
@@ -14,15 +19,90 @@ VERSION = 1
 
 
 def save_checkpoint(path, model, *, fmt: str, **state) -> None:
-    """Writes atomically (a temporary file renamed into place): a run stopped mid-write
-    leaves the previous checkpoint intact. ``model.config`` must rebuild the model."""
+    """Writes atomically: to a temporary file of its own in the same folder, then renamed
+    into place, so that a run stopped mid-write leaves the previous checkpoint intact and a
+    reader never sees half a file. ``model.config`` must rebuild the model."""
     path = Path(os.fspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"format": fmt, "version": VERSION, "model_config": dict(model.config),
                "state_dict": model.state_dict(), **state}
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextmanager
+def writing(path):
+    """Holds ``PATH.lock`` while a training run writes ``path``: a second run (another
+    process) asking for the same path gets an error naming the first, instead of both
+    overwriting one file. A lock left by a process that no longer runs is taken over."""
+    if path is None:
+        yield
+        return
+    path = Path(os.fspath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = path.with_name(path.name + ".lock")
+    me = f"{socket.gethostname()} {os.getpid()}"
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                host, pid = lock.read_text().split()
+                pid = int(pid)
+            except (OSError, ValueError):
+                host, pid = "", -1
+            if host == socket.gethostname() and pid > 0 and not _alive(pid):
+                lock.unlink(missing_ok=True)  # stale: its writer is gone
+                continue
+            who = f"process {pid} on {host}" if pid > 0 else "another process"
+            raise ValueError(f"checkpoint: {path} is being written by {who} ({lock} exists); "
+                             "use another path, or remove the lock if that run has ended") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(me)
+        break
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def rng_state(device: torch.device | None = None) -> dict:
+    """Every random generator a training step draws from (torch's, CUDA's on ``device``,
+    numpy's and Python's), in a form ``weights_only`` loading accepts."""
+    key, pos, has_gauss, gauss = np.random.get_state()[1:]
+    version, mt, py_gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(), "numpy_key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+             "numpy_pos": int(pos), "numpy_has_gauss": int(has_gauss), "numpy_gauss": float(gauss),
+             "python_version": int(version), "python_state": list(mt), "python_gauss": py_gauss}
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(torch.device(device))
+    return state
+
+
+def set_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Restores what :func:`rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy_key"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_has_gauss"], state["numpy_gauss"]))
+    random.setstate((state["python_version"], tuple(state["python_state"]), state["python_gauss"]))
+    if "cuda" in state and device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], torch.device(device))
 
 
 def load_checkpoint(path, *, fmt: str, what: str, how: str) -> dict:

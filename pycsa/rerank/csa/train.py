@@ -15,6 +15,7 @@ from ..._tensors import as_tensor, check_features
 from ...ops import affinity
 from ...ranking import Progress
 from ...search import neighbours_without_self
+from ..checkpoint import rng_state, set_rng_state, writing
 from ..placement import serving_dtype
 from ..validation import resorted_class_map
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
@@ -243,6 +244,8 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["scheduler"])
         history, start = list(payload.get("history", [])), int(payload["epoch"])
+        if "rng" in payload and world == 1:  # dropout continues where the interrupted run was
+            set_rng_state(payload["rng"], device)
 
     net = model
     if world > 1:
@@ -251,49 +254,51 @@ def train(features, labels, *, val_features=None, val_labels=None, K: int = 512,
     val_y = None if val_X is None else _labels(val_labels, val_X.shape[0], "val_labels")
     val_k = val_k or max(K, L)
 
-    for epoch in range(start, epochs):
-        model.train()
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # same order on every process
-        order = torch.randperm(n_samples, generator=gen)
-        sums = torch.zeros(3, dtype=torch.float64)
-        for step in range(steps):
-            ids = order[step * batch_size:(step + 1) * batch_size][rank::world]
-            A, rel = make_batch(sets, ids, K, L, gen)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                out, rec = net(A, reconstruct=True)
-            loss, l_c, l_m = csa_loss(out, rec, A, rel, tau, lam)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step + 1} "
-                                         f"(loss {float(loss)}); lower lr (now {sched.get_last_lr()[0]:.3g})")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            sums += torch.tensor([float(loss.detach()), float(l_c), float(l_m)], dtype=torch.float64)
-            if progress is not None:
-                progress(epoch * steps + step + 1, total)
-        if world > 1:
-            import torch.distributed as dist
+    with writing(checkpoint if rank == 0 else None):
+        for epoch in range(start, epochs):
+            model.train()
+            gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # same order on every process
+            order = torch.randperm(n_samples, generator=gen)
+            sums = torch.zeros(3, dtype=torch.float64)
+            for step in range(steps):
+                ids = order[step * batch_size:(step + 1) * batch_size][rank::world]
+                A, rel = make_batch(sets, ids, K, L, gen)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out, rec = net(A, reconstruct=True)
+                loss, l_c, l_m = csa_loss(out, rec, A, rel, tau, lam)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step + 1} "
+                                             f"(loss {float(loss)}); lower lr (now {sched.get_last_lr()[0]:.3g})")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                sums += torch.tensor([float(loss.detach()), float(l_c), float(l_m)], dtype=torch.float64)
+                if progress is not None:
+                    progress(epoch * steps + step + 1, total)
+            if world > 1:
+                import torch.distributed as dist
 
-            reduced = sums.to(device)  # nccl reduces CUDA tensors only
-            dist.all_reduce(reduced)
-            sums = reduced.cpu()
-        means = (sums / max(1, steps * world)).tolist()
-        record = {"epoch": epoch + 1, "loss": means[0], "contrastive": means[1], "mse": means[2],
-                  "lr": sched.get_last_lr()[0], "val_map": None}
-        if rank == 0:
-            if val_X is not None:
-                record["val_map"] = validation_map(model, val_X, val_y, val_k)
-            history.append(record)
-            if checkpoint is not None:
-                save_checkpoint(checkpoint, model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                                epoch=epoch + 1, history=history, train_config=train_config)
-            if on_epoch is not None:
-                on_epoch(record)
-        else:
-            history.append(record)
-        if world > 1:
-            torch.distributed.barrier()
+                reduced = sums.to(device)  # nccl reduces CUDA tensors only
+                dist.all_reduce(reduced)
+                sums = reduced.cpu()
+            means = (sums / max(1, steps * world)).tolist()
+            record = {"epoch": epoch + 1, "loss": means[0], "contrastive": means[1], "mse": means[2],
+                      "lr": sched.get_last_lr()[0], "val_map": None}
+            if rank == 0:
+                if val_X is not None:
+                    record["val_map"] = validation_map(model, val_X, val_y, val_k)
+                history.append(record)
+                if checkpoint is not None:
+                    save_checkpoint(checkpoint, model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                                    epoch=epoch + 1, history=history, train_config=train_config,
+                                    rng=rng_state(device))
+                if on_epoch is not None:
+                    on_epoch(record)
+            else:
+                history.append(record)
+            if world > 1:
+                torch.distributed.barrier()
     if started:
         # A group left to interpreter shutdown can abort a rank at exit ("terminate called
         # without an active exception" from a gloo thread), failing a finished run.

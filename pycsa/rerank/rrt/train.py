@@ -25,7 +25,7 @@ from ..._checks import positive_int
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress
 from ...search import neighbours_without_self
-from ..checkpoint import save_checkpoint
+from ..checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, writing
 from ..validation import resorted_class_map
 from .model import RRT
 
@@ -106,7 +106,7 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
           batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-4, max_local: int | None = 500,
           triplets_per_anchor: int = 1, match_init: float | None = 5.0, augment: bool = True,
           global_skip: float | None = 20.0, val_topk: int | None = None, device=None, checkpoint=None,
-          seed: int = 0, progress: Progress = None, on_epoch=None) -> TrainResult:
+          resume=None, seed: int = 0, progress: Progress = None, on_epoch=None) -> TrainResult:
     """Trains RRT on labelled images with global features (N x G) and local descriptors.
 
     Each epoch every anchor whose global top-``topk`` (itself left out) holds a positive
@@ -118,7 +118,9 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
     cosine's initial weight in the logit; None: none) are described in the module
     docstring. ``val=(global, local, labels)`` adds the validation mAP (each image's
     top-``val_topk``, default ``topk``, re-ranked) after each epoch. ``checkpoint`` is
-    written after every epoch. Negative labels are distractors (never positive).
+    written after every epoch (model, optimiser, history, every random generator's state);
+    ``resume``: such a file to continue from, which gives the same model as a run that was
+    never interrupted. Negative labels are distractors (never positive).
     """
     for name, v in (("topk", topk), ("epochs", epochs), ("batch_size", batch_size),
                     ("triplets_per_anchor", triplets_per_anchor)):
@@ -145,8 +147,33 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
         raise ValueError("labels: no image has both a positive and a negative in its global top-k")
     steps = math.ceil(usable.numel() * triplets_per_anchor / batch_size)
     warmup = min(50, max(1, epochs * steps // 20))
-    history = []
-    for epoch in range(epochs):
+    history, start = [], 0
+    if resume is not None:
+        payload = load_checkpoint(resume, fmt=FORMAT, what="pycsa RRT", how="`pycsa train --method rrt`")
+        if payload["model_config"] != model.config:
+            diff = sorted(k for k in model.config if payload["model_config"].get(k) != model.config[k])
+            raise ValueError(f"resume: {resume} was trained with another model ({', '.join(diff)} differ)")
+        if "optimizer" not in payload or "epoch" not in payload:
+            raise ValueError(f"resume: {resume} holds a model only (no optimiser state); start a new run from it")
+        model.load_state_dict(payload["state_dict"])
+        opt.load_state_dict(payload["optimizer"])
+        history, start = list(payload.get("history", [])), int(payload["epoch"])
+        if "rng" in payload:
+            set_rng_state(payload["rng"], device)
+    with writing(checkpoint):
+        history = _epochs(model, opt, G, local, y, top, rel, usable, steps, warmup, history, start, epochs, lr,
+                          batch_size, triplets_per_anchor, max_local, augment, seed, device, val, val_topk, topk,
+                          checkpoint, progress, on_epoch,
+                          dict(topk=topk, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+                               max_local=max_local, seed=seed, triplets_per_anchor=triplets_per_anchor,
+                               match_init=match_init, augment=augment, global_skip=global_skip))
+    return TrainResult(model.eval(), history)
+
+
+def _epochs(model, opt, G, local, y, top, rel, usable, steps, warmup, history, start, epochs, lr, batch_size,
+            triplets_per_anchor, max_local, augment, seed, device, val, val_topk, topk, checkpoint, progress,
+            on_epoch, train_config):
+    for epoch in range(start, epochs):
         model.train()
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
         anchors = usable.repeat(triplets_per_anchor)
@@ -186,11 +213,7 @@ def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: i
         history.append(record)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, fmt=FORMAT, optimizer=opt.state_dict(), epoch=epoch + 1,
-                            history=history, train_config=dict(topk=topk, epochs=epochs, batch_size=batch_size, lr=lr,
-                                                               weight_decay=weight_decay, max_local=max_local, seed=seed,
-                                                               triplets_per_anchor=triplets_per_anchor,
-                                                               match_init=match_init, augment=augment,
-                                                               global_skip=global_skip))
+                            history=history, train_config=train_config, rng=rng_state(device))
         if on_epoch is not None:
             on_epoch(record)
-    return TrainResult(model.eval(), history)
+    return history
