@@ -115,10 +115,11 @@ class Scorer:
             aps = 0.5 * (np.asarray(res["medium"]["aps"]) + np.asarray(res["hard"]["aps"]))
             return 100.0 * 0.5 * (res["medium"]["mAP"] + res["hard"]["mAP"]), 100.0 * aps
         fs = self.fs
-        scores = np.asarray(ranking.scores, dtype=np.float64)
         q, n = indices.shape[0], fs.database.shape[0]
-        dist = np.full((q, n), np.inf)
-        dist[np.arange(q)[:, None], indices] = 1.0 - scores
+        # the ranking's own order, not its scores: re-rankers that re-score only their top
+        # (SuperGlobal, CSA, RRT, truncated diffusion) keep the input's scores past it
+        dist = np.full((q, n), float(indices.shape[1]))
+        dist[np.arange(q)[:, None], indices] = np.arange(indices.shape[1])[None, :]
         _, m = reid(dist, fs.query_labels, fs.db_labels, fs.query_cams, fs.db_cams, max_rank=min(10, n))
         return 100.0 * m, None
 

@@ -106,12 +106,14 @@ def test_a_second_writer_of_the_same_path_is_refused(tmp_path):
         with pytest.raises(ValueError, match=f"checkpoint: {path} is being written by process {os.getpid()}"):
             train_csa(X, y, K=8, L=8, dim=16, depth=1, heads=1, epochs=1, batch_size=8, checkpoint=path)
     assert not (tmp_path / "c.pt.lock").exists()
-    # a lock whose process is gone is taken over
+    # a lock file left by a killed run holds no lock: the next run takes it
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    import socket
-    (tmp_path / "c.pt.lock").write_text(f"{socket.gethostname()} {int(dead.stdout)}")
+    (tmp_path / "c.pt.lock").write_text(f"process {int(dead.stdout)} on somewhere")
     train_csa(X, y, K=8, L=8, dim=16, depth=1, heads=1, epochs=1, batch_size=8, checkpoint=path)
     assert path.is_file() and not (tmp_path / "c.pt.lock").exists()
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
 
 
 def test_cli_second_run_on_the_same_out_is_a_one_line_error(tmp_path, capsys):
@@ -155,3 +157,12 @@ def test_rng_state_round_trip():
     set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+def test_a_bare_checkpoint_path_may_hold_an_equals_sign():
+    from pycsa.cli.rerankers import checkpoints
+
+    assert checkpoints(["runs/lr=0.1/csa.pt"]) == {"csa": "runs/lr=0.1/csa.pt"}
+    assert checkpoints(["rrt=runs/a.pt", "csa=b.pt"]) == {"rrt": "runs/a.pt", "csa": "b.pt"}
+    with pytest.raises(ValueError, match="'gnn' is not a learned re-ranker"):
+        checkpoints(["gnn=x.pt"])

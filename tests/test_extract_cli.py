@@ -287,3 +287,54 @@ def test_a_revisited_ground_truth_gives_its_database_and_cropped_queries(tmp_pat
     (tmp_path / "jpg" / names[3]).write_bytes(b"broken")
     assert _extract(tmp_path / "jpg", tmp_path / "toy2.npz", "--gnd", str(tmp_path / "gnd_toy.pkl")) == 2
     assert f"cannot be read, and none may be skipped: {names[3]}" in capsys.readouterr().err
+
+
+def test_folder_labels_need_relative_names(tmp_path, capsys):
+    names = make_photos(tmp_path / "photos", classes=2, per_class=2, odd=False)
+    (tmp_path / "list.txt").write_text("\n".join(str(tmp_path / "photos" / n) for n in names))
+    assert _extract(tmp_path / "list.txt", tmp_path / "f.npz", "--labels", "folders") == 2
+    assert "needs image names relative to the image folder" in capsys.readouterr().err
+
+
+def test_locals_pca_waits_for_a_chunk_with_descriptors(tmp_path):
+    root = tmp_path / "photos"
+    make_photos(root, classes=2, per_class=3, odd=False)
+    (root / "aaa").mkdir()
+    for j in range(4):  # the first chunk (sorted names) holds only unreadable files
+        (root / "aaa" / f"bad{j}.jpg").write_text("no image")
+    extract_to_file(root, tmp_path / "f.npz", backbone="resnet18", weights="random", size=96, workers=0,
+                    dtype="float32", chunk=4, local=True, max_local=3, local_dim=8, report=lambda s: None)
+    loc = load_local_descriptors(tmp_path / "f.npz")
+    assert loc.num_images == 6 and loc.dim == 8 and loc.counts.tolist() == [3] * 6
+
+
+def test_a_partial_folder_without_its_meta_is_not_trusted(tmp_path):
+    make_photos(tmp_path / "photos", classes=1, per_class=3, odd=False)
+    partial = tmp_path / "f.npz.partial"
+    partial.mkdir()
+    np.savez(partial / "chunk_000000.npz", feats=np.zeros((1, 512), np.float32), idx=np.zeros(1, np.int64),
+             failed=np.zeros(0, np.int64), failed_why=np.zeros(0, dtype=str))
+    extract_to_file(tmp_path / "photos", tmp_path / "f.npz", backbone="resnet18", weights="random", size=96,
+                    workers=0, dtype="float32", report=lambda s: None)
+    with np.load(tmp_path / "f.npz") as z:
+        assert z["feats"].shape == (3, 512) and np.abs(z["feats"]).sum() > 0
+
+
+def test_resuming_needs_the_same_image_folder(tmp_path):
+    for d in ("a", "b"):
+        make_photos(tmp_path / d, classes=1, per_class=5, odd=False, seed=ord(d))
+    kw = dict(backbone="resnet18", weights="random", size=96, workers=0, dtype="float32", chunk=2)
+    with pytest.raises(_Stop):
+        extract_to_file(tmp_path / "a", tmp_path / "f.npz", progress=_stopper(1), report=lambda s: None, **kw)
+    with pytest.raises(ValueError, match=r"other settings \(root differ\)"):
+        extract_to_file(tmp_path / "b", tmp_path / "f.npz", report=lambda s: None, **kw)
+
+
+def _stopper(after):
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) > after:
+            raise _Stop
+    return progress

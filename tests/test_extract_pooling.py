@@ -291,3 +291,12 @@ def test_extractor_refuses_bad_arguments():
     with pytest.raises(ValueError, match="images"):
         GlobalExtractor(trunk, device="cpu", dtype="float32")(torch.randn(1, 1, 32, 32))
     assert math.isinf(GlobalExtractor(trunk, device="cpu").combine.p)
+
+
+def test_checkpoints_without_num_batches_tracked_load(tmp_path):
+    # torchvision's V1 weights were saved before PyTorch 0.4.1 added these buffers
+    src = BACKBONES["resnet18"](0.0)
+    state = {k: v for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pth")
+    trunk, _ = build_backbone("resnet18", tmp_path / "old.pth")
+    assert torch.equal(trunk.state_dict()["layer1.0.conv1.weight"], src.state_dict()["layer1.0.conv1.weight"])

@@ -166,3 +166,15 @@ def test_truncated_over_the_whole_database_is_full_diffusion():
     full = pycsa.create("diffusion", k=8, alpha=0.9, iters=300).rerank(X, X, pycsa.Ranking(i, s))
     trunc = pycsa.create("diffusion_truncated", T=70, k=8, alpha=0.9, iters=300).rerank(X, X, pycsa.Ranking(i, s))
     torch.testing.assert_close(trunc.scores, full.scores, atol=1e-5, rtol=0)
+
+
+def test_truncated_candidates_the_diffusion_never_reaches_keep_their_order():
+    X = _data(200, d=32, seed=8)  # a sparse graph (k=3): many of the top-100 are unreachable from the seeds
+    s, i = pycsa.search(X[:6], X, 200)
+    new = pycsa.create("diffusion_truncated", T=100, k=3, query_k=2).rerank(X[:6], X, pycsa.Ranking(i, s))
+    for b in range(6):
+        zero = new.scores[b, :100] == 0
+        assert zero.any()
+        rank_in = {int(j): r for r, j in enumerate(i[b, :100])}
+        tail = [rank_in[int(j)] for j in new.indices[b, :100][zero]]
+        assert tail == sorted(tail)  # input order among the unreached, not database-index order

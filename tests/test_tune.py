@@ -182,3 +182,30 @@ def test_cli_tune_errors(tmp_path, capsys):
     assert "has no labels" in capsys.readouterr().err
     assert main(["eval", "--features", str(f), "--config", str(tmp_path / "missing.json")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_cli_tune_makes_the_output_folder_and_refuses_rrt(tmp_path, capsys):
+    f = _features_file(tmp_path)
+    out = tmp_path / "new" / "dir" / "t.json"
+    assert main(["tune", "--features", str(f), "--method", "aqe", "--out", str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    assert main(["tune", "--features", str(f), "--method", "rrt", "--checkpoint", "rrt=x.pt", "--out",
+                 str(out)]) == 2
+    assert "rrt cannot be tuned yet" in capsys.readouterr().err
+
+
+def test_reid_is_scored_by_the_rankings_order_not_its_scores():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 8)).astype(np.float32)
+
+    class FS:
+        database = X
+        query_labels = np.array([0, 1])
+        db_labels = np.repeat(np.arange(10), 2)
+        query_cams = np.array([0, 0])
+        db_cams = np.ones(20, dtype=int)
+
+    order = np.stack([np.r_[0, 1, np.arange(2, 20)], np.r_[2, 3, np.arange(4, 20), 0, 1]])
+    rising = np.tile(np.linspace(0, 1, 20), (2, 1))  # scores that rise along the list: ignored
+    assert Scorer("reid", FS())(Ranking(order, rising)) == pytest.approx(100.0)

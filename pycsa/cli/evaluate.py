@@ -160,11 +160,12 @@ def _eval_classes(method: str, indices, fs, seconds: float) -> list[dict]:
 
 
 def _eval_reid(method: str, indices, scores, fs, seconds: float) -> list[dict]:
-    indices, scores = np.asarray(indices), np.asarray(scores, dtype=np.float64)
+    indices = np.asarray(indices)
     q, n = indices.shape[0], fs.database.shape[0]
-    # a full ranking lists every gallery item once, so this fills the whole matrix
-    dist = np.empty((q, n))
-    dist[np.arange(q)[:, None], indices] = 1.0 - scores
+    # scored by the ranking's order, not its scores: re-rankers that re-score only their top
+    # (SuperGlobal, CSA, RRT, truncated diffusion) keep the input's scores past it
+    dist = np.full((q, n), float(indices.shape[1]))
+    dist[np.arange(q)[:, None], indices] = np.arange(indices.shape[1])[None, :]
     cmc, m = reid(dist, fs.query_labels, fs.db_labels, fs.query_cams, fs.db_cams, max_rank=min(10, n))
     at = lambda r: pct(cmc[min(r, len(cmc)) - 1])  # noqa: E731
     return [{"method": method, "rank-1": at(1), "rank-5": at(5), "rank-10": at(10), "mAP": pct(m),

@@ -16,7 +16,7 @@ def checkpoints(items) -> dict:
     out = {}
     for item in items or []:
         method, sep, path = item.partition("=")
-        if not sep:
+        if not sep or method not in pycsa.available():  # a bare path, maybe with '=' in it (runs/lr=0.1/csa.pt)
             method, path = "csa", item
         if not needs_checkpoint(method):
             raise ValueError(f"--checkpoint: {method!r} is not a learned re-ranker (learned: "

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pycsa
 from pycsa.datasets import load_gnd, load_retrieval_features
+from pycsa.rerank.checkpoint import publish
 from pycsa.tune import Scorer, tune
 
 from .output import echo, format_table, progress_bar
@@ -44,8 +45,12 @@ def run(args) -> int:
         raise ValueError(f"--out: must end in .json, got {args.out}")
     if args.budget is not None and not args.budget > 0:
         raise ValueError(f"--budget: must be a positive number of seconds, got {args.budget}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the search, not after it
     learned = learned_args(args)
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
+    if any("rrt" in m.split("+") for m in methods):
+        raise ValueError("--method: rrt cannot be tuned yet (tune takes no local descriptors); leave it out")
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
         fs = fs.class_half(args.class_split)
@@ -87,10 +92,10 @@ def run(args) -> int:
                      "parameters": params})
     print("\n" + format_table(rows, ["method", "default", "tuned", "parameters"]))
     print(f"\n{scorer.metric} in percent on the validation set; best: {result.get('best')}")
-    out = Path(args.out)
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
     with os.fdopen(fd, "w") as f:
         json.dump(result, f, indent=2)
+    publish(tmp)
     os.replace(tmp, out)
     print(f"wrote {args.out}: `pycsa eval --config {args.out}` or pycsa.create_from_config('{args.out}')")
     return 0

@@ -201,6 +201,9 @@ def load_backbone_weights(trunk: nn.Module, path, name: str = "backbone") -> Pro
     proj = {k.split(".")[-1]: v for k, v in state.items() if k.startswith(_PROJECTION_PREFIXES)}
     trunk_state = {k: v for k, v in state.items() if not k.startswith(_CLASSIFIER_PREFIXES + _PROJECTION_PREFIXES)}
     expected = trunk.state_dict()
+    for k in expected:  # checkpoints saved before PyTorch 0.4.1 (torchvision's V1 weights) lack these
+        if k.endswith("num_batches_tracked") and k not in trunk_state:
+            trunk_state[k] = torch.zeros((), dtype=torch.long)
     missing = [k for k in expected if k not in trunk_state]
     unexpected = [k for k in trunk_state if k not in expected]
     if missing or unexpected:

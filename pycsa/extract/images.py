@@ -64,8 +64,9 @@ def load_image(path, size: int, box=None) -> torch.Tensor:
     OSError/ValueError when unreadable."""
     Image = _pillow()
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # large photos are photos too
         with Image.open(path) as im:
+            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when the image is much larger
             im.load()  # decode now: a truncated file fails here, not later
             im = im.convert("RGB")  # greyscale, palette, CMYK, RGBA
     if box is not None:

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from .._checks import integer
-from .backbones import build_backbone
+from ..rerank.checkpoint import publish
+from .backbones import build_backbone, torchvision_cache_file
 from .extractor import SUPERGLOBAL_SCALES, GlobalExtractor
 from .images import ImageFiles, collate_one, list_images
 
@@ -78,6 +79,10 @@ def read_labels(spec: str | None, root: Path, names: Sequence[str]):
     if spec is None:
         return None, None
     if spec == "folders":
+        odd = [n for n in names if os.path.isabs(n) or n.startswith("../") or n.startswith("./")]
+        if odd:
+            raise ValueError(f"--labels folders: needs image names relative to the image folder, got {odd[0]!r}; "
+                             "list them relative to the list file's folder, or pass --labels FILE")
         cls = [n.split("/", 1)[0] if "/" in n else None for n in names]
         loose = [n for n, c in zip(names, cls) if c is None]
         if loose:
@@ -111,6 +116,7 @@ def _atomic_savez(path: Path, **arrays) -> None:
     os.close(fd)
     try:
         np.savez(tmp, **arrays)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -159,12 +165,15 @@ def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, po
     label_ids, label_names = read_labels(labels, root, names)
     out.parent.mkdir(parents=True, exist_ok=True)
 
+    if weights is None or weights == "cache":  # resolved here, so that the file used is recorded
+        weights = torchvision_cache_file(backbone) or weights
     trunk, projection = build_backbone(backbone, weights, relu_plus=0.014 if relu_plus_in_trunk else 0.0)
     extractor = GlobalExtractor(trunk, pooling, scales, scale_p, projection, device=device, dtype=dtype)
     pca = LocalPCA.from_file(local_pca_from) if (local and local_pca_from is not None) else None
     config = {"format": FORMAT, "backbone": backbone,
               "weights": "random" if weights == "random" else (None if weights is None else Path(weights).name),
               "weights_sha1": _file_digest(weights) if weights not in (None, "random", "cache") else weights,
+              "root": str(Path(root).resolve()),
               "pooling": pooling, "scales": list(extractor.scales), "scale_p": extractor.combine.p, "size": size,
               "relu_plus_in_trunk": bool(relu_plus_in_trunk), "dtype": str(extractor.dtype).replace("torch.", ""),
               "local": bool(local), "max_local": max_local if local else None, "local_dim": local_dim if local else None,
@@ -193,12 +202,14 @@ def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, po
     for c in todo:
         result = _run_chunk(extractor, stream, len(chunks[c]), batch_size, max_local if local else 0)
         if local:
-            if pca is None:
-                raw = np.concatenate(result["local_raw"]) if result["local_raw"] else np.zeros((0, 1), np.float32)
+            raw = result.pop("local_raw")
+            raw = np.concatenate(raw) if raw else None
+            if pca is None and raw is not None and raw.shape[0]:
+                # the first chunk that has descriptors (64 images by default) fits the PCA
                 pca = LocalPCA.fit(raw, local_dim)
                 _atomic_savez(partial / "pca.npz", local_pca_mean=pca.mean, local_pca_components=pca.components)
-            raw = result.pop("local_raw")
-            result["local"] = pca(np.concatenate(raw)) if raw else np.zeros((0, pca.components.shape[0]), np.float32)
+            dim = local_dim if pca is None else pca.components.shape[0]
+            result["local"] = pca(raw) if raw is not None and raw.shape[0] else np.zeros((0, dim), np.float32)
         for i, why in zip(result["failed"], result["failed_why"]):
             report(f"skipped unreadable {names[i]}: {why}")
         _atomic_savez(partial / f"chunk_{c:06d}.npz", **{k: np.asarray(v) for k, v in result.items()})
@@ -260,6 +271,7 @@ def _open_partial(partial: Path, config: dict, report) -> set:
                 report(f"redoing {f.name}: it cannot be read")
                 f.unlink(missing_ok=True)
         return done
+    shutil.rmtree(partial, ignore_errors=True)  # without its meta.json nothing in it can be trusted
     partial.mkdir(parents=True, exist_ok=True)
     tmp = meta.with_suffix(".tmp")
     tmp.write_text(json.dumps(config))

@@ -30,56 +30,53 @@ def save_checkpoint(path, model, *, fmt: str, **state) -> None:
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        publish(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 @contextmanager
 def writing(path):
-    """Holds ``PATH.lock`` while a training run writes ``path``: a second run (another
-    process) asking for the same path gets an error naming the first, instead of both
-    overwriting one file. A lock left by a process that no longer runs is taken over."""
+    """Holds an exclusive lock on ``PATH.lock`` while a training run writes ``path``: a second
+    run (another process) asking for the same path gets an error naming the first, instead
+    of both overwriting one file. The kernel drops the lock when its process ends, so a
+    killed run leaves nothing that blocks the next one."""
     if path is None:
         yield
         return
+    import fcntl
+
     path = Path(os.fspath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = path.with_name(path.name + ".lock")
-    me = f"{socket.gethostname()} {os.getpid()}"
-    for _ in range(2):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            try:
-                host, pid = lock.read_text().split()
-                pid = int(pid)
-            except (OSError, ValueError):
-                host, pid = "", -1
-            if host == socket.gethostname() and pid > 0 and not _alive(pid):
-                lock.unlink(missing_ok=True)  # stale: its writer is gone
-                continue
-            who = f"process {pid} on {host}" if pid > 0 else "another process"
-            raise ValueError(f"checkpoint: {path} is being written by {who} ({lock} exists); "
-                             "use another path, or remove the lock if that run has ended") from None
-        with os.fdopen(fd, "w") as f:
-            f.write(me)
-        break
+    f = open(lock, "a+")
     try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        who = f.read().strip() or "another process"
+        f.close()
+        raise ValueError(f"checkpoint: {path} is being written by {who} (it holds {lock}); "
+                         "use another path, or wait for that run to end") from None
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}")
+        f.flush()
         yield
     finally:
         lock.unlink(missing_ok=True)
+        f.close()  # closing releases the lock
+
+
+def publish(tmp) -> None:
+    """Gives a finished temporary file (mkstemp makes them 0600) the mode a plain open()
+    would, so that the renamed file is readable as the user's umask allows."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)
 
 
 def rng_state(device: torch.device | None = None) -> dict:

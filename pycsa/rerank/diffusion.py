@@ -22,7 +22,7 @@ from .._checks import positive_int, unit_interval
 from .._safe_load import load_weights_only
 from .._tensors import as_tensor, check_features
 from ..ranking import Progress, Ranking, Reranker, register
-from ..search import Index, sort_by_score, topk_lower_index
+from ..search import Index, topk_lower_index
 
 
 def mutual_knn_graph(X: torch.Tensor, k: int, gamma: float, progress: Progress = None) -> torch.Tensor:
@@ -266,8 +266,10 @@ class TruncatedDiffusion(Reranker):
             Y = torch.zeros(b, T, device=w.device)
             Y[:, :kq] = ranking.scores[s:s + step, :kq].float().clamp(min=0).pow(self.gamma).to(w.device)
             f = _cg(lambda P: _restricted_product(local, w, P), Y, self.alpha, self.iters, 1e-6, dim=1)
-            scores, indices = sort_by_score(f, top)
-            new_s[s:s + step, :T], new_i[s:s + step, :T] = scores.to(new_s.device), indices.to(new_i.device)
+            # equal f (0 for the candidates the diffusion never reaches) keep their input order
+            order = torch.sort(f, dim=1, descending=True, stable=True).indices
+            new_s[s:s + step, :T] = f.gather(1, order).to(new_s.device)
+            new_i[s:s + step, :T] = top.gather(1, order).to(new_i.device)
             if progress is not None:
                 progress(s + b, q)
         return Ranking(new_i, new_s)
