@@ -14,14 +14,7 @@ from pycsa.rerank.diffusion import conjugate_gradient, mutual_knn_graph
 
 def _dense_graph(X, k, gamma):
     """Mutual kNN affinities min(w_ij, w_ji), symmetric normalisation, all dense."""
-    n = X.shape[0]
-    S = X.double() @ X.double().T
-    W = torch.zeros(n, n, dtype=torch.float64)
-    for i in range(n):
-        order = sorted(range(n), key=lambda j: (-float(S[i, j]), j))
-        for j in [j for j in order[:k + 1] if j != i][:k]:
-            W[i, j] = max(float(S[i, j]), 0.0) ** gamma
-    M = torch.where((W > 0) & (W.T > 0), torch.minimum(W, W.T), torch.zeros_like(W))
+    M = _dense_weights(X, k, gamma)
     d = M.sum(1)
     inv = torch.where(d > 0, d.clamp_min(1e-300).rsqrt(), torch.zeros_like(d))
     return inv[:, None] * M * inv[None, :]

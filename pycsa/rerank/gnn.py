@@ -36,17 +36,20 @@ def knn_graph(Z: torch.Tensor, k: int):
     return Index(Z).search(Z, k)
 
 
+def _initial_graph(S: torch.Tensor, R: torch.Tensor, k2: int):
+    """(A, nbr, W): the kNN adjacency as CSR (rowptr, col, val = 1), each row's top-k2
+    neighbours and their weights S² (SPEC §3, step 1)."""
+    n, k1 = R.shape
+    rowptr = torch.arange(0, n * k1 + 1, k1, dtype=torch.int64, device=R.device)
+    col = torch.sort(R.long(), dim=1).values.reshape(-1).contiguous()
+    val = torch.ones(n * k1, dtype=torch.float32, device=R.device)
+    return (rowptr, col, val), R[:, :k2].long().contiguous(), (S.float() ** 2)[:, :k2].contiguous()
+
+
 def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, layers: int = 2) -> torch.Tensor:
     """Steps 2-3 of SPEC §3 on a given kNN graph (S, R: N x k1): the q x g similarity,
     by the graph kernels on the graph's device (C++ on the CPU, csrc/cuda/graph.cu on CUDA)."""
-    n, k1 = R.shape
-    dev = R.device
-    rowptr = torch.arange(0, n * k1 + 1, k1, dtype=torch.int64, device=dev)
-    col = torch.sort(R.long(), dim=1).values.reshape(-1).contiguous()
-    val = torch.ones(n * k1, dtype=torch.float32, device=dev)
-    W = (S.float() ** 2)[:, :k2].contiguous()
-    nbr = R[:, :k2].long().contiguous()
-    A = (rowptr, col, val)
+    A, nbr, W = _initial_graph(S, R, k2)
     if layers == 0:
         return csr_cross_dense(*A, num_queries)
     for _ in range(layers - 1):
@@ -59,17 +62,11 @@ def gnn_similarity(S: torch.Tensor, R: torch.Tensor, num_queries: int, k2: int, 
 def gnn_self_similarity(S: torch.Tensor, R: torch.Tensor, k2: int, layers: int = 2) -> torch.Tensor:
     """Steps 2-3 of SPEC §3 with every item a query against all items (n x n): the graph
     once over the items, their last-layer rows against themselves."""
-    n, k1 = R.shape
-    dev = R.device
-    rowptr = torch.arange(0, n * k1 + 1, k1, dtype=torch.int64, device=dev)
-    col = torch.sort(R.long(), dim=1).values.reshape(-1).contiguous()
-    val = torch.ones(n * k1, dtype=torch.float32, device=dev)
-    W = (S.float() ** 2)[:, :k2].contiguous()
-    nbr = R[:, :k2].long().contiguous()
-    A = (rowptr, col, val)
+    A, nbr, W = _initial_graph(S, R, k2)
     for _ in range(layers):
         A = gnn_propagate(*csr_add_transpose(*A), nbr, W)
     ptr, c, v = A  # A·Aᵀ as the cross product of [A; A]: rows [0, n) against rows [n, 2n)
+    n = R.shape[0]
     return csr_cross_dense(torch.cat([ptr, ptr[1:] + ptr[-1]]), torch.cat([c, c]), torch.cat([v, v]), n)
 
 
