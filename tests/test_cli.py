@@ -316,3 +316,56 @@ def test_eval_averages_the_splits_of_an_index_based_file(tmp_path, capsys):
         assert set(np.unique(part.query_labels)) <= set(splits[len(want) - 1])
     assert rows[0]["method"] == "cosine"
     assert abs(rows[0]["mAP"] - np.mean(want)) < 0.011
+
+
+# --------------------------------------------------------------------------- errors: one line, no traceback
+
+
+def test_file_errors_are_one_line_with_exit_2(tmp_path, capsys):
+    garbage = tmp_path / "garbage.npz"
+    garbage.write_bytes(b"PK\x03\x04 not really a zip archive")
+    text = tmp_path / "notes.npy"
+    text.write_text("hello")
+    cases = [
+        (["eval", "--features", str(tmp_path)], str(tmp_path)),  # a folder where a file belongs
+        (["eval", "--features", str(garbage)], "garbage.npz"),
+        (["eval", "--features", str(text)], "notes.npy"),
+        (["rerank", "--features", str(tmp_path / "none.npz"), "--method", "alpha_qe", "--out", str(tmp_path / "o.npz")], "none.npz"),
+    ]
+    for argv, names in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("pycsa: error:") and names in err, (argv, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_bug_is_one_line_exit_1_and_the_traceback_on_request(monkeypatch, capsys):
+    import pycsa.cli.demo as demo
+
+    def broken(args):
+        raise RuntimeError("invariant broken")
+
+    monkeypatch.setattr(demo, "run", broken)
+    assert main(["demo"]) == 1
+    err = capsys.readouterr().err
+    assert "pycsa: error: invariant broken" in err and "PYCSA_TRACEBACK=1" in err and "Traceback" not in err
+    monkeypatch.setenv("PYCSA_TRACEBACK", "1")
+    with pytest.raises(RuntimeError, match="invariant broken"):
+        main(["demo"])
+
+
+def test_key_errors_print_their_message_not_a_repr(monkeypatch, capsys):
+    import pycsa.cli.demo as demo
+
+    def missing(args):
+        raise KeyError("features.npz: no array 'vecs'")
+
+    monkeypatch.setattr(demo, "run", missing)
+    assert main(["demo"]) == 2
+    assert capsys.readouterr().err.strip() == "pycsa: error: features.npz: no array 'vecs'"
+
+
+def test_extract_refuses_an_unknown_device(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["extract", "--images", str(tmp_path), "--out", str(tmp_path / "f.npz"), "--device", "tpu"])
+    assert exc.value.code == 2 and "not a device" in capsys.readouterr().err

@@ -4,7 +4,10 @@ they share on screen, rerankers.py how a method name becomes a fitted re-ranker.
 from __future__ import annotations
 
 import argparse
+import os
+import pickle
 import sys
+import zipfile
 
 import pycsa
 
@@ -24,6 +27,35 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, TypeError, IndexError, FileNotFoundError, ImportError, FloatingPointError) as exc:
-        print(f"pycsa: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("pycsa: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure reaches the user as one line
+        if os.environ.get("PYCSA_TRACEBACK"):
+            raise
+        print(f"pycsa: error: {describe(exc)}", file=sys.stderr)
+        if isinstance(exc, USER_ERRORS):
+            return 2
+        print("pycsa: this looks like a bug in pycsa; rerun with PYCSA_TRACEBACK=1 and report what it "
+              "prints", file=sys.stderr)
+        return 1
+
+
+# What bad input, files or settings raise (pycsa's checks and the libraries under them);
+# anything else is a bug and says so, still without a traceback unless asked for.
+USER_ERRORS = (ValueError, TypeError, IndexError, KeyError, LookupError, OSError, ImportError,
+               FloatingPointError, MemoryError, EOFError, UnicodeError, pickle.UnpicklingError,
+               zipfile.BadZipFile, NotImplementedError)
+
+
+def describe(exc: BaseException) -> str:
+    """The message alone (a KeyError's str() is its repr), and the kind when it says nothing."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]
+    else:
+        text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.filename is not None and str(exc.filename) not in text:
+        text = f"{exc.filename}: {text}"
+    if isinstance(exc, MemoryError):
+        text = f"out of memory{': ' + text if text else ''}"
+    return text or type(exc).__name__

@@ -5,7 +5,7 @@ import math
 
 from pycsa.extract import BACKBONES, POOLINGS, SUPERGLOBAL_SCALES, extract_to_file
 
-from .output import echo, progress_bar
+from .output import device_arg, echo, progress_bar
 
 
 def _scales(text: str):
@@ -53,7 +53,7 @@ def add_parser(sub) -> None:
                                             "training and test images, must share it)")
     ex.add_argument("--batch-size", type=int, default=8, help="images per forward pass (same-size images batch)")
     ex.add_argument("--workers", type=int, default=None, help="image decoding processes (default: cores - 1, at most 4)")
-    ex.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    ex.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     ex.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
                     help="trunk precision (auto: bfloat16 where the device computes it natively)")
     ex.add_argument("--chunk", type=int, default=64, help="images per saved chunk, the unit of resuming (default 64)")

@@ -1,13 +1,15 @@
 """What the commands print and draw: progress lines or bars, tables, plots."""
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from contextlib import contextmanager
 
+import torch
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "echo", "format_table", "pct", "plot_bars", "plot_training"]
+__all__ = ["progress_bar", "echo", "format_table", "pct", "plot_bars", "plot_training", "device_arg"]
 
 
 def _plural(unit: str) -> str:
@@ -162,3 +164,19 @@ def plot_training(history: list, title: str, out: str) -> None:
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def device_arg(text: str) -> str:
+    """--device: a device torch knows and this machine has (argparse reports the error)."""
+    try:
+        dev = torch.device(text)
+    except RuntimeError as exc:
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1)") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this torch has no CUDA device (torch {torch.__version__})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type != "cpu":
+        raise argparse.ArgumentTypeError(f"{text}: pycsa runs on cpu or cuda")
+    return text

@@ -10,7 +10,7 @@ import torch
 import pycsa
 from pycsa.datasets import load_retrieval_features
 
-from .output import echo, plot_training, progress_bar
+from .output import device_arg, echo, plot_training, progress_bar
 
 
 def add_parser(sub) -> None:
@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
     tr.add_argument("--lam", type=float, default=0.2)
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bfloat16 autocast (default: on for CUDA)")
-    tr.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
+    tr.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     tr.add_argument("--resume", help="continue from this checkpoint")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
@@ -179,20 +179,3 @@ def _training_sets(paths: list, split: str):
             raise ValueError(f"--features: {p} does not describe the same images as {paths[0]} "
                              "(counts or labels differ); pooled feature sets must list the same images in order")
     return sets
-
-
-def _device(text: str) -> str:
-    """--device: a device torch knows and this machine has (argparse reports the error)."""
-    try:
-        dev = torch.device(text)
-    except RuntimeError as exc:
-        raise argparse.ArgumentTypeError(f"not a device: {text!r} (cpu, cuda, cuda:1)") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise argparse.ArgumentTypeError(f"{text}: this torch has no CUDA device (torch {torch.__version__})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s)")
-    elif dev.type != "cpu":
-        raise argparse.ArgumentTypeError(f"{text}: training runs on cpu or cuda")
-    return text
-
