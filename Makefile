@@ -14,7 +14,7 @@ $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH)"
-	$(PY) -m pip install numpy pybind11 ninja tqdm faiss-cpu scipy matplotlib pillow pytest pytest-benchmark setuptools wheel
+	$(PY) -m pip install numpy pybind11 ninja tqdm faiss-cpu scipy matplotlib pillow pytest pytest-benchmark hypothesis setuptools wheel
 	$(PY) -m pip install --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 

@@ -12,10 +12,32 @@ import sys
 
 from setuptools import find_packages, setup
 
+def _torch_outside_build_env():
+    """The torch that pip's build isolation hides: the same interpreter without the isolated
+    environment's paths sees the user's site-packages again. Returns its version or None."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONNOUSERSITE", "PYTHONHOME")}
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch, sys; sys.stdout.write(torch.__version__ + ' ' + torch.__file__)"],
+                             env=env, capture_output=True, text=True, timeout=120, cwd="/")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+
+
 try:
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 except ImportError:
+    hidden = _torch_outside_build_env()
+    if hidden:
+        version, where = hidden.split(" ", 1)
+        sys.exit(
+            f"pycsa: torch {version} is installed ({os.path.dirname(where)}), but pip's build isolation hides it "
+            "from this build.\nInstall with the installed torch visible:\n"
+            "    pip install --no-build-isolation .        (or -e . for a development install)"
+        )
     sys.exit(
         "pycsa: torch must be installed before pycsa is built, e.g.\n"
         "    pip install torch==2.13.0\n"
@@ -24,6 +46,7 @@ except ImportError:
     )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+TORCH_RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
 def sources(pattern):
@@ -69,16 +92,19 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["pycsa", "pycsa.*"]),
+    package_data={"pycsa": ["py.typed"]},  # PEP 561: the annotations are part of the API
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-    # torch is not pinned here: the build links against the torch already installed.
-    install_requires=["torch>=2.1", "numpy", "tqdm"],
+    # The extension links against the torch it was built with, whose C++ ABI changes between
+    # minor releases: the wheel requires that release (e.g. torch==2.13.*), and pycsa._C records
+    # the exact version, which the import compares (pycsa/ops/_extension.py).
+    install_requires=[f"torch=={TORCH_RELEASE}.*", "numpy", "tqdm"],
     extras_require={
         "faiss": ["faiss-cpu"],
         "io": ["scipy"],  # .mat feature files
         "plot": ["matplotlib"],  # pycsa eval --plot
         "images": ["pillow"],  # pycsa extract: decoding JPEG/PNG
-        "test": ["pytest", "pytest-benchmark", "scipy", "matplotlib", "pillow"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "scipy", "matplotlib", "pillow"],
     },
     entry_points={"console_scripts": ["pycsa = pycsa.cli:main"]},
     zip_safe=False,

@@ -3,6 +3,7 @@
 // build facts Python needs.
 #include <ATen/Context.h>
 #include <torch/extension.h>
+#include <torch/version.h>
 
 #include "cpu/cpu_features.h"
 
@@ -13,6 +14,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #else
   m.attr("with_cuda") = false;
 #endif
+  // The torch whose headers this was compiled against: its C++ ABI is only that release's,
+  // so the import compares it with the running torch (pycsa/ops/_extension.py).
+  m.attr("torch_version") = TORCH_VERSION;
   // Exact-search products must not run in TF32 (10-bit mantissa) because a user turned it
   // on globally; the guard is thread-local and leaves the user's setting as it was.
   m.def(

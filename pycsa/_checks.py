@@ -1,12 +1,23 @@
 """Argument checks shared by the re-rankers: errors name the argument."""
 from __future__ import annotations
 
+import math
 import numbers
 
+import numpy as np
 
-class NotAnIntError(TypeError, ValueError):
-    """A non-integer where an int belongs: a TypeError, and a ValueError as pycsa's
-    parameter checks have always raised, so either ``except`` catches it."""
+
+class WrongKindError(TypeError, ValueError):
+    """An argument of the wrong kind: a TypeError, and a ValueError as pycsa's parameter
+    checks have always raised, so either ``except`` catches it."""
+
+
+class NotAnIntError(WrongKindError):
+    """A non-integer where an int belongs."""
+
+
+class NotANumberError(WrongKindError):
+    """A non-number where a float belongs (a string, None, a bool)."""
 
 
 def integer(value, name: str, low: int | None = None, high: int | None = None, high_is: str = "") -> int:
@@ -25,8 +36,51 @@ def positive_int(value, name: str) -> int:
     return integer(value, name, low=1)
 
 
-def unit_interval(value, name: str) -> float:
+def optional_int(value, name: str, low: int | None = None) -> int | None:
+    """None, or an int >= ``low`` (parameters where None means "no limit")."""
+    return None if value is None else integer(value, name, low=low)
+
+
+def finite_float(value, name: str, low: float | None = None, high: float | None = None, *,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a finite Python float within the bounds (``low_open``/``high_open``: the
+    bound itself excluded). Ints and numpy numbers pass; bools, strings and NaN or inf do not:
+    a NaN compares False with everything, so it would slip through a plain range test and
+    reach the arithmetic."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise NotANumberError(f"{name}: must be a number, got {value!r} ({type(value).__name__})")
     v = float(value)
-    if not 0.0 <= v <= 1.0:
-        raise ValueError(f"{name}: must lie in [0, 1], got {value!r}")
+    too_low = low is not None and (v <= low if low_open else v < low)
+    too_high = high is not None and (v >= high if high_open else v > high)
+    if not math.isfinite(v) or too_low or too_high:
+        if low is not None and high is not None:
+            bounds = f" in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        elif low is not None:
+            bounds = f" {'>' if low_open else '>='} {low:g}"
+        elif high is not None:
+            bounds = f" {'<' if high_open else '<='} {high:g}"
+        else:
+            bounds = ""
+        raise ValueError(f"{name}: must be a finite number{bounds}, got {value!r}")
     return v
+
+
+def unit_interval(value, name: str) -> float:
+    return finite_float(value, name, 0.0, 1.0)
+
+
+def boolean(value, name: str, *, allow_none: bool = False) -> bool | None:
+    """True or False (numpy bools too), or None where ``allow_none``: a flag given 0, 1 or "no"
+    is more likely a misplaced argument than a choice."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise WrongKindError(f"{name}: must be True or False{' or None' if allow_none else ''}, "
+                        f"got {value!r} ({type(value).__name__})")
+
+
+def one_of(value, name: str, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value

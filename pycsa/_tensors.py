@@ -1,8 +1,18 @@
 """Accept torch tensors or numpy arrays; hand results back in the caller's kind."""
 from __future__ import annotations
 
+import hashlib
+import math
+from typing import NamedTuple
+
 import numpy as np
 import torch
+
+# The largest squared row norm features may have. |q·x| <= ||q||·||x|| and
+# ||q - x||² <= 2||q||² + 2||x||², so with every row's ||x||² at most a quarter of
+# float32's largest value the inner products and squared distances of any two rows,
+# and every partial sum of them, stay finite in float32 (norms up to about 9.2e18).
+MAX_ROW_NORM_SQ = float(torch.finfo(torch.float32).max) / 4
 
 
 def as_tensor(x, name: str) -> tuple[torch.Tensor, bool]:
@@ -27,14 +37,80 @@ def to_caller(x: torch.Tensor, was_numpy: bool):
 
 
 def check_features(x: torch.Tensor, name: str, *, allow_empty: bool = True) -> None:
-    """Features are 2-D floating rows without NaN or inf."""
+    """Features are 2-D floating rows of finite values whose squared norms are at most
+    :data:`MAX_ROW_NORM_SQ`: larger ones are finite but their products are not, and
+    would come back as NaN scores or -1 indices instead of an error."""
     if x.dim() != 2:
         raise ValueError(f"{name}: expected a 2-D (items x dim) array, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point dtype, got {x.dtype}")
     if not allow_empty and x.shape[0] == 0:
         raise ValueError(f"{name}: is empty")
-    check_finite(x, name)
+    if not x.numel():
+        return
+    # aminmax: one pass, no copy (x.abs() would copy), and NaN propagates to both ends
+    low, high = torch.stack(torch.aminmax(x)).double().tolist()
+    top = max(-low, high)
+    if not math.isfinite(top):
+        raise ValueError(f"{name}: contains NaN or inf")
+    # top² · dim bounds every squared row norm; only when it is not enough are the norms computed
+    if top * top * x.shape[1] > MAX_ROW_NORM_SQ:
+        norm_sq = max_row_norm_sq(x)
+        if norm_sq > MAX_ROW_NORM_SQ:
+            raise ValueError(f"{name}: has rows of norm {math.sqrt(norm_sq):.3g}, too large for float32 "
+                             f"(their inner products overflow; the limit is {math.sqrt(MAX_ROW_NORM_SQ):.2g}): "
+                             "L2-normalise the features, or divide them by a common factor")
+
+
+def max_row_norm_sq(x: torch.Tensor) -> float:
+    """The largest squared row norm, in float64 (blocks of 32 MB: no full float64 copy)."""
+    step = max(1, (1 << 22) // max(1, x.shape[1]))
+    return max(float(x[s:s + step].double().pow(2).sum(1).max()) for s in range(0, x.shape[0], step))
+
+
+def unit_exponent(*xs: torch.Tensor) -> int:
+    """e such that the largest |value| in ``xs``, divided by 2^e, lies in [0.5, 1); 0 when it
+    lies in [2^-16, 2^16] already (or is 0). Clamped to ±120, so that 2^-e fits float32.
+    See :func:`rescaled`."""
+    top = 0.0
+    for x in xs:
+        if x.numel():
+            low, high = torch.stack(torch.aminmax(x)).double().tolist()
+            top = max(top, -low, high)
+    if top == 0 or 2.0 ** -16 <= top <= 2.0 ** 16:
+        return 0
+    return max(-120, min(120, math.frexp(top)[1]))
+
+
+def rescaled(x: torch.Tensor, *, per_row: bool = False):
+    """``(x / p, p)`` for a power of two p that brings the largest |value| of ``x`` (of each
+    row, as a rows x 1 float64 tensor, with ``per_row``) into [0.5, 1) when it lies outside
+    [2^-16, 2^16]; else ``(x, 1.0)``, x itself.
+
+    For the computations that do not depend on a common factor of their inputs (a ranking
+    by inner products, a normalised graph): scaling by a power of two is exact, so they
+    give the same result on x / p, and in the window float32 has room for the products,
+    squares and powers of the values, where huge features would overflow and tiny ones
+    fall into subnormals (or to zero where the CPU flushes them).
+    """
+    if not x.numel():
+        return x, 1.0
+    if per_row:
+        low, high = torch.aminmax(x, dim=1, keepdim=True)  # no copy of x, unlike x.abs()
+        top = torch.maximum(-low, high).double()
+        inside = (top == 0) | ((top >= 2.0 ** -16) & (top <= 2.0 ** 16))
+        if bool(inside.all()):
+            return x, 1.0
+        e = torch.where(inside, 0, torch.frexp(top).exponent).clamp(-120, 120)
+        one, w = torch.ones_like(top), _wide(x)
+        return w * torch.ldexp(one, -e).to(w.dtype), torch.ldexp(one, e)
+    e = unit_exponent(x)
+    return (x, 1.0) if e == 0 else (_wide(x) * 2.0 ** -e, 2.0 ** e)
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 when it is half precision, whose range may not hold the scale factor."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
 
 def check_finite(x: torch.Tensor, name: str) -> None:
@@ -68,3 +144,80 @@ def leave_one_out(flag, Q: torch.Tensor, X: torch.Tensor, name: str = "leave_one
         raise ValueError(f"{name}: True needs the queries to be the database's rows, but queries are "
                          f"{tuple(Q.shape)} and the database {tuple(X.shape)}")
     return bool(flag)
+
+
+class Fingerprint(NamedTuple):
+    """What identifies an array cheaply: its layout and place in memory, torch's count of
+    its in-place changes (None for numpy, which keeps none) and a hash of a sample of its rows."""
+
+    shape: tuple
+    dtype: str
+    device: str
+    address: int
+    strides: tuple
+    version: int | None
+    sample: str
+
+    def differs(self, other: "Fingerprint") -> str:
+        """What tells ``other`` (an array now) apart from this one (the array then); "" if nothing."""
+        if other.shape != self.shape:
+            return f"shape {other.shape}, not {self.shape}"
+        if other.dtype != self.dtype or other.device != self.device:
+            return f"{other.dtype} on {other.device}, not {self.dtype} on {self.device}"
+        if other.address != self.address or other.strides != self.strides:
+            return "another array"
+        if (self.version is not None and other.version is not None and other.version != self.version) \
+                or other.sample != self.sample:
+            return "changed in place since"
+        return ""
+
+
+SAMPLE_ROWS = 256
+
+
+def fingerprint(x) -> Fingerprint:
+    """The :class:`Fingerprint` of a numpy array or tensor.
+
+    The sample is the bytes of 256 evenly spaced rows, so that an edit of a numpy array in
+    place (which nothing counts) is seen when it touches a sampled row; torch's version
+    counter sees every in-place change made through torch. Cost: 256 rows copied and hashed.
+    """
+    if isinstance(x, np.ndarray):
+        rows = x[_sample(x.shape[0])] if x.ndim else x
+        return Fingerprint(tuple(x.shape), str(x.dtype), "cpu", x.__array_interface__["data"][0], tuple(x.strides),
+                           None, _digest(np.ascontiguousarray(rows)))
+    t = x.detach()
+    if t.dim() and t.shape[0]:
+        rows = t.index_select(0, torch.from_numpy(_sample(t.shape[0])).to(t.device)).cpu()
+    else:
+        rows = t.cpu()
+    if rows.dtype == torch.bfloat16:  # numpy has no bfloat16: hash its bits
+        rows = rows.view(torch.int16)
+    return Fingerprint(tuple(t.shape), str(t.dtype).removeprefix("torch."), str(t.device), t.data_ptr(),
+                       tuple(s * t.element_size() for s in t.stride()), x._version,
+                       _digest(np.ascontiguousarray(rows.numpy())))
+
+
+def _sample(n: int) -> np.ndarray:
+    """Up to SAMPLE_ROWS evenly spaced row numbers in [0, n), first and last included."""
+    m = min(n, SAMPLE_ROWS)
+    return np.arange(m, dtype=np.int64) * (n - 1) // max(1, m - 1)
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).hexdigest()
+
+
+def as_device(value, name: str = "device") -> torch.device:
+    """``value`` (a torch.device, "cpu", "cuda:1", ...) as a torch.device this machine has."""
+    if isinstance(value, bool) or not isinstance(value, (torch.device, str, int)):
+        raise TypeError(f"{name}: expected a device such as 'cpu' or 'cuda:0', got {value!r} ({type(value).__name__})")
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):  # torch's message lists every device type it was built to know
+        raise ValueError(f"{name}: not a device: {value!r} (expected 'cpu', 'cuda' or 'cuda:N')") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name}: {value!r} but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{name}: {value!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

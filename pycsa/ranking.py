@@ -3,16 +3,17 @@
 A re-ranker takes queries, the database and an initial ranking and returns a new
 ranking. Swapping one for another is one line::
 
-    ranking = pycsa.Ranking(*pycsa.search(Q, X, k=100))
-    new = pycsa.create("alpha_qe").fit(X).rerank(Q, X, ranking)
+    scores, indices = pycsa.search(Q, X, k=100)
+    new = pycsa.create("alpha_qe").fit(X).rerank(Q, X, pycsa.Ranking(indices, scores))
 """
 from __future__ import annotations
 
-from typing import Callable, ClassVar, NamedTuple, Optional
+from typing import Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
 
-from ._tensors import as_tensor, check_features, to_caller
+from ._tensors import as_device, as_tensor, check_features, check_finite, fingerprint, to_caller
+from ._types import ArrayLike
 from .search import sort_by_score
 
 Progress = Optional[Callable[[int, int], None]]  # (done, total); the CLI passes a progress bar
@@ -43,33 +44,81 @@ class Reranker:
 
     Subclasses implement ``_rerank`` on torch tensors; inputs may be torch tensors or
     numpy arrays (rows are items) and the result comes back in the queries' kind.
+
+    Re-rankers whose ``fit`` keeps something computed from the database (``keeps_fit``:
+    the query and database expansions, diffusion) remember which database that was. A
+    ``rerank`` before any ``fit`` fits on its database; after a ``fit``, ``rerank`` refuses
+    (ValueError naming ``database``) a database that is another array or was changed in
+    place since, instead of answering from what ``fit`` computed for the old one: call
+    ``fit`` again. Changes are seen from the array's identity and layout, torch's count of
+    in-place changes and a hash of 256 evenly spaced rows (a numpy array edited in place
+    outside those rows is not noticed).
+
+    Every parameter is checked when the re-ranker is built; ``rerank`` checks its inputs
+    (finite features of bounded norm, a ranking of depth >= 1 with finite scores) and
+    refuses, naming ``queries`` and ``database``, a result with NaN or inf scores.
     """
 
     name: ClassVar[str] = ""
+    keeps_fit: ClassVar[bool] = False  # fit stores state derived from the database
+    _fitted_on = None  # the Fingerprint of the database fit used
 
-    def fit(self, database, *, progress: Progress = None) -> "Reranker":
+    def fit(self, database: ArrayLike, *, progress: Progress = None) -> "Reranker":
         return self
 
-    def rerank(self, queries, database, ranking: Ranking, *, progress: Progress = None) -> Ranking:
+    def _remember(self, database) -> None:
+        """Called by ``fit`` of a re-ranker that ``keeps_fit``, with the array it was given."""
+        self._fitted_on = fingerprint(database)
+
+    def _prepare(self, database) -> None:
+        """Before ``_rerank``: fits on ``database`` if never fitted; refuses another database."""
+        if not self.keeps_fit:
+            return
+        if self._fitted_on is None:
+            self.fit(database)
+            return
+        why = self._fitted_on.differs(fingerprint(database))
+        if why:
+            raise ValueError(f"database: differs from the one given to fit ({why}"
+                             f"{' fit' if why.endswith('since') else ''}); call fit again with this database")
+
+    def rerank(self, queries: ArrayLike, database: ArrayLike, ranking: Ranking, *,
+               progress: Progress = None) -> Ranking:
         Q, was_numpy = as_tensor(queries, "queries")
         X, _ = as_tensor(database, "database")
+        Q, X = Q.detach(), X.detach()
         check_features(Q, "queries")
         check_features(X, "database")
         if Q.shape[1] != X.shape[1]:
             raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
         if Q.device != X.device:
             raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
+        if getattr(self, "device", None) is not None:
+            as_device(self.device, "device")
+        if not isinstance(ranking, (tuple, list)) or len(ranking) != 2:
+            raise TypeError(f"ranking: expected a Ranking (indices, scores), got {type(ranking).__name__}")
         idx, _ = as_tensor(ranking[0], "ranking.indices")
         sc, _ = as_tensor(ranking[1], "ranking.scores")
-        idx = idx.to(Q.device)
+        idx, sc = idx.detach().to(Q.device), sc.detach()
         if idx.dim() != 2 or idx.shape[0] != Q.shape[0] or tuple(sc.shape) != tuple(idx.shape):
             raise ValueError(f"ranking: expected indices and scores of shape ({Q.shape[0]}, k), "
                              f"got {tuple(idx.shape)} and {tuple(sc.shape)}")
-        if idx.is_floating_point():
+        if idx.shape[1] < 1:
+            raise ValueError(f"ranking: has depth 0 ({Q.shape[0]} x 0); give at least one candidate per query")
+        if idx.is_floating_point() or idx.dtype == torch.bool:
             raise TypeError(f"ranking.indices: expected integers, got {idx.dtype}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= X.shape[0]):
             raise IndexError(f"ranking.indices: must lie in [0, {X.shape[0]}) (database rows)")
+        if sc.dtype == torch.bool:
+            raise TypeError("ranking.scores: expected numbers, got bool")
+        if sc.is_floating_point():
+            check_finite(sc, "ranking.scores")
+        self._prepare(database)
         out = self._rerank(Q, X, Ranking(idx.long(), sc.to(Q.device)), progress)
+        if out.scores.is_floating_point() and out.scores.numel() and not bool(torch.isfinite(out.scores).all()):
+            raise ValueError(f"queries/database: {self.name or type(self).__name__} gave NaN or inf scores for "
+                             "finite inputs: the features are too large for its float32 arithmetic; "
+                             "L2-normalise them")
         return Ranking(to_caller(out.indices, was_numpy), to_caller(out.scores, was_numpy))
 
     __call__ = rerank
@@ -85,7 +134,7 @@ class Reranker:
 _REGISTRY: dict[str, type] = {}
 
 
-def register(name: str):
+def register(name: str) -> Callable[[type], type]:
     """Class decorator: makes a re-ranker available to ``create``, the CLI and the benchmarks."""
 
     def deco(cls):
@@ -116,16 +165,20 @@ class Chain(Reranker):
     ``Chain([create("alpha_qe"), create("superglobal")])``, or ``create("alpha_qe+superglobal")``.
     """
 
-    def __init__(self, rerankers):
+    def __init__(self, rerankers: Sequence[Reranker]):
         self.rerankers = list(rerankers)
         if not self.rerankers or not all(isinstance(r, Reranker) for r in self.rerankers):
             raise ValueError("rerankers: expected a non-empty list of Reranker objects")
         self.name = "+".join(r.name for r in self.rerankers)
 
-    def fit(self, database, *, progress: Progress = None) -> "Chain":
+    def fit(self, database: ArrayLike, *, progress: Progress = None) -> "Chain":
         for r in self.rerankers:
             r.fit(database, progress=progress)
         return self
+
+    def _prepare(self, database) -> None:
+        for r in self.rerankers:
+            r._prepare(database)
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         for r in self.rerankers:

@@ -22,23 +22,43 @@ from typing import Callable, Optional
 import torch
 
 from . import ops
-from ._checks import integer
+from ._checks import integer, one_of
 from ._precision import matmul
-from ._tensors import as_tensor, check_features, to_caller
+from ._tensors import as_tensor, check_features, rescaled, to_caller
+from ._types import ArrayLike
 from .ops import _extension
 
 Progress = Optional[Callable[[int, int], None]]  # (done, total) in queries
 
-try:  # faiss is optional: its absence only changes which exact search runs on the CPU
-    import faiss
-except ImportError:
-    faiss = None
+_faiss_module = ...  # not looked for yet; then the module, or None when not installed
+
+
+def _faiss():
+    """faiss, imported on first use (it takes a second to import) or None when not installed:
+    faiss is optional, its absence only changes which exact search runs on the CPU."""
+    global _faiss_module
+    if _faiss_module is ...:
+        try:
+            import faiss
+        except ImportError:
+            faiss = None
+        _faiss_module = faiss
+    return _faiss_module
+
+
+def __getattr__(name):
+    if name == "faiss":  # ``pycsa.search.faiss``: None when faiss is not installed
+        return _faiss()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Index:
     """An exact inner-product index over ``database`` (rows are items).
 
     The database is held by reference: after changing it in place, build a new Index.
+    Rows of norm above about 9.2e18 are refused (their inner products overflow float32);
+    features with huge or tiny values are searched at a power-of-two scale, which ranks
+    exactly as the inputs given, and the scores are scaled back.
     ``backend``: "auto" (the bfloat16 prefilter where the CPU has bfloat16 dot
     products and the database is float32 with at least 4,096 rows; faiss on CPU
     when installed; else torch), "bf16" (the prefilter; float32 CPU databases on
@@ -47,38 +67,42 @@ class Index:
     the float32 size).
     """
 
-    def __init__(self, database, *, backend: str = "auto", block_elems: int = 1 << 26):
+    def __init__(self, database: ArrayLike, *, backend: str = "auto", block_elems: int = 1 << 26):
         X, _ = as_tensor(database, "database")
+        X = X.detach()
         check_features(X, "database")
-        if backend not in ("auto", "bf16", "faiss", "torch"):
-            raise ValueError(f"backend: expected 'auto', 'bf16', 'faiss' or 'torch', got {backend!r}")
-        if backend == "faiss" and (faiss is None or X.device.type != "cpu"):
+        one_of(backend, "backend", ("auto", "bf16", "faiss", "torch"))
+        self.block_elems = integer(block_elems, "block_elems", low=1)
+        if backend == "faiss" and (_faiss() is None or X.device.type != "cpu"):
             raise ValueError("backend: 'faiss' needs faiss-cpu installed and CPU inputs")
         if backend == "bf16" and not (X.device.type == "cpu" and X.dtype == torch.float32
                                       and _extension.has_cpu_kernels()):
             raise ValueError("backend: 'bf16' needs a float32 CPU database and the compiled pycsa kernels")
         self.database = X
-        self.block_elems = block_elems
+        # The search runs on X / 2^e when X's values are huge or tiny (scores scaled back):
+        # the ranking is the same, and float32 neither overflows nor sinks into subnormals.
+        self._scaled, self._scale = rescaled(X)
         self._prefilter = None
-        if backend == "bf16" or (backend == "auto" and _Bf16Prefilter.worthwhile(X)):
-            self._prefilter = _Bf16Prefilter(X)
-        self._use_faiss = X.device.type == "cpu" and faiss is not None and backend != "torch"
+        if backend == "bf16" or (backend == "auto" and _Bf16Prefilter.worthwhile(self._scaled)):
+            self._prefilter = _Bf16Prefilter(self._scaled)
+        self._use_faiss = X.device.type == "cpu" and backend != "torch" and _faiss() is not None
         self._faiss = None  # built on first use: behind the prefilter only rows it cannot prove need it
 
     @property
     def ntotal(self) -> int:
         return self.database.shape[0]
 
-    def same_database(self, database) -> bool:
+    def same_database(self, database: ArrayLike) -> bool:
         """True when ``database`` is the very array this index was built on (same memory and shape)."""
         X, _ = as_tensor(database, "database")
         D = self.database
         return X.data_ptr() == D.data_ptr() and X.shape == D.shape and X.stride() == D.stride() and \
             X.dtype == D.dtype and X.device == D.device
 
-    def search(self, queries, k: int, *, progress: Progress = None):
+    def search(self, queries: ArrayLike, k: int, *, progress: Progress = None) -> tuple[ArrayLike, ArrayLike]:
         """``(scores, indices)``, each q x k, best first (float32, int64), in the kind of ``queries``."""
         Q, was_numpy = as_tensor(queries, "queries")
+        Q = Q.detach()
         X = self.database
         check_features(Q, "queries")
         if Q.shape[1] != X.shape[1]:
@@ -86,23 +110,28 @@ class Index:
         if Q.device != X.device:
             raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
         k = integer(k, "k", 1, X.shape[0], "the database size")
+        Q, q_scale = rescaled(Q, per_row=True)  # a query's ranking does not depend on its own scale
         if self._prefilter is not None and self._prefilter.applies(Q, k):
             scores, indices = self._prefilter.search(Q, k, self._exact, progress)
         else:
             scores, indices = self._exact(Q, k, progress)
+        if isinstance(q_scale, torch.Tensor) or self._scale != 1.0:  # the scores of the inputs as given
+            scores = (scores.double() * q_scale * self._scale).float()
+        if indices.numel() and int(indices.min()) < 0:  # faiss's "no result": never handed on as an index
+            raise RuntimeError("search: found fewer than k results; please report this with the inputs")
         return to_caller(scores, was_numpy), to_caller(indices, was_numpy)
 
     def _exact(self, Q, k, progress=None):
         if self._use_faiss:
             if self._faiss is None:
-                self._faiss = faiss.IndexFlatIP(self.database.shape[1])
-                self._faiss.add(self.database.float().contiguous().numpy())
+                self._faiss = _faiss().IndexFlatIP(self.database.shape[1])
+                self._faiss.add(self._scaled.float().contiguous().numpy())
             return _search_faiss(self._faiss, Q, k, progress)
-        return _search_torch(Q, self.database, k, self.block_elems, progress)
+        return _search_torch(Q, self._scaled, k, self.block_elems, progress)
 
 
-def search(queries, database, k: int, *, backend: str = "auto", block_elems: int = 1 << 26,
-           progress: Progress = None):
+def search(queries: ArrayLike, database: ArrayLike, k: int, *, backend: str = "auto", block_elems: int = 1 << 26,
+           progress: Progress = None) -> tuple[ArrayLike, ArrayLike]:
     """Exact top-``k`` database rows by inner product for each query.
 
     Returns ``(scores, indices)``, each q x k, best first (float32 scores, int64
@@ -112,6 +141,7 @@ def search(queries, database, k: int, *, backend: str = "auto", block_elems: int
     """
     Q, _ = as_tensor(queries, "queries")
     X, _ = as_tensor(database, "database")
+    k = integer(k, "k", low=1)
     if Q.device != X.device:  # before the index is built, which may be costly
         raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
     if Q.dim() == 2 and X.dim() == 2 and Q.shape[1] != X.shape[1]:

@@ -25,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._types import ArrayLike, PathLike
 from .ranking import Chain, Ranking, Reranker, create, registered
 
 __all__ = ["SEARCH_SPACES", "search_space", "Scorer", "tune_method", "tune", "create_from_config",
@@ -93,7 +94,7 @@ class Scorer:
     def __call__(self, ranking: Ranking) -> float:
         return self.evaluate(ranking)[0]
 
-    def evaluate(self, ranking: Ranking):
+    def evaluate(self, ranking: Ranking) -> tuple[float, np.ndarray | None]:
         """(score, the scores of its parts or None: per class, or per query for Revisited):
         the parts let the search tell a real gain from noise."""
         from .evaluate import class_map, reid, revisited
@@ -150,7 +151,7 @@ class TuneResult:
                 "seconds": round(self.seconds, 2), "stopped_by_budget": self.stopped_by_budget}
 
 
-def tune_method(method: str, Q, X, ranking: Ranking, scorer: Callable[[Ranking], float], *,
+def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, scorer: Callable[[Ranking], float], *,
                 learned: dict | None = None, deadline: float | None = None, margin: float = 0.1,
                 standard_errors: float = 2.0, max_rounds: int = 3,
                 on_eval: Callable[[int], None] | None = None) -> TuneResult:
@@ -223,9 +224,10 @@ def tune_method(method: str, Q, X, ranking: Ranking, scorer: Callable[[Ranking],
     return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history)
 
 
-def tune(methods: list[str], Q, X, scorer: Callable[[Ranking], float], *, depth: int | None = None,
-         learned: dict | None = None, budget: float | None = None, margin: float = 0.1,
-         standard_errors: float = 2.0, progress: Callable[[int, int], None] | None = None, report: Callable[[str], None] | None = None) -> dict:
+def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranking], float], *,
+         depth: int | None = None, learned: dict | None = None, budget: float | None = None, margin: float = 0.1,
+         standard_errors: float = 2.0, progress: Callable[[int, int], None] | None = None,
+         report: Callable[[str], None] | None = None) -> dict:
     """Tunes each method in turn on (Q, X) (the validation set) and returns the config dict:
     {"format", "metric", "cosine", "methods": {name: TuneResult.to_json()}, "best"}.
     ``budget`` seconds are shared out: each method gets what is left over the methods left."""
@@ -272,7 +274,7 @@ def _grid_size(method: str, n: int) -> int:
     return 1 + sum(len(v) - 1 for name in method.split("+") for v in search_space(name, n).values())
 
 
-def load_config(config) -> dict:
+def load_config(config: dict | PathLike) -> dict:
     """A tune result: a dict, or the path of the JSON file ``pycsa tune`` wrote."""
     if isinstance(config, dict):
         cfg = config
@@ -299,7 +301,7 @@ def load_config(config) -> dict:
     return cfg
 
 
-def tuned_stages(config, method: str) -> list[tuple[str, dict]] | None:
+def tuned_stages(config: dict | PathLike, method: str) -> list[tuple[str, dict]] | None:
     """The tuned (stage, params) of ``method``: its own entry, else each stage's own entry
     where the config has one (defaults for the others); None when the config knows none."""
     cfg = load_config(config)
@@ -314,7 +316,7 @@ def tuned_stages(config, method: str) -> list[tuple[str, dict]] | None:
             for p, e in zip(parts, found)]
 
 
-def create_from_config(config, method: str | None = None, **learned_kwargs) -> Reranker:
+def create_from_config(config: dict | PathLike, method: str | None = None, **learned_kwargs) -> Reranker:
     """The re-ranker ``method`` (default: the config's best) with its tuned parameters.
     ``learned_kwargs``: constructor arguments of learned stages, e.g.
     ``csa={"checkpoint": "csa.pt"}``."""

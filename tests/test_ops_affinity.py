@@ -173,3 +173,10 @@ def test_opcheck_and_compile():
     compiled = torch.compile(lambda x, r, q: torch.ops.pycsa.affinity(x, r, 3, q) * 2, backend="aot_eager",
                              fullgraph=True)
     assert torch.allclose(compiled(X, ranks, Q), 2 * pycsa.ops.affinity(X, ranks, 3, queries=Q))
+
+
+def test_inputs_on_two_devices_name_the_argument():
+    with pytest.raises(ValueError, match="ranks: on meta"):
+        pycsa.ops.affinity(torch.zeros(5, 3), torch.tensor([[0, 1]], device="meta"), 1)
+    with pytest.raises(ValueError, match="queries: on meta"):
+        pycsa.ops.affinity(torch.zeros(5, 3), torch.tensor([[0, 1]]), 1, queries=torch.zeros(1, 3, device="meta"))

@@ -140,3 +140,50 @@ def test_cpp_op_checks_too():
         torch.ops.pycsa.attention(q, k, v, torch.tensor([8, 1]), None)
     with pytest.raises(TypeError, match="k: dtype"):
         torch.ops.pycsa.attention(q, k.half(), v, None, None)
+
+
+def test_head_dim_zero_names_q():
+    q = torch.zeros(1, 1, 3, 0)
+    with pytest.raises(ValueError, match="q: head_dim"):
+        pycsa.ops.attention(q, q, q)
+
+
+def test_inputs_on_two_devices_name_the_argument():
+    q, k, v = _qkv(1, 1, 3, 8, torch.float32, "cpu")
+    with pytest.raises(ValueError, match="k: on meta"):
+        pycsa.ops.attention(q, k.to("meta"), v)
+    with pytest.raises(ValueError, match="lengths: on meta"):
+        pycsa.ops.attention(q, k, v, torch.tensor([2], device="meta"))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)  # the C++ op, the reference
+def test_non_finite_padding_leaves_outputs_and_gradients_alone(dtype):
+    q, k, v = _qkv(3, 2, 9, 8, dtype, "cpu")
+    lengths = torch.tensor([9, 5, 0])
+    weights = torch.randn(q.shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+
+    def run(q, k, v):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+        out = pycsa.ops.attention(*leaves, lengths)
+        return out, torch.autograd.grad((out * weights).sum(), leaves)
+
+    out, grads = run(q, k, v)
+    dirty = [t.clone() for t in (q, k, v)]
+    for t in dirty:
+        t[1, :, 5:] = float("nan")
+        t[2] = float("inf")
+    dirty_out, dirty_grads = run(*dirty)
+    assert torch.equal(dirty_out, out)
+    for got, want in zip(dirty_grads, grads):
+        assert torch.isfinite(got).all()
+        assert torch.all(got[1, :, 5:] == 0) and torch.all(got[2] == 0)
+        torch.testing.assert_close(got, want)
+
+
+def test_sdpa_with_lengths_ignores_non_finite_padding():
+    q, k, v = _qkv(2, 2, 9, 8, torch.float32, "cpu")
+    lengths = torch.tensor([9, 4])
+    dirty = [t.clone() for t in (q, k, v)]
+    for t in dirty:
+        t[1, :, 4:] = float("nan")
+    assert torch.equal(sdpa_with_lengths(*dirty, lengths), sdpa_with_lengths(q, k, v, lengths))

@@ -1,6 +1,7 @@
 """Sparse kNN-graph kernels against their dense references (pycsa.ops.reference)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_bad_graphs_raise(device):
         pycsa.ops.csr_add_transpose(rowptr, col + 10, val)
     with pytest.raises(ValueError, match="rowptr"):
         pycsa.ops.csr_add_transpose(rowptr[:-1], col, val)
-    with pytest.raises(ValueError, match="col/val"):
+    with pytest.raises(ValueError, match="val"):
         pycsa.ops.csr_add_transpose(rowptr, col, val[:-1])
     with pytest.raises(TypeError, match="val"):
         pycsa.ops.csr_add_transpose(rowptr, col, val.double())
@@ -133,3 +134,89 @@ def test_inputs_on_two_devices_raise():
     rowptr, col, val = _random_csr(10, 3, seed=0)
     with pytest.raises(ValueError, match="one device"):
         pycsa.ops.csr_add_transpose(rowptr, col, val.to("meta"))
+
+
+def _layer_inputs(n=10, seed=0):
+    A = _random_csr(n, 3, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    return A, torch.randint(0, n, (n, 2), generator=g), torch.rand(n, 2, generator=g)
+
+
+def test_numpy_in_numpy_out():
+    A, nbr, w = _layer_inputs()
+    arrays = [t.numpy() for t in (*A, nbr, w)]
+    calls = [
+        (pycsa.ops.csr_add_transpose, 3, ()),
+        (pycsa.ops.gnn_propagate, 5, ()),
+        (pycsa.ops.csr_cross_dense, 3, (4,)),
+        (pycsa.ops.gnn_propagate_cross, 5, (np.int64(4),)),  # numpy ints are ints
+    ]
+    for op, n_arrays, extra in calls:
+        got = op(*arrays[:n_arrays], *extra)
+        want = op(*(torch.from_numpy(a) for a in arrays[:n_arrays]), *extra)
+        got, want = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+        for g, t in zip(got, want):
+            assert isinstance(g, np.ndarray)
+            np.testing.assert_array_equal(g, t.numpy())
+
+
+@pytest.mark.parametrize("split, exc", [(4.7, TypeError), (4.0, TypeError), (True, TypeError), ("4", TypeError),
+                                        (-1, ValueError), (11, ValueError)])
+def test_split_must_be_an_int_within_the_rows(split, exc):
+    A, nbr, w = _layer_inputs()
+    with pytest.raises(exc, match="split"):
+        pycsa.ops.csr_cross_dense(*A, split)
+    with pytest.raises(exc, match="split"):
+        pycsa.ops.gnn_propagate_cross(*A, nbr, w, split)
+
+
+def _bad_layouts():
+    (rowptr, col, val), nbr, w = _layer_inputs()
+    meta = torch.device("meta")
+    return [
+        (dict(rowptr=rowptr.reshape(1, -1)), ValueError, "rowptr"),
+        (dict(rowptr=rowptr[:0]), ValueError, "rowptr"),
+        (dict(rowptr=rowptr.int()), TypeError, "rowptr"),
+        (dict(col=col.reshape(1, -1)), ValueError, "col"),
+        (dict(col=col.float()), TypeError, "col"),
+        (dict(val=val[:-1]), ValueError, "val"),
+        (dict(val=val.double()), TypeError, "val"),
+        (dict(val=val.tolist()), TypeError, "val"),
+        (dict(col=col.to(meta)), ValueError, "col: on meta"),
+        (dict(val=val.to(meta)), ValueError, "val: on meta"),
+        (dict(nbr=nbr[:-1]), ValueError, "nbr"),
+        (dict(nbr=nbr[:, 0]), ValueError, "nbr"),
+        (dict(nbr=nbr.int()), TypeError, "nbr"),
+        (dict(weight=w[:, :1]), ValueError, "weight"),
+        (dict(weight=w.double()), TypeError, "weight"),
+        (dict(nbr=nbr.to(meta)), ValueError, "nbr: on meta"),
+        (dict(weight=w.to(meta)), ValueError, "weight: on meta"),
+    ]
+
+
+@pytest.mark.parametrize("change, exc, word", _bad_layouts())
+def test_bad_layouts_name_the_argument(change, exc, word):
+    (rowptr, col, val), nbr, w = _layer_inputs()
+    args = dict(rowptr=rowptr, col=col, val=val, nbr=nbr, weight=w)
+    args.update(change)
+    csr = [args["rowptr"], args["col"], args["val"]]
+    layer = csr + [args["nbr"], args["weight"]]
+    calls = [lambda: pycsa.ops.gnn_propagate(*layer), lambda: pycsa.ops.gnn_propagate_cross(*layer, 4)]
+    if not {"nbr", "weight"} & set(change):
+        calls += [lambda: pycsa.ops.csr_add_transpose(*csr), lambda: pycsa.ops.csr_cross_dense(*csr, 4)]
+    for call in calls:
+        with pytest.raises(exc, match=f"^{word}"):
+            call()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_layer_inputs_raise(bad):
+    # the kernels would write a row whose norm is NaN as an empty row, silently
+    (rowptr, col, val), nbr, w = _layer_inputs()
+    for name in ("val", "weight"):
+        args = dict(rowptr=rowptr, col=col, val=val.clone(), nbr=nbr, weight=w.clone())
+        args[name][1] = bad
+        with pytest.raises(ValueError, match=f"{name}: contains NaN or inf"):
+            pycsa.ops.gnn_propagate(**args)
+        with pytest.raises(ValueError, match=f"{name}: contains NaN or inf"):
+            pycsa.ops.gnn_propagate_cross(**args, split=4)

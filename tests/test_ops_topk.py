@@ -95,3 +95,20 @@ def test_bad_input(args, exc, word):
     if exc is ValueError and word in ("k", "dimension"):  # the C++ checks say the same without Python's
         with pytest.raises((ValueError, RuntimeError), match=word):
             torch.ops.pycsa.inner_product_topk(*args)
+
+
+def test_numpy_in_numpy_out():
+    rng = np.random.default_rng(0)
+    Q, X = rng.standard_normal((3, 6)).astype(np.float32), rng.standard_normal((20, 6)).astype(np.float32)
+    s, i = pycsa.ops.inner_product_topk(Q, X, 5)
+    assert isinstance(s, np.ndarray) and isinstance(i, np.ndarray) and i.dtype == np.int64
+    s_t, i_t = pycsa.ops.inner_product_topk(torch.from_numpy(Q), torch.from_numpy(X), 5)
+    np.testing.assert_array_equal(s, s_t.numpy())
+    np.testing.assert_array_equal(i, i_t.numpy())
+
+
+def test_inputs_on_two_devices_name_the_argument():
+    with pytest.raises(ValueError, match="queries: on meta"):
+        pycsa.ops.inner_product_topk(torch.zeros(2, 3, device="meta"), torch.zeros(5, 3), 1)
+    with pytest.raises(TypeError, match="database"):
+        pycsa.ops.inner_product_topk(torch.zeros(2, 3), [[0.0, 1.0, 2.0]], 1)

@@ -71,13 +71,15 @@ def test_alpha_qe_dba_expands_the_query_in_the_augmented_database(device):
     assert not torch.equal(chain.indices, new.indices.cpu())  # the chain's QE searches the original database
 
 
-def test_refits_when_the_database_changes():
+def test_refuses_another_database_until_fit_again():
     Q, X = _data(seed=2)
     r = pycsa.create("dba", k=2).fit(X)
     X2 = X.flip(0).contiguous()
     s, i = pycsa.search(Q, X2, 10)
-    a = r.rerank(Q, X2, pycsa.Ranking(i, s))
-    b = pycsa.create("dba", k=2).fit(X2).rerank(Q, X2, pycsa.Ranking(i, s))
+    with pytest.raises(ValueError, match="database: differs from the one given to fit"):
+        r.rerank(Q, X2, pycsa.Ranking(i, s))
+    a = r.fit(X2).rerank(Q, X2, pycsa.Ranking(i, s))
+    b = pycsa.create("dba", k=2).rerank(Q, X2, pycsa.Ranking(i, s))  # never fitted: fits on its database
     assert torch.equal(a.indices, b.indices)
 
 

@@ -63,6 +63,9 @@ from typing import Optional
 
 import numpy as np
 
+from .._types import ArrayLike, PathLike
+from ._arrays import load_npy, load_npz
+
 __all__ = ["FeatureSet", "load_features", "load_retrieval_features", "SUPPORTED_EXTENSIONS"]
 
 SUPPORTED_EXTENSIONS = (".npy", ".npz", ".pt", ".pth", ".mat")
@@ -152,7 +155,7 @@ class FeatureSet:
         """The items of :meth:`class_half_rows`, as a feature set of their own."""
         return self.subset(self.class_half_rows(part))
 
-    def subset(self, rows) -> "FeatureSet":
+    def subset(self, rows: ArrayLike) -> "FeatureSet":
         """The given items of a labelled set whose queries are the database, in that order."""
         if not (self.queries_are_database and self.has_labels):
             raise ValueError("subset: needs one labelled matrix (every item a query against the others)")
@@ -177,20 +180,7 @@ def _check_path(path) -> Path:
 
 
 def _read_npy(path: Path) -> dict:
-    try:
-        return {None: np.load(path, allow_pickle=False)}
-    except ValueError as exc:  # object arrays need pickle, which could run code
-        raise ValueError(f"{path}: cannot read without pickle ({exc}); save plain numeric arrays") from exc
-
-
-def _read_npz(path: Path) -> dict:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
-    except ValueError as exc:
-        raise ValueError(f"{path}: cannot read without pickle ({exc}); save plain numeric arrays") from exc
-    except Exception as exc:  # noqa: BLE001 - a corrupt zip raises BadZipFile, OSError, ...
-        raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+    return {None: load_npy(path)}
 
 
 def _tensor_to_numpy(value):
@@ -256,7 +246,7 @@ def _read_arrays(path) -> tuple[Path, dict]:
     """The file's arrays by key; a file holding one bare array uses the key None."""
     path = _check_path(path)
     ext = path.suffix.lower()
-    reader = {".npy": _read_npy, ".npz": _read_npz, ".pt": _read_pt, ".pth": _read_pt, ".mat": _read_mat}[ext]
+    reader = {".npy": _read_npy, ".npz": load_npz, ".pt": _read_pt, ".pth": _read_pt, ".mat": _read_mat}[ext]
     arrays = reader(path)
     if not arrays:
         raise ValueError(f"{path}: holds no arrays")
@@ -308,7 +298,7 @@ def _pick(arrays: dict, candidates: tuple) -> Optional[str]:
     return None
 
 
-def load_features(path, key: Optional[str] = None) -> np.ndarray:
+def load_features(path: PathLike, key: Optional[str] = None) -> np.ndarray:
     """One feature matrix from ``path`` as float32, rows as stored.
 
     ``key`` names the array in a ``.npz``, ``.mat`` or dict-``.pt`` file. Without
@@ -339,7 +329,7 @@ def load_features(path, key: Optional[str] = None) -> np.ndarray:
     return _as_matrix(arrays[key], f"{path}[{key!r}]")
 
 
-def load_retrieval_features(path) -> FeatureSet:
+def load_retrieval_features(path: PathLike) -> FeatureSet:
     """Queries, database and their labels/cameras/names from one file (see the module docstring).
 
     Raises ``FileNotFoundError`` naming a missing file and ``ValueError`` for an

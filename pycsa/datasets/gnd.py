@@ -22,6 +22,8 @@ import os
 import pickle
 from pathlib import Path
 
+from .._types import PathLike
+
 _REQUIRED_TOP = ("imlist", "qimlist", "gnd")
 _REQUIRED_ENTRY = ("easy", "hard", "junk")
 
@@ -70,16 +72,18 @@ def _validate(obj, path) -> dict:
     return dict(obj)
 
 
-def load_gnd(path) -> dict:
+def load_gnd(path: PathLike) -> dict:
     """Read a Revisited Oxford/Paris ``gnd_*.pkl`` file safely and return its dict.
 
     Raises ``FileNotFoundError`` when ``path`` does not exist and ``ValueError``
-    (naming the file) when it is not a well-formed ground-truth pickle: not a
+    (naming the file) when it is a directory or not a well-formed ground-truth pickle: not a
     pickle, a pickle that requests any global (code execution), missing
     ``imlist``/``qimlist``/``gnd``, or a ``gnd`` entry without
     ``easy``/``hard``/``junk`` lists of valid ``imlist`` indices.
     """
     path = Path(os.fspath(path))
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a ground-truth file (gnd_roxford5k.pkl, ...)")
     if not path.exists():
         raise FileNotFoundError(f"ground-truth file not found: {path}")
     data = path.read_bytes()

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 
 from .._safe_load import load_weights_only
+from .._types import ArrayLike, PathLike, Device
+from ._arrays import load_npz
 
 _DESC_KEYS = ("local", "descriptors", "local_descriptors")
 
@@ -65,7 +67,7 @@ class LocalDescriptors:
     def num_scales(self) -> int:
         return int(self.scales.max()) + 1 if self.scales.numel() else 1
 
-    def subset(self, images) -> "LocalDescriptors":
+    def subset(self, images: ArrayLike) -> "LocalDescriptors":
         """The descriptors of the given images, in that order."""
         images = torch.as_tensor(np.asarray(images)).long()
         counts = self.counts[images]
@@ -74,7 +76,8 @@ class LocalDescriptors:
         return LocalDescriptors(self.descriptors[rows], torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
                                 self.scales[rows])
 
-    def padded(self, images: torch.Tensor, max_count: int | None = None):
+    def padded(self, images: torch.Tensor,
+               max_count: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Descriptors of ``images`` padded to P x C x d, their scales P x C and counts P
         (the first ``max_count`` descriptors of an image when it has more)."""
         images = images.long().cpu()
@@ -89,7 +92,7 @@ class LocalDescriptors:
         desc = self.descriptors[rows.to(dev)] * valid.to(dev).unsqueeze(-1)
         return desc, self.scales[rows] * valid, counts
 
-    def to(self, device) -> "LocalDescriptors":
+    def to(self, device: Device) -> "LocalDescriptors":
         """The store with its descriptors on ``device`` (itself when they are there already)."""
         if self.descriptors.device == torch.device(device):
             return self
@@ -98,18 +101,17 @@ class LocalDescriptors:
         return moved
 
 
-def load_local_descriptors(path) -> LocalDescriptors:
-    """From .npz (or .pt holding a dict): ``local`` (M x d), ``offsets`` (N + 1) and
-    optionally ``scale`` (M). Raises FileNotFoundError / ValueError naming what is wrong."""
+def load_local_descriptors(path: PathLike) -> LocalDescriptors:
+    """From .npz (or .pt holding a dict): ``local`` (M x d), ``offsets`` (N + 1 ints) and
+    optionally ``scale`` (M ints). Raises FileNotFoundError / ValueError / TypeError naming
+    the file and what is wrong."""
     path = Path(os.fspath(path))
+    if path.is_dir():
+        raise ValueError(f"{path}: is a directory, expected a local descriptors file")
     if not path.is_file():
         raise FileNotFoundError(f"local descriptors file not found: {path}")
     if path.suffix == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        except Exception as exc:  # noqa: BLE001
-            raise ValueError(f"{path}: not a readable .npz file ({exc})") from exc
+        data = load_npz(path)
     elif path.suffix == ".pt":
         data = load_weights_only(path, "locals", "a local descriptors file")
         if not isinstance(data, dict):
@@ -118,15 +120,38 @@ def load_local_descriptors(path) -> LocalDescriptors:
         raise ValueError(f"{path}: expected .npz or .pt")
     key = next((k for k in _DESC_KEYS if k in data), None)
     if key is None or "offsets" not in data:
-        raise ValueError(f"{path}: needs {' or '.join(_DESC_KEYS)} and 'offsets'; keys present: {', '.join(sorted(data))}")
-    desc = torch.as_tensor(np.asarray(data[key])).float()
-    scales = data.get("scale", data.get("scales_index"))
-    if scales is None or np.asarray(scales).shape != (desc.shape[0],):
-        scales = np.zeros(desc.shape[0], dtype=np.int64)
-    return LocalDescriptors(desc, torch.as_tensor(np.asarray(data["offsets"])), torch.as_tensor(np.asarray(scales)).long())
+        raise ValueError(f"{path}: needs {' or '.join(_DESC_KEYS)} and 'offsets'; keys present: "
+                         f"{', '.join(sorted(map(str, data)))}")
+    desc = _tensor(path, data, key, "numbers").float()
+    offsets = _tensor(path, data, "offsets", "integers")
+    scale_key = next((k for k in ("scale", "scales_index") if k in data), None)
+    if scale_key is None:
+        scales = torch.zeros(desc.shape[0], dtype=torch.long)
+    else:
+        scales = _tensor(path, data, scale_key, "integers")
+        if scales.shape != (desc.shape[0],):
+            raise ValueError(f"{path}[{scale_key!r}]: has shape {tuple(scales.shape)} but there are "
+                             f"{desc.shape[0]} descriptors (one scale index each)")
+    try:
+        return LocalDescriptors(desc, offsets, scales)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
-def make_local_descriptors(labels, *, dim: int = 128, min_count: int = 20, max_count: int = 120,
+def _tensor(path, data: dict, key: str, kind: str) -> torch.Tensor:
+    """``data[key]`` as a tensor of real ``numbers`` or of ``integers``, else an error naming it."""
+    value = data[key]
+    try:
+        t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    except (TypeError, ValueError, RuntimeError) as exc:  # strings, ragged lists, ...
+        raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {type(value).__name__} ({exc})") from exc
+    integral = not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+    if t.is_complex() or t.dtype == torch.bool or (kind == "integers" and not integral):
+        raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {t.dtype}")
+    return t.long() if integral else t
+
+
+def make_local_descriptors(labels: ArrayLike, *, dim: int = 128, min_count: int = 20, max_count: int = 120,
                            parts_per_class: int = 40, shared: float = 0.4, noise: float = 0.35,
                            num_scales: int = 2, seed: int = 0) -> LocalDescriptors:
     """Synthetic local descriptors, a variable number per image (``min_count``..``max_count``).

@@ -34,6 +34,22 @@ def int_matrix(x, name: str) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
+def positive_count(value, name: str, what: str = "a positive int", low: int = 1) -> int:
+    """An integer >= ``low``; integral floats (5.0) pass, as they always have. NaN, inf,
+    strings and bools are refused by name rather than failing inside int()."""
+    try:
+        ok = not isinstance(value, bool) and int(value) == value and value >= low
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return int(value)
+
+
+class IndexOutOfRangeError(IndexError, ValueError):
+    """An index outside [0, n): an IndexError, and a ValueError as the evaluators have always raised."""
+
+
 def vector(x, name: str, length: int | None = None) -> np.ndarray:
     """A 1-D array, optionally of a required length."""
     a = to_numpy(x, name)
@@ -44,15 +60,41 @@ def vector(x, name: str, length: int | None = None) -> np.ndarray:
     return a
 
 
+def labels(x, name: str, length: int | None = None) -> np.ndarray:
+    """A 1-D array of labels (ids, cameras): NaN equals nothing, so it would quietly make an
+    item match no query; it is refused instead."""
+    a = vector(x, name, length)
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        raise ValueError(f"{name}: contains NaN or inf")
+    return a
+
+
+def ranking(x, name: str) -> np.ndarray:
+    """A 2-D integer array, one row per query, of at least one column."""
+    return check_depth(int_matrix(x, name), name)
+
+
+def check_depth(a: np.ndarray, name: str) -> np.ndarray:
+    """A ranking of depth 0 scores nothing, and comes from a bug upstream more often than by intent."""
+    if a.shape[0] and not a.shape[1]:
+        raise ValueError(f"{name}: lists no items per query (depth 0): there is nothing to score")
+    return a
+
+
 def check_index_range(a: np.ndarray, name: str, n: int | None) -> None:
-    """Indices must be non-negative and, when ``n`` is known, below ``n``."""
-    if a.size == 0:
+    """Indices must be non-negative and, when ``n`` is known, below ``n``; the error names
+    the query (row) holding the first bad one."""
+    if a.size == 0 or (int(a.min()) >= 0 and (n is None or int(a.max()) < n)):
         return
-    lo, hi = int(a.min()), int(a.max())
-    if lo < 0:
-        raise ValueError(f"{name}: holds negative index {lo}")
-    if n is not None and hi >= n:
-        raise ValueError(f"{name}: holds index {hi}, but the database has {n} items")
+    bad = (a < 0) | (a >= n) if n is not None else a < 0
+    where = ""
+    if a.ndim == 2:
+        row = int(np.nonzero(bad.any(axis=1))[0][0])
+        where, a, bad = f" (query {row})", a[row], bad[row]
+    value = int(a[bad][0])
+    if value < 0:
+        raise IndexOutOfRangeError(f"{name}: holds negative index {value}{where}")
+    raise IndexOutOfRangeError(f"{name}: holds index {value}{where}, but the database has {n} items")
 
 
 def check_no_repeats(ranks: np.ndarray, name: str) -> None:

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._inputs import check_index_range, check_no_repeats, int_matrix, vector
+from .._types import ArrayLike
+from ._inputs import check_index_range, check_no_repeats, labels, positive_count, ranking
 
 
 def _ranking_and_labels(ranks, q_labels, db_labels):
-    ranks = int_matrix(ranks, "ranks")
-    q_labels = vector(q_labels, "q_labels", ranks.shape[0])
-    db_labels = vector(db_labels, "db_labels")
+    ranks = ranking(ranks, "ranks")
+    q_labels = labels(q_labels, "q_labels", ranks.shape[0])
+    db_labels = labels(db_labels, "db_labels")
     n = db_labels.shape[0]
     if ranks.shape[1] > n:
         raise ValueError(f"ranks: has {ranks.shape[1]} items per query but db_labels has {n}")
@@ -18,7 +19,8 @@ def _ranking_and_labels(ranks, q_labels, db_labels):
     return ranks, q_labels, db_labels
 
 
-def class_map(ranks, q_labels, db_labels, exclude_self: bool = False, return_aps: bool = False):
+def class_map(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, exclude_self: bool = False,
+              return_aps: bool = False) -> float | tuple[float, np.ndarray]:
     """Mean average precision where a database item is relevant iff its label equals the query's.
 
     ``ranks`` is ``(queries, n)``: for each query a full ranking of the ``n``
@@ -61,7 +63,8 @@ def class_map(ranks, q_labels, db_labels, exclude_self: bool = False, return_aps
     return (m, aps) if return_aps else m
 
 
-def bullseye(ranks, q_labels, db_labels, top: int = 40, class_size=None) -> float:
+def bullseye(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, top: int = 40,
+             class_size: int | None = None) -> float:
     """MPEG-7 bullseye score, as a fraction in [0, 1] (multiply by 100 for the usual %).
 
     For each query, count the database items of the query's class among the
@@ -73,21 +76,18 @@ def bullseye(ranks, q_labels, db_labels, top: int = 40, class_size=None) -> floa
     are counted as far as they go.
     """
     ranks, q_labels, db_labels = _ranking_and_labels(ranks, q_labels, db_labels)
-    if isinstance(top, bool) or int(top) != top or top < 1:
-        raise ValueError(f"top: expected a positive int, got {top!r}")
+    top = positive_count(top, "top")
     if ranks.shape[0] == 0:
         raise ValueError("ranks: has no queries")
-    found = (db_labels[ranks[:, : int(top)]] == q_labels[:, None]).sum(axis=1)
+    found = (db_labels[ranks[:, :top]] == q_labels[:, None]).sum(axis=1)
     if class_size is None:
-        labels, counts = np.unique(db_labels, return_counts=True)
-        where = np.searchsorted(labels, q_labels)
-        where = np.minimum(where, len(labels) - 1) if len(labels) else where
-        present = len(labels) > 0 and np.array_equal(labels[where], q_labels)
+        classes, counts = np.unique(db_labels, return_counts=True)
+        where = np.searchsorted(classes, q_labels)
+        where = np.minimum(where, len(classes) - 1) if len(classes) else where
+        present = len(classes) > 0 and np.array_equal(classes[where], q_labels)
         if not present:
             raise ValueError("q_labels: holds a label absent from db_labels, so its class size is 0")
         size = counts[where]
     else:
-        if isinstance(class_size, bool) or int(class_size) != class_size or class_size < 1:
-            raise ValueError(f"class_size: expected a positive int or None, got {class_size!r}")
-        size = np.full(ranks.shape[0], int(class_size))
+        size = np.full(ranks.shape[0], positive_count(class_size, "class_size", "a positive int or None"))
     return float(np.mean(found / size))

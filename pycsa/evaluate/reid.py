@@ -1,15 +1,22 @@
 """Person re-identification evaluation, Market-1501 style: CMC curve and mAP."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
-from ._inputs import to_numpy, vector
+from .._types import ArrayLike
+from ._inputs import labels, positive_count, to_numpy
 
 # bounds the (rows x gallery) temporaries whatever the query count
 _CELLS_PER_CHUNK = 1 << 22
+# CMC values past the gallery only repeat the last one; this many are written out at most
+# (8 MiB), so that max_rank=10**9 is an error that says so, not 8 GB of copies
+_MAX_PADDED_RANK = 1 << 20
 
 
-def reid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *, junk_pids=()):
+def reid(distmat: ArrayLike, q_pids: ArrayLike, g_pids: ArrayLike, q_camids: ArrayLike, g_camids: ArrayLike,
+         max_rank: int = 50, *, junk_pids: Sequence[int] = ()) -> tuple[np.ndarray, float]:
     """CMC and mAP for a query x gallery distance matrix.
 
     Each query's gallery is sorted by ascending distance with a stable sort, so
@@ -23,7 +30,8 @@ def reid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *, jun
 
     Returns ``(cmc, mAP)``: ``cmc[r]`` is the fraction of kept queries whose
     first true match is within the top ``r + 1`` (a float array of length
-    ``max_rank``; ranks past the end of a short gallery keep the final value);
+    ``max_rank``; ranks past the end of a short gallery keep the final value, and a
+    ``max_rank`` above both the gallery size and 2**20 is refused);
     ``mAP`` is the mean over kept queries of AP = mean, over the query's true
     matches, of precision at each match's position. Both are fractions in
     [0, 1]. Raises ``ValueError`` when no query has a valid match, or on
@@ -37,13 +45,16 @@ def reid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *, jun
     if dist.dtype.kind == "f" and dist.size and not np.isfinite(dist).all():
         raise ValueError("distmat: contains NaN or inf")
     nq, ng = dist.shape
-    q_pids = vector(q_pids, "q_pids", nq)
-    q_camids = vector(q_camids, "q_camids", nq)
-    g_pids = vector(g_pids, "g_pids", ng)
-    g_camids = vector(g_camids, "g_camids", ng)
-    if isinstance(max_rank, bool) or int(max_rank) != max_rank or max_rank < 1:
-        raise ValueError(f"max_rank: expected a positive int, got {max_rank!r}")
-    max_rank = int(max_rank)
+    q_pids = labels(q_pids, "q_pids", nq)
+    q_camids = labels(q_camids, "q_camids", nq)
+    g_pids = labels(g_pids, "g_pids", ng)
+    g_camids = labels(g_camids, "g_camids", ng)
+    max_rank = positive_count(max_rank, "max_rank")
+    if max_rank > max(ng, _MAX_PADDED_RANK):
+        size = max_rank * 8
+        size = f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+        raise ValueError(f"max_rank: {max_rank} would need {size} for a CMC curve whose values past the "
+                         f"gallery's {ng} items all repeat the last one; pass max_rank <= {ng}")
     g_junk = np.isin(g_pids, to_numpy(junk_pids, "junk_pids").reshape(-1))
 
     first_hit = []  # 0-based position of the first true match, per kept query
@@ -65,6 +76,9 @@ def reid(distmat, q_pids, g_pids, q_camids, g_camids, max_rank: int = 50, *, jun
             aps.append(prec[r] / n_match[r])
     if not aps:
         raise ValueError("no query has a valid match in the gallery; CMC and mAP are undefined")
-    first_hit = np.asarray(first_hit)
-    cmc = (first_hit[:, None] <= np.arange(max_rank)[None, :]).mean(axis=0)
+    # a histogram of first hits, not a (queries x max_rank) table
+    depth = min(max_rank, ng)
+    cmc = np.cumsum(np.bincount(np.asarray(first_hit), minlength=depth)[:depth]) / len(first_hit)
+    if max_rank > depth:
+        cmc = np.concatenate([cmc, np.full(max_rank - depth, cmc[-1])])
     return cmc, float(np.mean(aps))

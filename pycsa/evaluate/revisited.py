@@ -15,9 +15,12 @@ have no such overlap).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
-from ._inputs import check_index_range, check_no_repeats, int_matrix, to_numpy
+from .._types import ArrayLike
+from ._inputs import check_depth, check_index_range, check_no_repeats, int_matrix, positive_count, to_numpy
 
 PROTOCOLS = {
     "easy": (("easy",), ("junk", "hard")),
@@ -29,7 +32,8 @@ PROTOCOLS = {
 _CELLS_PER_CHUNK = 1 << 22
 
 
-def revisited(ranks, gnd, kappas=(1, 5, 10), ranks_layout: str = "qn", *, n_db: int | None = None) -> dict:
+def revisited(ranks: ArrayLike, gnd: Sequence[dict], kappas: Sequence[int] = (1, 5, 10), ranks_layout: str = "qn", *,
+              n_db: int | None = None) -> dict:
     """Score rankings under the Easy, Medium and Hard protocols.
 
     Parameters
@@ -78,6 +82,12 @@ def revisited(ranks, gnd, kappas=(1, 5, 10), ranks_layout: str = "qn", *, n_db: 
     ``#positives / k``. A query that retrieves no positive scores P@k = 0 and
     AP = 0 (revisitop's code has no such case, its rankings being complete).
     mP@k is the mean of P@k over the queries that have positives.
+
+    Raises ``ValueError`` naming the argument for rankings of depth 0, repeated items,
+    non-integer indices or shapes that do not fit ``gnd``, and ``IndexError`` (also a
+    ValueError) for an index of ``ranks`` or ``gnd`` below 0 or, where the database size is
+    known, not below it. Without a known size, a ground-truth index however large costs
+    nothing: the per-query tables cover only the items the ranking lists.
     """
     entries, n_db = _entries(gnd, n_db)
     if ranks_layout not in ("qn", "nq"):
@@ -86,6 +96,7 @@ def revisited(ranks, gnd, kappas=(1, 5, 10), ranks_layout: str = "qn", *, n_db: 
     given_shape = ranks.shape
     if ranks_layout == "nq":
         ranks = ranks.T
+    check_depth(ranks, "ranks")
     if ranks.shape[0] != len(entries):
         axis = "rows" if ranks_layout == "qn" else "columns"
         raise ValueError(
@@ -97,16 +108,11 @@ def revisited(ranks, gnd, kappas=(1, 5, 10), ranks_layout: str = "qn", *, n_db: 
     check_index_range(ranks, "ranks", n_db)
     check_no_repeats(ranks, "ranks")
     kappas = _kappas(kappas)
-
-    n = n_db
-    if n is None:
-        top = [int(ranks.max()) + 1 if ranks.size else 0]
-        top += [int(v.max()) + 1 for e in entries for v in e.values() if v.size]
-        n = max(top)
+    ranks, width, inside = _ranked_space(ranks)
 
     out = {}
     for name, (pos_keys, junk_keys) in PROTOCOLS.items():
-        aps, prs = _protocol(ranks, entries, pos_keys, junk_keys, kappas, n)
+        aps, prs = _protocol(ranks, entries, pos_keys, junk_keys, kappas, width, inside)
         has_pos = ~np.isnan(aps)
         res = {"mAP": _mean(aps[has_pos])}
         for c, k in enumerate(kappas):
@@ -125,9 +131,12 @@ def _kappas(kappas) -> tuple[int, ...]:
         raw = list(kappas)
     except TypeError as exc:
         raise ValueError(f"kappas: expected a sequence of positive ints, got {kappas!r}") from exc
-    if not raw or any(isinstance(k, bool) or not float(k).is_integer() or k < 1 for k in raw):
-        raise ValueError(f"kappas: expected positive ints, got {kappas!r}")
-    return tuple(int(k) for k in raw)
+    try:
+        if raw:
+            return tuple(positive_count(k, "kappas") for k in raw)
+    except ValueError:
+        pass
+    raise ValueError(f"kappas: expected positive ints, got {kappas!r}")
 
 
 def _entries(gnd, n_db):
@@ -143,8 +152,8 @@ def _entries(gnd, n_db):
         gnd = gnd["gnd"]
     if not isinstance(gnd, (list, tuple)):
         raise ValueError(f"gnd: expected the loaded dict or a list of per-query dicts, got {type(gnd).__name__}")
-    if n_db is not None and (int(n_db) != n_db or n_db < 0):
-        raise ValueError(f"n_db: expected a non-negative int, got {n_db!r}")
+    if n_db is not None:
+        n_db = positive_count(n_db, "n_db", "a non-negative int", low=0)
     entries = []
     for i, e in enumerate(gnd):
         if not isinstance(e, dict) or any(k not in e for k in ("easy", "hard", "junk")):
@@ -162,21 +171,43 @@ def _entries(gnd, n_db):
     return entries, n_db
 
 
-def _protocol(ranks, entries, pos_keys, junk_keys, kappas, n):
+def _ranked_space(ranks):
+    """The ranking, the width of the per-query tables and a map of index arrays into them.
+
+    The tables cover only the items the ranking lists: a positive it never lists cannot be
+    hit and counts only in P. Sparse indices (a top-100 of a 10**9-item database, or a
+    damaged ground truth holding 10**12) are renumbered first, so no table grows with an
+    index value."""
+    top = int(ranks.max()) + 1 if ranks.size else 0
+    if top <= 4 * ranks.size + 1024:
+        return ranks, top, lambda a: a[a < top]
+    ids = np.unique(ranks)
+
+    def inside(a):
+        at = np.searchsorted(ids, a)
+        found = at < ids.size
+        found[found] = ids[at[found]] == a[found]
+        return at[found]
+
+    return np.searchsorted(ids, ranks), ids.size, inside
+
+
+def _protocol(ranks, entries, pos_keys, junk_keys, kappas, width, inside):
     q, m = ranks.shape
     aps = np.full(q, np.nan)
     prs = np.full((q, len(kappas)), np.nan)
-    step = max(1, _CELLS_PER_CHUNK // max(n, m, 1))
+    step = max(1, _CELLS_PER_CHUNK // max(width, m, 1))
     for s in range(0, q, step):
         rows = range(s, min(q, s + step))
-        pos_mask = np.zeros((len(rows), n), dtype=bool)
-        junk_mask = np.zeros((len(rows), n), dtype=bool)
+        pos_mask = np.zeros((len(rows), width), dtype=bool)
+        junk_mask = np.zeros((len(rows), width), dtype=bool)
+        n_pos = np.zeros(len(rows), dtype=np.int64)
         for r, i in enumerate(rows):
-            for k in pos_keys:
-                pos_mask[r, entries[i][k]] = True
+            pos = np.concatenate([entries[i][k] for k in pos_keys])
+            n_pos[r] = np.unique(pos).size
+            pos_mask[r, inside(pos)] = True
             for k in junk_keys:
-                junk_mask[r, entries[i][k]] = True
-        n_pos = pos_mask.sum(axis=1)
+                junk_mask[r, inside(entries[i][k])] = True
         at = np.arange(len(rows))[:, None]
         ranked = ranks[s:s + len(rows)]
         hit = pos_mask[at, ranked]

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .._safe_load import load_weights_only
+from .._types import PathLike
 
 __all__ = ["BACKBONES", "build_backbone", "load_backbone_weights", "torchvision_cache_file", "Projection"]
 
@@ -38,7 +39,7 @@ class _Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(w_in, w_out, 1, stride=stride, bias=False), nn.BatchNorm2d(w_out))
         self.floor = floor
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
         y = torch.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(y))
@@ -60,7 +61,7 @@ class _Basic(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(w_in, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
         self.floor = floor
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
         skip = x if self.downsample is None else self.downsample(x)
         return (y + skip).clamp(min=self.floor)
@@ -89,7 +90,7 @@ class ResNetTrunk(nn.Module):
             setattr(self, f"layer{stage}", nn.Sequential(*blocks))
         self.out_channels = w_in
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(torch.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
@@ -112,7 +113,7 @@ class _InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1 and w_in == w_out
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv(x) if self.residual else self.conv(x)
 
 
@@ -133,7 +134,7 @@ class MobileNetV2Trunk(nn.Module):
         self.features = nn.Sequential(*layers)
         self.out_channels = 1280
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
 
 
@@ -162,7 +163,7 @@ class Projection(nn.Module):
             if bias is not None:
                 self.linear.bias.copy_(bias)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
 
 
@@ -192,7 +193,7 @@ def _state_dict(obj, path) -> dict:
     return out
 
 
-def load_backbone_weights(trunk: nn.Module, path, name: str = "backbone") -> Projection | None:
+def load_backbone_weights(trunk: nn.Module, path: PathLike, name: str = "backbone") -> Projection | None:
     """Loads a torchvision/timm-style state dict into ``trunk``; returns the checkpoint's
     projection (keys ``whiten.*``, ``head.fc.*`` or ``projection.*``) or None. The classifier
     (``fc.*``, ``classifier.*``) is dropped. Every trunk parameter must be in the file, with
@@ -231,7 +232,8 @@ def load_backbone_weights(trunk: nn.Module, path, name: str = "backbone") -> Pro
     return Projection(weight.float(), None if bias is None else bias.float())
 
 
-def build_backbone(name: str, weights=None, relu_plus: float = 0.0):
+def build_backbone(name: str, weights: PathLike | None = None,
+                   relu_plus: float = 0.0) -> tuple[nn.Module, Projection | None]:
     """(trunk in eval mode, projection or None). ``weights``: a state dict file, 'cache'
     (torchvision's download cache; an error when it has none), or 'random' (random
     initialisation: for trying the pipeline only, the descriptors mean nothing)."""

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._types import Device, DType
 from .pooling import ScaleGeM, make_pooling
 
 __all__ = ["GlobalExtractor", "LocalBatch", "resolve_dtype", "SUPERGLOBAL_SCALES"]
@@ -16,7 +17,7 @@ __all__ = ["GlobalExtractor", "LocalBatch", "resolve_dtype", "SUPERGLOBAL_SCALES
 SUPERGLOBAL_SCALES = (0.7071, 1.0, 1.4142)
 
 
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     """'auto': bfloat16 where the device computes it natively (CUDA with bf16; a CPU with
     AVX-512 BF16 / AMX, as oneDNN reports), float32 elsewhere."""
     if dtype in (torch.float32, "float32", "fp32"):
@@ -61,7 +62,7 @@ class GlobalExtractor(nn.Module):
 
     def __init__(self, backbone: nn.Module, pooling: str | nn.Module = "superglobal",
                  scales: Sequence[float] = SUPERGLOBAL_SCALES, scale_p: float = float("inf"),
-                 projection: nn.Module | None = None, device=None, dtype="auto"):
+                 projection: nn.Module | None = None, device: Device = None, dtype: DType = "auto"):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone: expected a torch.nn.Module, got {type(backbone).__name__}")
@@ -105,7 +106,7 @@ class GlobalExtractor(nn.Module):
         return F.normalize(self.combine(per_scale), p=2, dim=1).cpu()
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor, max_local: int = 0):
+    def extract(self, images: torch.Tensor, max_local: int = 0) -> tuple[torch.Tensor, LocalBatch | None]:
         """(B x D global descriptors, LocalBatch or None): one pass of the trunk gives both.
         Local descriptors are the ``max_local`` positions with the largest map norm over all
         scales (ties: the earlier scale, then the lower position), L2-normalised."""

@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
+
+from .._types import PathLike
 
 __all__ = ["IMAGE_EXTENSIONS", "list_images", "ImageFiles", "load_image", "IMAGENET_MEAN", "IMAGENET_STD"]
 
@@ -30,7 +33,7 @@ def _pillow():
     return Image
 
 
-def list_images(source) -> tuple[Path, list[str]]:
+def list_images(source: PathLike) -> tuple[Path, list[str]]:
     """(root, names): every image file under a folder (recursive, sorted; names relative to
     it, with '/'), or the lines of a list file (paths relative to the list's folder unless
     absolute; blank lines and lines starting with '#' skipped). Names are what the features
@@ -57,7 +60,7 @@ def list_images(source) -> tuple[Path, list[str]]:
     raise FileNotFoundError(f"--images: no such folder or list file: {path}")
 
 
-def load_image(path, size: int, box=None) -> torch.Tensor:
+def load_image(path: PathLike, size: int, box: Sequence[float] | None = None) -> torch.Tensor:
     """3 x H x W float32, normalised with ImageNet's mean and std; the longest side at most
     ``size`` (aspect kept, never enlarged, the shortest side at least 32). ``box``: (x1, y1,
     x2, y2) to crop first (the query regions of Revisited Oxford/Paris). Raises

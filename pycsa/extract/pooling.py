@@ -117,10 +117,10 @@ class ReLUPlus(nn.Module):
         super().__init__()
         self.alpha = float(alpha)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return relu_plus(x, self.alpha)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
 
 
@@ -129,10 +129,10 @@ class RegionalGeM(nn.Module):
         super().__init__()
         self.p, self.size = _power(p), int(size)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return regional_gem(x, self.p, self.size)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}, size={self.size}"
 
 
@@ -141,20 +141,20 @@ class GeM(nn.Module):
         super().__init__()
         self.p, self.eps = _power(p, allow_inf=True), float(eps)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gem(x, self.p, self.eps)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
 class MAC(nn.Module):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return mac(x)
 
 
 class SPoC(nn.Module):
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return spoc(x)
 
 
@@ -163,10 +163,10 @@ class ScaleGeM(nn.Module):
         super().__init__()
         self.p = _power(p, allow_inf=True)
 
-    def forward(self, descriptors):
+    def forward(self, descriptors: Sequence[torch.Tensor]) -> torch.Tensor:
         return scale_gem(descriptors, self.p)
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return f"p={self.p}"
 
 
@@ -179,7 +179,7 @@ class SuperGlobalPooling(nn.Module):
         self.regional = RegionalGeM(regional_p, size)
         self.gem = GeM(p)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.gem(self.regional(self.relu_plus(x)))
 
 

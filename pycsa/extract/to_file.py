@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .._checks import integer
+from .._types import Device, DType, PathLike
 from ..rerank.checkpoint import publish
 from .backbones import build_backbone, torchvision_cache_file
 from .extractor import SUPERGLOBAL_SCALES, GlobalExtractor
@@ -57,7 +58,7 @@ class LocalPCA:
         return cls(mean, comps * sign[:, None])
 
     @classmethod
-    def from_file(cls, path) -> "LocalPCA":
+    def from_file(cls, path: PathLike) -> "LocalPCA":
         try:
             with np.load(path, allow_pickle=False) as z:
                 return cls(z["local_pca_mean"], z["local_pca_components"])
@@ -72,7 +73,8 @@ class LocalPCA:
         return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
-def read_labels(spec: str | None, root: Path, names: Sequence[str]):
+def read_labels(spec: str | None, root: Path,
+                names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """(int64 labels, label names) for ``names``, or (None, None). ``spec``: 'folders' (the
     first folder under the image folder is the class), or a text file of 'name label' lines
     (comma, tab or space separated; '#' comments)."""
@@ -131,13 +133,13 @@ def _file_digest(path) -> str:
     return h.hexdigest()
 
 
-def extract_to_file(images, out, *, backbone: str = "resnet50", weights=None, pooling: str = "superglobal",
-                    scales: Sequence[float] = SUPERGLOBAL_SCALES, scale_p: float = float("inf"), size: int = 1024,
-                    relu_plus_in_trunk: bool = False, labels: str | None = None, local: bool = False,
-                    max_local: int = 500, local_dim: int = 128, local_pca_from=None, gnd=None, batch_size: int = 8,
-                    workers: int | None = None, device=None, dtype="auto", chunk: int = 64,
-                    progress: Callable[[int, int], None] | None = None,
-                    report: Callable[[str], None] = print) -> dict:
+def extract_to_file(images: PathLike, out: PathLike, *, backbone: str = "resnet50", weights: PathLike | None = None,
+                    pooling: str = "superglobal", scales: Sequence[float] = SUPERGLOBAL_SCALES,
+                    scale_p: float = float("inf"), size: int = 1024, relu_plus_in_trunk: bool = False,
+                    labels: str | None = None, local: bool = False, max_local: int = 500, local_dim: int = 128,
+                    local_pca_from: PathLike | None = None, gnd: PathLike | None = None, batch_size: int = 8,
+                    workers: int | None = None, device: Device = None, dtype: DType = "auto", chunk: int = 64,
+                    progress: Callable[[int, int], None] | None = None, report: Callable[[str], None] = print) -> dict:
     """Extracts every image of a folder (or list file) into ``out`` (.npz); see the module
     docstring for its contents. Returns a summary: counts, the file, what was resumed.
 

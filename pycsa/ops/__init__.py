@@ -2,7 +2,7 @@
 
 Every op has a plain-PyTorch twin in :mod:`pycsa.ops.reference`.
 """
-from . import reference
+from . import _kreciprocal, reference  # _kreciprocal: fakes of the ops wrapped in pycsa.rerank
 from ._extension import has_cpu_kernels, has_cuda_kernels
 from .affinity import affinity
 from .attention import attention

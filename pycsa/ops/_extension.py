@@ -11,6 +11,16 @@ try:
 except ImportError as exc:  # not built: CPU work falls back to the plain-PyTorch reference
     _C = None
     _IMPORT_ERROR = exc
+    if "undefined symbol" in str(exc):  # what a torch other than the build's looks like
+        _IMPORT_ERROR = ImportError(f"{exc}; pycsa was built against another torch than {torch.__version__}: "
+                                    "rebuild it with `pip install --no-build-isolation -e .`")
+
+BUILT_WITH_TORCH = getattr(_C, "torch_version", None)
+"""The torch release whose headers pycsa._C was compiled against (None when not built)."""
+if BUILT_WITH_TORCH is not None and BUILT_WITH_TORCH != torch.__version__.split("+")[0]:
+    warnings.warn(f"pycsa: the compiled kernels were built against torch {BUILT_WITH_TORCH} but torch "
+                  f"{torch.__version__} is running; if anything fails, rebuild with "
+                  "`pip install --no-build-isolation -e .`", RuntimeWarning, stacklevel=2)
 
 _warned = False
 
@@ -67,3 +77,19 @@ def use_kernels(op: str, device: torch.device) -> bool:
             _warned = True
         return False
     return True
+
+
+def register_non_differentiable(qualname: str) -> None:
+    """Gives op ``qualname`` an autograd kernel whose results never require grad.
+
+    Without one, torch's fallback marks float results as requiring grad and only warns
+    (and drops the gradient) at backward; it also leaves autograd on inside the C++
+    kernel, so a kernel calling an ``out=`` op fails on inputs that require grad.
+    """
+    def setup_context(ctx, inputs, output):
+        ctx.mark_non_differentiable(*(output if isinstance(output, tuple) else (output,)))
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{qualname} is not differentiable")  # unreachable: no result requires grad
+
+    torch.library.register_autograd(qualname, backward, setup_context=setup_context)

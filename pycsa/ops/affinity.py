@@ -5,12 +5,15 @@ import torch
 
 from .._checks import integer
 from .._tensors import as_tensor, to_caller
+from .._types import ArrayLike
 from . import _extension, reference
+from ._inputs import require_finite
 
 _FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
-def affinity(database, ranks, num_anchors: int, queries=None, *, check_finite: bool = True):
+def affinity(database: ArrayLike, ranks: ArrayLike, num_anchors: int, queries: ArrayLike | None = None, *,
+             check_finite: bool = True) -> ArrayLike:
     """Affinity features of ranking lists.
 
     For each row b of ``ranks`` (B x R database indices, best first) the list of
@@ -22,7 +25,8 @@ def affinity(database, ranks, num_anchors: int, queries=None, *, check_finite: b
 
     Accepts torch tensors or numpy arrays (the result is of the same kind);
     float32, float64, float16 and bfloat16; CPU (C++) and CUDA. With
-    ``check_finite`` a NaN or inf reaching the result raises ValueError.
+    ``check_finite`` a NaN or inf reaching the result raises ValueError (under
+    torch.compile a RuntimeError with the same message, from an assert in the graph).
     Differentiable with respect to ``database`` and ``queries``.
     """
     db, was_numpy = as_tensor(database, "database")
@@ -32,11 +36,14 @@ def affinity(database, ranks, num_anchors: int, queries=None, *, check_finite: b
     if not _extension.half_on_older_gpu(db) and _extension.use_kernels("affinity", db.device):
         out = torch.ops.pycsa.affinity(db, rk, int(num_anchors), q)  # checks the index range itself
     else:
-        _check_range(rk, db.shape[0])
+        # Reading the range back breaks a compiled graph; there index_select's own
+        # bounds check guards the reference instead (with a less specific message).
+        if not torch.compiler.is_compiling():
+            _check_range(rk, db.shape[0])
         out = reference.affinity(db, rk, int(num_anchors), q)
-    if check_finite and out.numel() and not bool(torch.isfinite(out).all()):
-        raise ValueError("database/queries: the rows selected by ranks contain NaN or inf "
-                         "(or their products overflow the dtype)")
+    if check_finite:
+        require_finite(out, "database/queries: the rows selected by ranks contain NaN or inf "
+                            "(or their products overflow the dtype)")
     return to_caller(out, was_numpy)
 
 

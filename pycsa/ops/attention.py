@@ -5,20 +5,23 @@ import torch
 import torch.nn.functional as F
 
 from .._tensors import as_tensor, to_caller
+from .._types import ArrayLike
 from . import _extension, reference
 
 _KERNEL_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CUDA_HEAD_DIMS = (32, 64)
 
 
-def attention(q, k, v, lengths=None, *, scale: float | None = None):
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: ArrayLike | None = None, *,
+              scale: float | None = None) -> torch.Tensor:
     """``softmax(q kᵀ · scale) v`` for every (sequence, head), without a tokens x tokens matrix.
 
     ``q``, ``k``, ``v``: (batch, heads, tokens, head_dim), one dtype (float32, float16,
     bfloat16; float64 runs the plain-PyTorch reference), any strides. ``lengths``
     (batch,) gives each sequence's valid length: keys at or past it get no weight and
     output rows at or past it are zero, and the kernels do no work for them, so a
-    ragged batch costs what its real tokens cost. ``scale`` defaults to 1/sqrt(head_dim).
+    ragged batch costs what its real tokens cost. What the padding holds (NaN or inf
+    included) reaches neither the output nor the gradients. ``scale`` defaults to 1/sqrt(head_dim).
 
     CPU: C++ (blocked GEMMs and an online softmax, parallel over blocks of queries).
     CUDA: one kernel (tensor cores for the half types) for head_dim 32 and 64; other
@@ -51,10 +54,14 @@ def sdpa_with_lengths(q, k, v, lengths=None, scale=None):
     if lengths is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
     B, _, T, _ = q.shape
+    valid = reference.key_mask(lengths, T, B, q.device)[:, None, :, None]
+    # Padding may hold anything (NaN included): the mask alone would still multiply it by
+    # zero weights, and 0·NaN poisons the output and every gradient, so it is zeroed first.
+    q, k, v = (torch.where(valid, t, 0) for t in (q, k, v))
     # A length-0 sequence keeps key 0 so that its softmax is defined; its rows are zeroed.
     keys = reference.key_mask(lengths.clamp_min(1), T, B, q.device)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :], scale=scale)
-    return out * reference.key_mask(lengths, T, B, q.device)[:, None, :, None].to(out.dtype)
+    return torch.where(valid, out, 0)
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.Tensor | None:
@@ -69,6 +76,8 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.
             raise ValueError(f"{name}: on {t.device} but q is on {q.device}")
     if q.dtype not in _KERNEL_TYPES + (torch.float64,):
         raise TypeError(f"q: expected float32, float16, bfloat16 or float64, got {q.dtype}")
+    if q.shape[3] == 0:
+        raise ValueError("q: head_dim (the last dimension) must be >= 1, got 0")
     if lengths is None:
         return None
     lengths = as_tensor(lengths, "lengths")[0]
@@ -78,10 +87,11 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.
         raise ValueError(f"lengths: expected shape ({q.shape[0]},), one length per sequence, got {tuple(lengths.shape)}")
     if lengths.device != q.device:
         raise ValueError(f"lengths: on {lengths.device} but q is on {q.device}")
-    # The range check synchronises a CUDA stream, so it is skipped while a CUDA graph
-    # is captured (the CUDA kernel clamps lengths to [0, tokens] anyway).
-    capturing = q.is_cuda and torch.cuda.is_current_stream_capturing()
-    if lengths.numel() and not capturing:
+    # The range check reads lengths back to the host: that would break a compiled graph
+    # and cannot happen while a CUDA graph is captured. Both then rely on the kernels:
+    # the C++ one checks the range itself, the CUDA one clamps lengths to [0, tokens].
+    skip = torch.compiler.is_compiling() or (q.is_cuda and torch.cuda.is_current_stream_capturing())
+    if lengths.numel() and not skip:
         lo, hi = (int(x) for x in torch.aminmax(lengths))
         if lo < 0 or hi > q.shape[2]:
             raise ValueError(f"lengths: must lie in [0, {q.shape[2]}] (the token count), found [{lo}, {hi}]")

@@ -69,14 +69,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: torch.
     inputs) through the full T x T matrix, returned in the input dtype.
     """
     B, H, T, D = q.shape
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    dtype = q.dtype
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
     scale = D ** -0.5 if scale is None else scale
-    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)) * scale
     valid = key_mask(lengths, T, B, q.device)  # B x T
+    tokens = valid[:, None, :, None]
+    # Padding gets zero weight, but 0·NaN is NaN (in the output and in every gradient):
+    # it is zeroed rather than trusted to the weights.
+    q, k, v = (torch.where(tokens, t.to(acc), 0) for t in (q, k, v))
+    s = torch.matmul(q, k.transpose(-1, -2)) * scale
     s = s.masked_fill(~valid[:, None, None, :], float("-inf"))
     p = torch.softmax(s, dim=-1).nan_to_num(0.0)  # a length-0 row is all -inf: no weights
-    out = torch.matmul(p, v.to(acc)) * valid[:, None, :, None]
-    return out.to(q.dtype)
+    out = torch.where(tokens, torch.matmul(p, v), 0)
+    return out.to(dtype)
 
 
 def inner_product_topk(queries: torch.Tensor, database: torch.Tensor, k: int):

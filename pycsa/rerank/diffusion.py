@@ -12,15 +12,18 @@ Memory online: a few n x block dense vectors (block chosen to stay under
 from __future__ import annotations
 
 import hashlib
+import math
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._checks import positive_int, unit_interval
+from .._checks import finite_float, positive_int
 from .._safe_load import load_weights_only
 from .._tensors import as_tensor, check_features
+from .._types import ArrayLike
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index, topk_lower_index
 
@@ -45,7 +48,7 @@ def mutual_knn_weights(X: torch.Tensor, k: int, gamma: float, progress: Progress
         return empty, empty, torch.zeros(0)
     s, idx = Index(X).search(X, k + 1, progress=progress)
     rows = torch.arange(n).repeat_interleave(k + 1)
-    cols, vals = idx.reshape(-1), s.reshape(-1).clamp(min=0).pow(gamma)
+    cols, vals = idx.reshape(-1), powered(s.reshape(-1), gamma)
     keep = rows != cols  # no self loops
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
     # Mutual edges only, weighted by the smaller of the two directions (W = min(W, Wᵀ)).
@@ -56,6 +59,25 @@ def mutual_knn_weights(X: torch.Tensor, k: int, gamma: float, progress: Progress
     mutual = key_sorted[pos] == key_t
     w = torch.minimum(vals[mutual], vals[order][pos][mutual])
     return rows[mutual], cols[mutual], w
+
+
+def powered(s: torch.Tensor, gamma: float) -> torch.Tensor:
+    """max(s, 0)^γ, all of ``s`` first divided by a power of two when its largest value raised
+    to γ would leave [2^-32, 2^32] (similarities of features far from unit norm): the graph's
+    normalisation and the ranking by f do not depend on a common factor of the weights, and
+    float32 would otherwise overflow to inf (NaN after normalising) or underflow to 0 (a
+    graph without edges, a ranking by index). Unit-norm features are never rescaled."""
+    s = s.clamp(min=0)
+    top = float(s.max()) if s.numel() else 0.0
+    if top > 0 and abs(gamma * math.log2(top)) > 32:
+        s = s * 2.0 ** -max(-120, min(120, math.frexp(top)[1]))
+    return s.pow(gamma)
+
+
+def _check_alpha_gamma(alpha, gamma) -> tuple[float, float]:
+    # α = 1 makes I - αS singular (f diverges); γ <= 0 weights the least similar most
+    return finite_float(alpha, "alpha", 0, 1, low_open=True, high_open=True), \
+        finite_float(gamma, "gamma", low=0, low_open=True)
 
 
 def conjugate_gradient(S: torch.Tensor, Y: torch.Tensor, alpha: float, iters: int = 20, tol: float = 1e-6):
@@ -109,31 +131,36 @@ def _read_cached_graph(path: Path, key: str, n: int):
 class Diffusion(Reranker):
     """Diffusion on the database's mutual kNN graph; the top-k of each query's diffusion scores.
 
-    Defaults: k=50 graph neighbours, γ=3, α=0.99, the query's top-10 as its seed,
-    20 conjugate-gradient iterations.
+    Defaults: k=50 graph neighbours, γ=3 (> 0), α=0.99 (in (0, 1)), the query's top-10 as
+    its seed, 20 conjugate-gradient iterations. ``fit`` keeps the graph of its database
+    (see :class:`pycsa.Reranker` for a database that differs from fit's).
     """
 
+    keeps_fit = True
+
     def __init__(self, k: int = 50, gamma: float = 3.0, alpha: float = 0.99, query_k: int = 10,
-                 iters: int = 20, block_elems: int = 1 << 25, cache_dir: str | None = None):
+                 iters: int = 20, block_elems: int = 1 << 25, cache_dir: str | os.PathLike | None = None):
         self.k, self.query_k, self.iters = positive_int(k, "k"), positive_int(query_k, "query_k"), positive_int(iters, "iters")
-        self.gamma, self.alpha = float(gamma), unit_interval(alpha, "alpha")
-        self.block_elems = block_elems
+        self.alpha, self.gamma = _check_alpha_gamma(alpha, gamma)
+        self.block_elems = positive_int(block_elems, "block_elems")
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise TypeError(f"cache_dir: expected a path or None, got {type(cache_dir).__name__}")
         self.cache_dir = cache_dir
         self._graph = None
-        self._index = None
 
-    def fit(self, database, *, progress: Progress = None):
+    def fit(self, database: ArrayLike, *, progress: Progress = None) -> "Diffusion":
         """Builds the graph, or with ``cache_dir`` reloads the one saved for this very database
         (the file name is a hash of the database's bytes and of k and γ, so a changed database
         or setting builds and saves a new graph)."""
         X, _ = as_tensor(database, "database")
+        X = X.detach()
         check_features(X, "database", allow_empty=False)
-        self._index = Index(X)
         path, key = self._cache_path(X)
         if path is not None and path.is_file():
             graph, why = _read_cached_graph(path, key, X.shape[0])
             if graph is not None:
                 self._graph = graph
+                self._remember(database)
                 return self
             # the cache holds derived data only: a bad entry is rebuilt, and the user told why
             warnings.warn(f"cache_dir: ignoring the cached graph {path} ({why}); rebuilding it", RuntimeWarning,
@@ -145,6 +172,7 @@ class Diffusion(Reranker):
             torch.save({"key": key, "n": X.shape[0], "indices": self._graph.indices(),
                         "values": self._graph.values()}, tmp)
             tmp.replace(path)  # a reader never sees a half-written file
+        self._remember(database)
         return self
 
     def _cache_path(self, X: torch.Tensor) -> tuple[Path | None, str | None]:
@@ -162,13 +190,11 @@ class Diffusion(Reranker):
         return Path(self.cache_dir) / f"diffusion-graph-{key}.pt", key
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        if self._index is None or not self._index.same_database(X):
-            self.fit(X)
         n, q = X.shape[0], Q.shape[0]
         depth = ranking.indices.shape[1]
         kq = min(self.query_k, depth)
         seed_idx = ranking.indices[:, :kq].cpu()
-        seed_val = ranking.scores[:, :kq].float().cpu().clamp(min=0).pow(self.gamma)
+        seed_val = powered(ranking.scores[:, :kq].float().cpu(), self.gamma)
         out_i = torch.empty((q, depth), dtype=torch.int64)
         out_s = torch.empty((q, depth), dtype=torch.float32)
         step = max(1, min(q, self.block_elems // max(1, n)))
@@ -223,19 +249,20 @@ class TruncatedDiffusion(Reranker):
     its conjugate-gradient iterations, 4x faster than blocks 64 times larger.
     """
 
+    keeps_fit = True
+
     def __init__(self, T: int = 1000, k: int = 50, gamma: float = 3.0, alpha: float = 0.99, query_k: int = 10,
                  iters: int = 20, block_elems: int = 1 << 19):
         self.T, self.k = positive_int(T, "T"), positive_int(k, "k")
         self.query_k, self.iters = positive_int(query_k, "query_k"), positive_int(iters, "iters")
-        self.gamma, self.alpha = float(gamma), unit_interval(alpha, "alpha")
-        self.block_elems = block_elems
-        self._index = None
+        self.alpha, self.gamma = _check_alpha_gamma(alpha, gamma)
+        self.block_elems = positive_int(block_elems, "block_elems")
         self._graph = None
 
-    def fit(self, database, *, progress: Progress = None):
+    def fit(self, database: ArrayLike, *, progress: Progress = None) -> "TruncatedDiffusion":
         X, _ = as_tensor(database, "database")
+        X = X.detach()
         check_features(X, "database", allow_empty=False)
-        self._index = Index(X)
         n = X.shape[0]
         rows, cols, w = mutual_knn_weights(X.float().cpu(), self.k, self.gamma, progress)
         # neighbour lists padded to the largest degree (at most k: mutual edges are kNN edges)
@@ -248,23 +275,23 @@ class TruncatedDiffusion(Reranker):
         wts = torch.zeros((n, width), dtype=torch.float32)
         nbr[rows, slot], wts[rows, slot] = cols.to(torch.int32), w.float()
         self._graph = (nbr.to(X.device), wts.to(X.device))
+        self._remember(database)
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        if self._index is None or not self._index.same_database(X):
-            self.fit(X)
         q, depth = ranking.indices.shape
         T = min(self.T, depth)
         kq = min(self.query_k, T)
         new_i, new_s = ranking.indices.clone(), ranking.scores.clone().float()
         nbr, wts = self._graph
+        seeds = powered(ranking.scores[:, :kq].float(), self.gamma)
         step = max(1, self.block_elems // max(1, T * nbr.shape[1], X.shape[0]))
         for s in range(0, q, step):
             top = ranking.indices[s:s + step, :T].to(nbr.device)
             b = top.shape[0]
             local, w = restricted_graph(nbr, wts, top)
             Y = torch.zeros(b, T, device=w.device)
-            Y[:, :kq] = ranking.scores[s:s + step, :kq].float().clamp(min=0).pow(self.gamma).to(w.device)
+            Y[:, :kq] = seeds[s:s + step].to(w.device)
             f = _cg(lambda P: _restricted_product(local, w, P), Y, self.alpha, self.iters, 1e-6, dim=1)
             # equal f (0 for the candidates the diffusion never reaches) keep their input order
             order = torch.sort(f, dim=1, descending=True, stable=True).indices

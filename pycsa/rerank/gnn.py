@@ -19,9 +19,10 @@ import warnings
 
 import torch
 
-from .._checks import positive_int, unit_interval
+from .._checks import boolean, integer, positive_int, unit_interval
 from .._precision import matmul
-from .._tensors import as_tensor, check_features, leave_one_out as leave_one_out_rows, to_caller
+from .._tensors import as_tensor, check_features, leave_one_out as leave_one_out_rows, rescaled, to_caller
+from .._types import ArrayLike
 from ..ops import _extension, csr_add_transpose, csr_cross_dense, gnn_propagate, gnn_propagate_cross
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index, topk_lower_index
@@ -108,8 +109,8 @@ def gnn_similarity_sparse(S: torch.Tensor, R: torch.Tensor, num_queries: int | N
     return torch.sparse.mm(Aq, Ag.T)
 
 
-def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: float = 0.0, *,
-               layers: int = 2, return_ranking: bool = False, leave_one_out: bool | None = False):
+def gnn_rerank(query_feats: ArrayLike, gallery_feats: ArrayLike, k1: int = 26, k2: int = 7, lamb: float = 0.0, *,
+               layers: int = 2, return_ranking: bool = False, leave_one_out: bool | None = False) -> ArrayLike:
     """GNN re-ranking: the q x g similarity (higher is better), or with ``return_ranking``
     the q x g ranking (gallery indices by descending similarity, ties to the lower index).
 
@@ -125,7 +126,15 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
     graph kernels (torch.sparse, :func:`gnn_similarity_sparse`, when pycsa was built
     without CUDA).
     """
+    layers = integer(layers, "layers", low=1)
+    return _gnn_rerank(query_feats, gallery_feats, k1, k2, lamb, layers, return_ranking, leave_one_out)
+
+
+def _gnn_rerank(query_feats, gallery_feats, k1, k2, lamb, layers: int, return_ranking, leave_one_out):
+    """:func:`gnn_rerank`, where ``layers`` may also be 0 (no propagation: the public code's k2 == 1)."""
     k1, k2, lamb = _params(k1, k2, lamb)
+    return_ranking = boolean(return_ranking, "return_ranking")
+    leave_one_out = boolean(leave_one_out, "leave_one_out", allow_none=True)
     Q, was_numpy = as_tensor(query_feats, "query_feats")
     G, _ = as_tensor(gallery_feats, "gallery_feats")
     check_features(Q, "query_feats", allow_empty=False)
@@ -136,8 +145,11 @@ def gnn_rerank(query_feats, gallery_feats, k1: int = 26, k2: int = 7, lamb: floa
         raise ValueError(f"query_feats: on {Q.device} but gallery_feats is on {G.device}")
     device = Q.device
     self_mode = leave_one_out_rows(leave_one_out, Q, G)
-    Q, G = Q.float(), G.float()
-    Z = G if self_mode else torch.cat([Q, G])
+    Q, G = Q.detach().float(), G.detach().float()
+    # The graph depends on no common factor of the features (ranks, then S² weights of
+    # rows normalised after each layer): a power-of-two rescale is exact and keeps S²
+    # finite for features far from unit norm. The blend below uses them as given.
+    Z, _ = rescaled(G if self_mode else torch.cat([Q, G]))
     k1 = min(k1, Z.shape[0])
     k2 = min(k2, k1)
     S, R = knn_graph(Z, k1)
@@ -163,7 +175,7 @@ class GNN(Reranker):
 
     def __init__(self, k1: int = 26, k2: int = 7, lamb: float = 0.0, leave_one_out: bool | None = None):
         self.k1, self.k2, self.lamb = _params(k1, k2, lamb)
-        self.leave_one_out = leave_one_out
+        self.leave_one_out = boolean(leave_one_out, "leave_one_out", allow_none=True)
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         sim = gnn_rerank(Q, X, self.k1, self.k2, self.lamb, leave_one_out=self.leave_one_out)

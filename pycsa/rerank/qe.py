@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import positive_int
-from .._tensors import as_tensor, check_features
+from .._checks import finite_float, positive_int
+from .._tensors import as_tensor, check_features, rescaled
+from .._types import ArrayLike
 from ..ops import weighted_gather_sum
 from ..ranking import Progress, Ranking, Reranker, register
 from ..search import Index
@@ -34,33 +35,45 @@ def neighbour_weights(scores: torch.Tensor, kind: str, alpha: float) -> torch.Te
 def expand(items: torch.Tensor, database: torch.Tensor, indices: torch.Tensor, scores: torch.Tensor,
            kind: str = "alpha", alpha: float = 3.0) -> torch.Tensor:
     """``normalize(items + Σ_r w_r · database[indices[:, r]])`` for every row at once."""
-    w = neighbour_weights(scores.float(), kind, alpha)
-    agg = items.float() + weighted_gather_sum(database, indices, w).float()
+    scores = scores.float()
+    own = None  # the item's weight, 1
+    if kind == "alpha" and scores.shape[1]:
+        # Similarities above 1 (features not L2-normalised) raised to α overflow float32.
+        # The sum is normalised, so a row's weights, the item's 1 included, may all be
+        # divided by its largest similarity's α-th power: the same expansion, finite.
+        top = scores.amax(1, keepdim=True).clamp(min=1)
+        scores, own = scores / top, top.double().pow(-alpha).float()
+    w = neighbour_weights(scores, kind, alpha)
+    agg = (items.float() if own is None else items.float() * own) + weighted_gather_sum(database, indices, w).float()
+    # normalize() divides rows of norm below 1e-12 by 1e-12, not by their norm: tiny
+    # features would come back unnormalised (a row's own power of two changes nothing else)
+    agg, _ = rescaled(agg, per_row=True)
     return torch.nn.functional.normalize(agg, dim=1).to(items.dtype)
 
 
 class _QueryExpansion(Reranker):
     """Expands each query with its top-k and searches the database again.
 
-    ``fit(database)`` builds the search index once; ``rerank`` on another database
-    builds a temporary one.
+    ``fit(database)`` builds the search index once (see :class:`pycsa.Reranker` for a
+    database that differs from fit's). ``alpha`` (>= 0) is αQE's exponent.
     """
 
     kind = "mean"
+    keeps_fit = True
 
     def __init__(self, k: int = 10, alpha: float = 3.0):
-        self.k, self.alpha = positive_int(k, "k"), float(alpha)
+        self.k, self.alpha = positive_int(k, "k"), finite_float(alpha, "alpha", low=0)
         self._index = None
 
     def fit(self, database, *, progress: Progress = None):
         self._index = Index(database)
+        self._remember(database)
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         k = min(self.k, ranking.indices.shape[1])
         Qe = expand(Q, X, ranking.indices[:, :k], ranking.scores[:, :k], self.kind, self.alpha)
-        index = self._index if self._index is not None and self._index.same_database(X) else Index(X)
-        scores, indices = index.search(Qe, ranking.indices.shape[1], progress=progress)
+        scores, indices = self._index.search(Qe, ranking.indices.shape[1], progress=progress)
         return Ranking(indices, scores)
 
 
@@ -89,25 +102,24 @@ class _DatabaseAugmentation(Reranker):
     """Replaces every database row by its expansion over its own top-k (offline), then searches."""
 
     kind = "mean"
+    keeps_fit = True
 
     def __init__(self, k: int = 10, alpha: float = 3.0):
-        self.k, self.alpha = positive_int(k, "k"), float(alpha)
-        self._source = None  # Index over the database given to fit (identifies it)
+        self.k, self.alpha = positive_int(k, "k"), finite_float(alpha, "alpha", low=0)
         self._augmented = None  # Index over the augmented database
 
     def fit(self, database, *, progress: Progress = None):
         X, _ = as_tensor(database, "database")
+        X = X.detach()
         check_features(X, "database", allow_empty=False)
-        self._source = Index(X)
         k = min(self.k + 1, X.shape[0])
-        scores, indices = self._source.search(X, k, progress=progress)
+        scores, indices = Index(X).search(X, k, progress=progress)
         # Column 0 is normally the row itself (weight 1 in expand); drop it from the neighbours.
         self._augmented = Index(expand(X, X, indices[:, 1:], scores[:, 1:], self.kind, self.alpha))
+        self._remember(database)
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        if self._source is None or not self._source.same_database(X):
-            self.fit(X)
         scores, indices = self._augmented.search(Q, ranking.indices.shape[1], progress=progress)
         return Ranking(indices, scores)
 
@@ -135,19 +147,20 @@ class AlphaQEDBA(Reranker):
     The input ranking's order is not used: the first search is against the augmented
     database; its depth is the output's."""
 
+    keeps_fit = True
+
     def __init__(self, k: int = 10, alpha: float = 3.0, dba_k: int | None = None, dba_alpha: float | None = None):
-        self.k, self.alpha = positive_int(k, "k"), float(alpha)
+        self.k, self.alpha = positive_int(k, "k"), finite_float(alpha, "alpha", low=0)
         self.dba_k = self.k if dba_k is None else positive_int(dba_k, "dba_k")
-        self.dba_alpha = self.alpha if dba_alpha is None else float(dba_alpha)
+        self.dba_alpha = self.alpha if dba_alpha is None else finite_float(dba_alpha, "dba_alpha", low=0)
         self._dba = AlphaDBA(self.dba_k, self.dba_alpha)
 
-    def fit(self, database, *, progress: Progress = None):
+    def fit(self, database: ArrayLike, *, progress: Progress = None) -> "AlphaQEDBA":
         self._dba.fit(database, progress=progress)
+        self._remember(database)
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        if self._dba._source is None or not self._dba._source.same_database(X):
-            self._dba.fit(X)
         augmented = self._dba._augmented
         depth = ranking.indices.shape[1]
         k = min(self.k, X.shape[0])

@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import positive_int
+from .._checks import finite_float, positive_int
 from .._precision import matmul
 from .._tensors import as_tensor, check_features, to_caller
+from .._types import ArrayLike
 from ..ops import _extension, affinity, inner_product_topk
 from ..ranking import Progress, Ranking, Reranker, register, resort_top
 from ..search import topk_lower_index
 
 
-def _check_params(M, K, beta, refine):
-    positive_int(M, "M"), positive_int(K, "K"), positive_int(refine, "refine")
-    if not float(beta) >= 0:
-        raise ValueError(f"beta: must be >= 0, got {beta!r}")
+def _check_params(M, K, beta, refine) -> tuple[int, int, float, int]:
+    return positive_int(M, "M"), positive_int(K, "K"), finite_float(beta, "beta", low=0), positive_int(refine, "refine")
 
 
 def _list_neighbours(F: torch.Tensor, Kn: int, fused: bool | None = None):
@@ -92,11 +91,16 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         q2 = refined.amax(dim=1)
         s2 = _aggregate(matmul(F, q2.unsqueeze(2)).squeeze(2), w, j_nb, den)
         out[s:s + step] = (s1 + s2) / 2
+    # Not scale-free (β s_ij weighs features against features): features far from unit
+    # norm overflow here, and no rescaling gives the same answer
+    if out.numel() and not bool(torch.isfinite(out).all()):
+        raise ValueError("queries/database: too large for SuperGlobal's float32 arithmetic (its scores "
+                         "multiply similarities by similarities); L2-normalise the features")
     return out
 
 
-def superglobal_rerank(queries, database, ranks, M: int = 400, K: int = 9, beta: float = 0.15, *,
-                       refine: int = 10):
+def superglobal_rerank(queries: ArrayLike, database: ArrayLike, ranks: ArrayLike, M: int = 400, K: int = 9,
+                       beta: float = 0.15, *, refine: int = 10) -> ArrayLike:
     """SuperGlobal re-ranking of each query's top-M; returns the new ranks (same shape as ``ranks``).
 
     Inputs: queries (B x d), database (n x d), ranks (B x R database indices, best first),
@@ -107,17 +111,18 @@ def superglobal_rerank(queries, database, ranks, M: int = 400, K: int = 9, beta:
 
 
 def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None):
-    _check_params(M, K, beta, refine)
+    M, K, beta, refine = _check_params(M, K, beta, refine)
     Q, was_numpy = as_tensor(queries, "queries")
     X, _ = as_tensor(database, "database")
     rk, _ = as_tensor(ranks, "ranks")
+    Q, X = Q.detach(), X.detach()
     check_features(Q, "queries")
     check_features(X, "database")
-    if rk.dim() != 2 or rk.shape[0] != Q.shape[0]:
-        raise ValueError(f"ranks: expected shape ({Q.shape[0]}, R), got {tuple(rk.shape)}")
+    if rk.dim() != 2 or rk.shape[0] != Q.shape[0] or rk.shape[1] < 1:
+        raise ValueError(f"ranks: expected shape ({Q.shape[0]}, R) with R >= 1, got {tuple(rk.shape)}")
     if Q.shape[1] != X.shape[1]:
         raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
-    if rk.is_floating_point():
+    if rk.is_floating_point() or rk.dtype == torch.bool:
         raise TypeError(f"ranks: expected integers, got {rk.dtype}")
     rk = rk.to(X.device).long()
     if rk.numel() and (int(rk.min()) < 0 or int(rk.max()) >= X.shape[0]):
@@ -135,8 +140,7 @@ class SuperGlobal(Reranker):
     """
 
     def __init__(self, M: int = 400, K: int = 9, beta: float = 0.15):
-        _check_params(M, K, beta, 10)
-        self.M, self.K, self.beta = M, K, beta
+        self.M, self.K, self.beta, _ = _check_params(M, K, beta, 10)
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         indices, scores = _rerank_top(Q, X, ranking.indices, self.M, self.K, self.beta, 10, ranking.scores)

@@ -13,8 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import positive_int
+from ..._checks import finite_float, integer
 from ...ops import attention
+
+# Bounds on a configuration, generous for a re-ranker (the paper's is L=512, D=768, 2 layers,
+# 12 heads) and checked before any layer is built: a damaged checkpoint asking for 20,000
+# layers is refused at once instead of after a minute of allocation, and every model that
+# can be trained can be loaded again.
+LIMITS = {"num_anchors": 65536, "dim": 16384, "depth": 64, "heads": 1024}
 
 
 class DropPath(nn.Module):
@@ -70,10 +76,9 @@ class CSA(nn.Module):
     def __init__(self, num_anchors: int = 512, dim: int = 768, depth: int = 2, heads: int = 12,
                  dropout: float = 0.1, drop_path: float = 0.1):
         super().__init__()
-        for name, value in (("num_anchors", num_anchors), ("dim", dim), ("depth", depth), ("heads", heads)):
-            positive_int(value, name)
-        self.config = dict(num_anchors=num_anchors, dim=dim, depth=depth, heads=heads, dropout=dropout,
-                           drop_path=drop_path)
+        self.config = self.check_config(dict(num_anchors=num_anchors, dim=dim, depth=depth, heads=heads,
+                                             dropout=dropout, drop_path=drop_path))
+        num_anchors, dim, depth, heads, dropout, drop_path = self.config.values()
         self.num_anchors = num_anchors
         self.embed = nn.Linear(num_anchors, dim)
         # stochastic depth grows linearly with depth, as in the ViT recipes the authors follow
@@ -82,7 +87,17 @@ class CSA(nn.Module):
         self.reconstruct = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, num_anchors))
         self.apply(_init)
 
-    def forward(self, affinity: torch.Tensor, lengths: torch.Tensor | None = None, *, reconstruct: bool = False):
+    @staticmethod
+    def check_config(config: dict) -> dict:
+        """The configuration with plain Python values (what a checkpoint can store), or
+        ValueError/TypeError naming the first entry outside :data:`LIMITS` or of a wrong type."""
+        out = {name: integer(config[name], name, 1, high) for name, high in LIMITS.items()}
+        if out["dim"] % out["heads"]:
+            raise ValueError(f"dim: {out['dim']} is not divisible by heads={out['heads']}")
+        return out | {name: finite_float(config[name], name, 0.0, 1.0) for name in ("dropout", "drop_path")}
+
+    def forward(self, affinity: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                reconstruct: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Refined features B x K x D; with ``reconstruct`` also the MSE head's B x K x L output
         (inside forward, so that DistributedDataParallel sees every parameter used)."""
         if affinity.dim() != 3 or affinity.shape[-1] != self.num_anchors:

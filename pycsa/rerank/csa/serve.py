@@ -1,10 +1,13 @@
 """Serving a trained CSA model: re-sort each query's top-K by refined affinity features."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from ..._checks import positive_int
-from ..._tensors import as_tensor
+from ..._tensors import as_device, as_tensor
+from ..._types import ArrayLike, PathLike, Device
 from ...ops import affinity
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..placement import placed, serving_dtype
@@ -51,7 +54,8 @@ class _GraphedModel:
 
 @torch.no_grad()
 def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor, k: int, *, batch_size: int = 64,
-               dtype: torch.dtype | None = None, forward=None, progress: Progress = None) -> torch.Tensor:
+               dtype: torch.dtype | None = None, forward: Callable[..., torch.Tensor] | None = None,
+               progress: Progress = None) -> torch.Tensor:
     """cos(y_query, y_i) for the first k - 1 candidates of each query's ranking: B x (k - 1).
 
     ``ranks``: B x R database indices, best first. Each list is the query followed by
@@ -91,9 +95,9 @@ class CSAReranker(Reranker):
 
     needs_checkpoint = True
 
-    def __init__(self, checkpoint=None, *, model: CSA | None = None, k: int = 1024, batch_size: int = 64,
-                 device=None, dtype: torch.dtype | None = None, cuda_graphs: bool = True,
-                 num_anchors: int | None = None):
+    def __init__(self, checkpoint: PathLike | None = None, *, model: CSA | None = None, k: int = 1024,
+                 batch_size: int = 64, device: Device = None, dtype: torch.dtype | None = None,
+                 cuda_graphs: bool = True, num_anchors: int | None = None):
         if model is None:
             if checkpoint is None:
                 raise ValueError("checkpoint: CSA needs a trained model: CSAReranker.load(path) or "
@@ -104,6 +108,8 @@ class CSAReranker(Reranker):
         self.k = positive_int(k, "k")
         self.batch_size = positive_int(batch_size, "batch_size")
         self.checkpoint = None if checkpoint is None else str(checkpoint)
+        if device is not None:
+            device = as_device(device)  # a typo is named now, not at the first rerank
         self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
         self._model = model.eval()
         self._placed = {}
@@ -125,7 +131,8 @@ class CSAReranker(Reranker):
             self._placed = {key: (m, fwd)}
         return self._placed[key]
 
-    def rerank(self, queries, database, ranking, *, k: int | None = None, progress: Progress = None):
+    def rerank(self, queries: ArrayLike, database: ArrayLike, ranking: Ranking | ArrayLike, *, k: int | None = None,
+               progress: Progress = None) -> Ranking:
         """Re-ranks; ``ranking`` is a :class:`Ranking` (indices, scores) or a plain B x R array
         of database indices, in which case the new indices alone are returned."""
         if k is not None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..._checks import positive_int
+from ..._types import ArrayLike, Device, PathLike
 from ..._tensors import as_tensor, check_features
 from ...ops import affinity
 from ...ranking import Progress
@@ -72,7 +74,7 @@ def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: t
 
 
 def csa_loss(y: torch.Tensor, rec: torch.Tensor, A: torch.Tensor, relevant: torch.Tensor, tau: float = 2.0,
-             lam: float = 0.2):
+             lam: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """L_C + λ·L_M (SPEC §2). L_C: −log of the softmax mass (temperature τ) of the relevant
     items among items 2..K, by cosine to the query's refined feature; lists without a
     relevant item are left out. L_M: squared distance between each affinity row and its
@@ -90,7 +92,7 @@ def csa_loss(y: torch.Tensor, rec: torch.Tensor, A: torch.Tensor, relevant: torc
 
 
 @torch.no_grad()
-def validation_map(model: CSA, X: torch.Tensor, labels, k: int, *, batch_size: int = 64) -> float:
+def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, batch_size: int = 64) -> float:
     """Class mAP on a labelled set, every image a query against the others, after CSA
     re-ranks each query's top-``k`` (query included)."""
     X = torch.as_tensor(X)
@@ -163,12 +165,14 @@ def _training_device(device) -> torch.device:
     return device
 
 
-def train(features, labels, *, val_features=None, val_labels=None, K: int = 512, L: int = 512, dim: int = 768,
+def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_features: ArrayLike | None = None,
+          val_labels: ArrayLike | None = None, K: int = 512, L: int = 512, dim: int = 768,
           depth: int = 2, heads: int = 12, dropout: float = 0.1, drop_path: float = 0.1, epochs: int = 100,
           batch_size: int = 256, lr: float | None = None, warmup_epochs: int | None = None, momentum: float = 0.9,
-          weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None, device=None,
-          checkpoint=None, resume=None, seed: int = 0, val_k: int | None = None, optimizer: str = "sgd",
-          progress: Progress = None, on_epoch=None) -> TrainResult:
+          weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None,
+          device: Device = None, checkpoint: PathLike | None = None, resume: PathLike | None = None, seed: int = 0,
+          val_k: int | None = None, optimizer: str = "sgd",
+          progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
 
     ``features``: one N x d matrix, or a list of matrices of the same N images from

@@ -16,8 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import positive_int
+from ..._checks import finite_float, integer
 from ...ops import attention
+
+# Bounds on a configuration, generous (the paper's model is d=128, 6 layers, 4 heads, FFN
+# 1024) and checked before any layer is built: a damaged checkpoint asking for 20,000 layers
+# is refused at once, and every model that can be trained can be loaded again.
+LIMITS = {"global_dim": 65536, "dim": 16384, "depth": 64, "heads": 1024, "ffn": 65536, "num_scales": 1024}
 
 # segment ids of the six token kinds
 CLS, Q_GLOBAL, Q_LOCAL, SEP, D_GLOBAL, D_LOCAL = range(6)
@@ -58,13 +63,9 @@ class RRT(nn.Module):
     def __init__(self, global_dim: int = 2048, dim: int = 128, depth: int = 6, heads: int = 4, ffn: int = 1024,
                  num_scales: int = 7, dropout: float = 0.1, global_skip: float | None = None):
         super().__init__()
-        for name, value in (("global_dim", global_dim), ("dim", dim), ("depth", depth), ("heads", heads),
-                            ("ffn", ffn), ("num_scales", num_scales)):
-            positive_int(value, name)
-        if global_skip is not None and not float(global_skip) > 0:
-            raise ValueError(f"global_skip: must be > 0 or None, got {global_skip!r}")
-        self.config = dict(global_dim=global_dim, dim=dim, depth=depth, heads=heads, ffn=ffn,
-                           num_scales=num_scales, dropout=dropout, global_skip=global_skip)
+        self.config = self.check_config(dict(global_dim=global_dim, dim=dim, depth=depth, heads=heads, ffn=ffn,
+                                             num_scales=num_scales, dropout=dropout, global_skip=global_skip))
+        global_dim, dim, depth, heads, ffn, num_scales, dropout, global_skip = self.config.values()
         # Optional skip from the global ranking: logit += s·cos(g_q, g_d), s learned (as
         # log s, so AdamW's steps are relative) from its initial value. The pair model then
         # refines the global similarity instead of replacing it (bench/results: rrt-mpeg7).
@@ -75,6 +76,17 @@ class RRT(nn.Module):
         self.layers = nn.ModuleList(PostNormLayer(dim, heads, ffn, dropout) for _ in range(depth))
         self.head = nn.Linear(dim, 1)
         self.apply(_init)
+
+    @staticmethod
+    def check_config(config: dict) -> dict:
+        """The configuration with plain Python values (what a checkpoint can store), or
+        ValueError/TypeError naming the first entry outside :data:`LIMITS` or of a wrong type."""
+        out = {name: integer(config[name], name, 1, high) for name, high in LIMITS.items()}
+        if out["dim"] % out["heads"]:
+            raise ValueError(f"dim: {out['dim']} is not divisible by heads={out['heads']}")
+        skip = config["global_skip"]
+        return out | {"dropout": finite_float(config["dropout"], "dropout", 0.0, 1.0),
+                      "global_skip": None if skip is None else finite_float(skip, "global_skip", 0.0, low_open=True)}
 
     @torch.no_grad()
     def init_matching(self, beta: float) -> "RRT":
@@ -101,7 +113,8 @@ class RRT(nn.Module):
         self.segment_embed.weight.copy_(0.5 * seg / seg.norm(dim=1, keepdim=True))
         return self
 
-    def forward(self, gq, lq, sq, nq, gd, ld, sd, nd) -> torch.Tensor:
+    def forward(self, gq: torch.Tensor, lq: torch.Tensor, sq: torch.Tensor, nq: torch.Tensor, gd: torch.Tensor,
+                ld: torch.Tensor, sd: torch.Tensor, nd: torch.Tensor) -> torch.Tensor:
         P, dim = gq.shape[0], self.config["dim"]
         if lq.shape[-1] != dim or ld.shape[-1] != dim:
             raise ValueError(f"local descriptors: expected dimension {dim} (this model's), got "

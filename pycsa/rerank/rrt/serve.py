@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..._checks import positive_int
+from ..._tensors import as_device
+from ..._types import ArrayLike, PathLike, Device
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..checkpoint import load_checkpoint
@@ -12,7 +14,7 @@ from .model import RRT
 from .train import FORMAT, rerank_scores
 
 
-def load_rrt(path) -> RRT:
+def load_rrt(path: PathLike) -> RRT:
     payload = load_checkpoint(path, fmt=FORMAT, what="pycsa RRT", how="`pycsa train --method rrt`")
     model = RRT(**payload["model_config"])
     try:
@@ -35,9 +37,10 @@ class RRTReranker(Reranker):
     needs_checkpoint = True
     needs_locals = True
 
-    def __init__(self, checkpoint=None, *, model: RRT | None = None, locals: LocalDescriptors | None = None,
-                 query_locals: LocalDescriptors | None = None, top: int = 100, batch_pairs: int = 256,
-                 max_local: int | None = 500, device=None, dtype: torch.dtype | None = None):
+    def __init__(self, checkpoint: PathLike | None = None, *, model: RRT | None = None,
+                 locals: LocalDescriptors | None = None, query_locals: LocalDescriptors | None = None, top: int = 100,
+                 batch_pairs: int = 256, max_local: int | None = 500, device: Device = None,
+                 dtype: torch.dtype | None = None):
         if model is None:
             if checkpoint is None:
                 raise ValueError("checkpoint: RRT needs a trained model: RRTReranker.load(path) or "
@@ -45,6 +48,8 @@ class RRTReranker(Reranker):
             model = load_rrt(checkpoint)
         self.top = positive_int(top, "top")
         self.batch_pairs = positive_int(batch_pairs, "batch_pairs")
+        if device is not None:
+            device = as_device(device)  # a typo is named now, not at the first rerank
         self.max_local, self.device, self.dtype = max_local, device, dtype
         self._model = model.eval()
         self._placed = {}
@@ -54,7 +59,8 @@ class RRTReranker(Reranker):
     def load(cls, path, **kwargs) -> "RRTReranker":
         return cls(path, **kwargs)
 
-    def fit(self, database, *, locals: LocalDescriptors | None = None, progress: Progress = None) -> "RRTReranker":
+    def fit(self, database: ArrayLike, *, locals: LocalDescriptors | None = None,
+            progress: Progress = None) -> "RRTReranker":
         if locals is not None:
             self._locals, self._placed = locals, {}
         return self

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..._checks import positive_int
+from ..._checks import optional_int, positive_int
+from ..._types import ArrayLike, Device, PathLike
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress
 from ...search import neighbours_without_self
@@ -42,6 +44,7 @@ def pair_inputs(G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: 
                 max_local: int | None = None, Gq: torch.Tensor | None = None, local_q: LocalDescriptors | None = None):
     """The model's inputs (gq, lq, sq, nq, gd, ld, sd, nd) for the pairs (qi[p], di[p]),
     descriptors on G's device; queries from (Gq, local_q) when given, else the database."""
+    max_local = optional_int(max_local, "max_local", low=1)  # where training and serving both pass
     Gq = G if Gq is None else Gq
     local_q = local if local_q is None else local_q
     dev = G.device
@@ -51,13 +54,15 @@ def pair_inputs(G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: 
 
 
 def pair_logits(model: RRT, G: torch.Tensor, local: LocalDescriptors, qi: torch.Tensor, di: torch.Tensor,
-                max_local: int | None = None, Gq: torch.Tensor | None = None, local_q: LocalDescriptors | None = None):
+                max_local: int | None = None, Gq: torch.Tensor | None = None,
+                local_q: LocalDescriptors | None = None) -> torch.Tensor:
     """Logits of the pairs (qi[p], di[p]); queries from (Gq, local_q) when given, else the database."""
     return model(*pair_inputs(G, local, qi, di, max_local, Gq, local_q))
 
 
 @torch.no_grad()
-def rerank_scores(model: RRT, G, local, top: torch.Tensor, *, Gq=None, local_q=None, batch_pairs: int = 256,
+def rerank_scores(model: RRT, G: torch.Tensor, local: LocalDescriptors, top: torch.Tensor, *,
+                  Gq: torch.Tensor | None = None, local_q: LocalDescriptors | None = None, batch_pairs: int = 256,
                   max_local: int | None = None, progress: Progress = None) -> torch.Tensor:
     """Logit of every (query b, candidate top[b, j]) pair: B x k, in batches of pairs."""
     B, k = top.shape
@@ -77,7 +82,8 @@ def rerank_scores(model: RRT, G, local, top: torch.Tensor, *, Gq=None, local_q=N
 
 
 @torch.no_grad()
-def validation_map(model, G, local, labels, topk: int = 100, max_local=None, batch_pairs: int = 256) -> float:
+def validation_map(model: RRT, G: torch.Tensor, local: LocalDescriptors, labels: ArrayLike, topk: int = 100,
+                   max_local: int | None = None, batch_pairs: int = 256) -> float:
     """Class mAP, every image a query against the others, its top-k re-sorted by RRT."""
     full = neighbours_without_self(G, G.shape[0] - 1)
     was = model.training
@@ -101,12 +107,14 @@ def _permute(x: torch.Tensor, perm: torch.Tensor, sign: torch.Tensor) -> torch.T
     return x.gather(-1, perm.expand_as(x)) * sign
 
 
-def train(global_features, local: LocalDescriptors, labels, *, val=None, topk: int = 100, dim: int = 128,
+def train(global_features: ArrayLike, local: LocalDescriptors, labels: ArrayLike, *,
+          val: tuple | None = None, topk: int = 100, dim: int = 128,
           depth: int = 6, heads: int = 4, ffn: int = 1024, dropout: float = 0.1, epochs: int = 10,
           batch_size: int = 32, lr: float = 1e-4, weight_decay: float = 5e-4, max_local: int | None = 500,
           triplets_per_anchor: int = 1, match_init: float | None = 5.0, augment: bool = True,
-          global_skip: float | None = 20.0, val_topk: int | None = None, device=None, checkpoint=None,
-          resume=None, seed: int = 0, progress: Progress = None, on_epoch=None) -> TrainResult:
+          global_skip: float | None = 20.0, val_topk: int | None = None, device: Device = None,
+          checkpoint: PathLike | None = None, resume: PathLike | None = None, seed: int = 0,
+          progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains RRT on labelled images with global features (N x G) and local descriptors.
 
     Each epoch every anchor whose global top-``topk`` (itself left out) holds a positive
