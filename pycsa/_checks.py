@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 
 import numpy as np
+
+
+INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
 
 
 class WrongKindError(TypeError, ValueError):
@@ -29,6 +33,11 @@ def integer(value, name: str, low: int | None = None, high: int | None = None, h
     if (low is not None and value < low) or (high is not None and value > high):
         bounds = f">= {low}" if high is None else f"in [{low}, {high}]" if low is not None else f"<= {high}"
         raise ValueError(f"{name}: must be an int {bounds}{f' ({high_is})' if high_is else ''}, got {value}")
+    # every int goes on to torch or the C++ kernels as an int64, which would overflow or
+    # refuse it there with a message that names no argument
+    if not INT64_MIN <= value <= INT64_MAX:
+        lo = INT64_MIN if low is None else max(low, INT64_MIN)
+        raise ValueError(f"{name}: must be an int in [{lo}, {INT64_MAX}] (int64), got {value}")
     return value
 
 
@@ -83,4 +92,17 @@ def boolean(value, name: str, *, allow_none: bool = False) -> bool | None:
 def one_of(value, name: str, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name}: expected one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value
+
+
+def optional_path(value, name: str):
+    """A file path (str or os.PathLike) or None."""
+    if value is not None and not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name}: expected a file path or None, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def optional_callable(value, name: str):
+    if value is not None and not callable(value):
+        raise TypeError(f"{name}: expected a callable or None, got {value!r} ({type(value).__name__})")
     return value

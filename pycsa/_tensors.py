@@ -44,6 +44,8 @@ def check_features(x: torch.Tensor, name: str, *, allow_empty: bool = True) -> N
         raise ValueError(f"{name}: expected a 2-D (items x dim) array, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point dtype, got {x.dtype}")
+    if x.shape[1] == 0:  # no feature has anything to compare: every score would be 0
+        raise ValueError(f"{name}: has 0 columns (features of dimension 0), shape {tuple(x.shape)}")
     if not allow_empty and x.shape[0] == 0:
         raise ValueError(f"{name}: is empty")
     if not x.numel():
@@ -126,6 +128,21 @@ def check_finite(x: torch.Tensor, name: str) -> None:
             raise ValueError(f"{name}: contains NaN or inf")
 
 
+def check_distinct_rows(idx: torch.Tensor, name: str, n: int) -> None:
+    """IndexError naming ``name`` if a row of ``idx`` lists an item twice: a ranking is an
+    order of distinct database items, and every re-ranker takes the depth it returns from
+    it (so a row deeper than the ``n`` database rows, which must repeat one, is caught
+    here too, before a search or top-k asked for more than n items fails on it)."""
+    if idx.shape[1] < 2:
+        return
+    s = torch.sort(idx, dim=1).values
+    same = s[:, 1:] == s[:, :-1]
+    if bool(same.any()):
+        row, col = (int(v) for v in same.nonzero()[0])
+        deeper = f"; its depth {idx.shape[1]} exceeds the {n} database rows" if idx.shape[1] > n else ""
+        raise IndexError(f"{name}: row {row} lists database item {int(s[row, col])} more than once{deeper}")
+
+
 def same_rows(Q: torch.Tensor, X: torch.Tensor) -> bool:
     """True when the queries are the database's rows, in order (the leave-one-out protocol:
     every item a query against all items): the same memory, or equal values."""
@@ -205,7 +222,10 @@ def _sample(n: int) -> np.ndarray:
 
 
 def _digest(a: np.ndarray) -> str:
-    return hashlib.blake2b(memoryview(a).cast("B"), digest_size=16).hexdigest()
+    h = hashlib.blake2b(digest_size=16)
+    if a.size:  # memoryview cannot cast an array with a 0 in its shape; the shape is in the Fingerprint
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def as_device(value, name: str = "device") -> torch.device:
@@ -221,3 +241,19 @@ def as_device(value, name: str = "device") -> torch.device:
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise ValueError(f"{name}: {value!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+def class_labels(labels, n: int, name: str) -> torch.Tensor:
+    """Integer class labels, one per item, as int64 (negative: a distractor)."""
+    # strings or None would reach torch as numpy object arrays, whose error names no argument
+    if isinstance(labels, torch.Tensor):
+        y, integral = labels.detach().cpu(), not (labels.is_floating_point() or labels.is_complex())
+    else:
+        a = np.asarray(labels)
+        y, integral = a, a.dtype.kind in "biu"
+    if not integral:
+        raise TypeError(f"{name}: expected integer class labels, got {y.dtype}")
+    y = torch.as_tensor(y)
+    if y.dim() != 1 or y.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} labels (one per image), got shape {tuple(y.shape)}")
+    return y.long()

@@ -12,7 +12,7 @@ from typing import Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
 
-from ._tensors import as_device, as_tensor, check_features, check_finite, fingerprint, to_caller
+from ._tensors import as_device, as_tensor, check_distinct_rows, check_features, check_finite, fingerprint, to_caller
 from ._types import ArrayLike
 from .search import sort_by_score
 
@@ -55,8 +55,9 @@ class Reranker:
     outside those rows is not noticed).
 
     Every parameter is checked when the re-ranker is built; ``rerank`` checks its inputs
-    (finite features of bounded norm, a ranking of depth >= 1 with finite scores) and
-    refuses, naming ``queries`` and ``database``, a result with NaN or inf scores.
+    (finite features of bounded norm, a non-empty database, a ranking of depth >= 1 with
+    finite scores that lists each database item at most once per row) and refuses, naming
+    ``queries`` and ``database``, a result with NaN or inf scores.
     """
 
     name: ClassVar[str] = ""
@@ -64,6 +65,10 @@ class Reranker:
     _fitted_on = None  # the Fingerprint of the database fit used
 
     def fit(self, database: ArrayLike, *, progress: Progress = None) -> "Reranker":
+        # nothing is kept, but the database is checked as rerank would: an empty one has
+        # nothing to rank, and saying so at fit is what the re-rankers that keep state do
+        X, _ = as_tensor(database, "database")
+        check_features(X.detach(), "database", allow_empty=False)
         return self
 
     def _remember(self, database) -> None:
@@ -88,7 +93,7 @@ class Reranker:
         X, _ = as_tensor(database, "database")
         Q, X = Q.detach(), X.detach()
         check_features(Q, "queries")
-        check_features(X, "database")
+        check_features(X, "database", allow_empty=False)
         if Q.shape[1] != X.shape[1]:
             raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
         if Q.device != X.device:
@@ -109,6 +114,7 @@ class Reranker:
             raise TypeError(f"ranking.indices: expected integers, got {idx.dtype}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= X.shape[0]):
             raise IndexError(f"ranking.indices: must lie in [0, {X.shape[0]}) (database rows)")
+        check_distinct_rows(idx, "ranking.indices", X.shape[0])
         if sc.dtype == torch.bool:
             raise TypeError("ranking.scores: expected numbers, got bool")
         if sc.is_floating_point():
@@ -134,8 +140,17 @@ class Reranker:
 _REGISTRY: dict[str, type] = {}
 
 
+def _check_name(name) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"name: expected a re-ranker name (str), got {name!r} ({type(name).__name__})")
+
+
 def register(name: str) -> Callable[[type], type]:
-    """Class decorator: makes a re-ranker available to ``create``, the CLI and the benchmarks."""
+    """Class decorator: makes a re-ranker available to ``create``, the CLI and the benchmarks.
+    ``name``: a non-empty str without "+", which ``create`` reads as a chain."""
+    _check_name(name)
+    if not name or "+" in name:
+        raise ValueError(f"name: must be non-empty and without '+' (create reads 'a+b' as a chain), got {name!r}")
 
     def deco(cls):
         if name in _REGISTRY:
@@ -153,6 +168,7 @@ def available() -> list[str]:
 
 def registered(name: str) -> type:
     """The re-ranker class registered under ``name``."""
+    _check_name(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -188,6 +204,7 @@ class Chain(Reranker):
 
 def create(name: str, **params) -> Reranker:
     """A re-ranker by its registry name, e.g. ``create("alpha_qe", k=5)``; "a+b" chains a then b."""
+    _check_name(name)
     if "+" in name:
         if params:
             raise ValueError(f"name: parameters cannot be given to a chain ({name!r}); build it with "

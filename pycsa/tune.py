@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import reprlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._checks import finite_float, one_of, optional_int, positive_int
 from ._types import ArrayLike, PathLike
 from .ranking import Chain, Ranking, Reranker, create, registered
 
@@ -87,6 +89,11 @@ class Scorer:
     fs: object
     gnd: dict | None = None
 
+    def __post_init__(self):
+        one_of(self.mode, "mode", ("classes", "reid", "revisited"))
+        if self.mode == "revisited" and self.gnd is None:
+            raise ValueError("gnd: the 'revisited' protocol needs the ground truth (load_gnd's dict)")
+
     @property
     def metric(self) -> str:
         return {"classes": "mAP", "reid": "mAP", "revisited": "mAP (mean of Medium and Hard)"}[self.mode]
@@ -113,6 +120,14 @@ class Scorer:
             return 100.0 * m, 100.0 * per_class
         if self.mode == "revisited":
             res = revisited(indices, self.gnd)
+            for level in ("medium", "hard"):
+                # a NaN score would compare False with every other and let the search keep any trial
+                if not math.isfinite(res[level]["mAP"]):
+                    raise ValueError(f"scorer: the Revisited score is NaN: no query of the ground truth has "
+                                     f"{'a hard' if level == 'hard' else 'an easy or hard'} positive, so the "
+                                     f"{level.capitalize()} mAP (half of the score) is undefined; use a ground "
+                                     "truth whose queries have them, or score by the features' labels "
+                                     "(Scorer('classes' or 'reid', ...); `pycsa tune` without --gnd)")
             aps = 0.5 * (np.asarray(res["medium"]["aps"]) + np.asarray(res["hard"]["aps"]))
             return 100.0 * 0.5 * (res["medium"]["mAP"] + res["hard"]["mAP"]), 100.0 * aps
         fs = self.fs
@@ -123,6 +138,30 @@ class Scorer:
         dist[np.arange(q)[:, None], indices] = np.arange(indices.shape[1])[None, :]
         _, m = reid(dist, fs.query_labels, fs.db_labels, fs.query_cams, fs.db_cams, max_rank=min(10, n))
         return 100.0 * m, None
+
+
+def _score(value) -> float:
+    """A scorer's result as a finite float: NaN compares False with everything, so the search
+    would accept every trial and report made-up parameters."""
+    try:
+        score = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"scorer: must return a number, got {value!r} ({type(value).__name__})") from None
+    if not math.isfinite(score):
+        raise ValueError(f"scorer: returned {score} for a ranking; a score must be a finite number (NaN usually "
+                         "means no query could be scored, e.g. none has a relevant item)")
+    return score
+
+
+def _check_method(method, name: str) -> None:
+    """A registered re-ranker's name or a chain 'a+b' of them; else an error naming ``name``."""
+    if not isinstance(method, str):
+        raise TypeError(f"{name}: expected a re-ranker name or chain 'a+b', got {method!r} ({type(method).__name__})")
+    for part in method.split("+"):
+        try:
+            registered(part)
+        except ValueError as exc:
+            raise ValueError(f"{name}: {str(exc).removeprefix('name: ')}") from None
 
 
 def _build(stages: list[tuple[str, dict]], learned: dict | None) -> Reranker:
@@ -159,6 +198,12 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     stage's parameters in turn. ``learned``: constructor arguments of learned stages
     ({"csa": {"checkpoint": ...}}). ``deadline``: time.monotonic() after which the search
     stops with the best found so far."""
+    _check_method(method, "method")
+    margin = finite_float(margin, "margin", low=0.0)
+    standard_errors = finite_float(standard_errors, "standard_errors", low=0.0)
+    max_rounds = positive_int(max_rounds, "max_rounds")
+    if not callable(scorer):
+        raise TypeError(f"scorer: expected a callable (ranking -> score), got {type(scorer).__name__}")
     names = method.split("+")
     n = X.shape[0]
     current = [{} for _ in names]  # only what differs from the defaults
@@ -177,7 +222,7 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
             reranker = _build(list(zip(names, params)), learned)
             new = reranker.fit(X).rerank(Q, X, ranking)
             out = scorer.evaluate(new) if hasattr(scorer, "evaluate") else (scorer(new), None)
-            cache[k] = (float(out[0]), out[1])
+            cache[k] = (_score(out[0]), out[1])
             if on_eval is not None:
                 on_eval(len(cache))
         return cache[k]
@@ -233,11 +278,26 @@ def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranki
     ``budget`` seconds are shared out: each method gets what is left over the methods left."""
     from .search import search
 
+    if isinstance(methods, str):
+        methods = [methods]  # one method, not its letters
+    if not isinstance(methods, (list, tuple)):
+        raise TypeError(f"methods: expected a list of re-ranker names, got {methods!r} ({type(methods).__name__})")
+    if not methods:
+        raise ValueError("methods: empty; name at least one re-ranker")
+    for m in methods:
+        _check_method(m, "methods")
+    depth = optional_int(depth, "depth", low=1)
+    margin = finite_float(margin, "margin", low=0.0)
+    standard_errors = finite_float(standard_errors, "standard_errors", low=0.0)
+    if budget is not None:
+        budget = finite_float(budget, "budget", low=0.0, low_open=True)
+    if not callable(scorer):
+        raise TypeError(f"scorer: expected a callable (ranking -> score), got {type(scorer).__name__}")
     n = X.shape[0]
     depth = n if depth is None else min(depth, n)
     scores, indices = search(Q, X, depth)
     ranking = Ranking(indices, scores)
-    cosine = float(scorer(ranking))
+    cosine = _score(scorer(ranking))
     out = {"format": CONFIG_FORMAT, "metric": getattr(scorer, "metric", "score"), "cosine": round(cosine, 4),
            "methods": {}}
     start = time.monotonic()
@@ -274,36 +334,68 @@ def _grid_size(method: str, n: int) -> int:
     return 1 + sum(len(v) - 1 for name in method.split("+") for v in search_space(name, n).values())
 
 
+def _where(config) -> str:
+    return "the dict" if isinstance(config, dict) else str(config)
+
+
 def load_config(config: dict | PathLike) -> dict:
-    """A tune result: a dict, or the path of the JSON file ``pycsa tune`` wrote."""
+    """A tune result: a dict, or the path of the JSON file ``pycsa tune`` wrote. Its structure
+    is checked here, so that a damaged or hand-edited file is named with the offending key
+    instead of failing later inside the re-ranker's construction."""
     if isinstance(config, dict):
         cfg = config
-    else:
+    elif isinstance(config, (str, os.PathLike)):
         path = Path(os.fspath(config))
+        if path.is_dir():
+            raise ValueError(f"config: {path} is a directory, not the JSON file `pycsa tune --out` wrote")
         if not path.is_file():
-            raise FileNotFoundError(f"--config: no such file: {path}")
+            raise FileNotFoundError(f"config: no such file: {path}")
         try:
             cfg = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
-            raise ValueError(f"--config: {path} is not a JSON file written by `pycsa tune` ({exc})") from exc
+            raise ValueError(f"config: {path} is not a JSON file written by `pycsa tune` ({exc})") from exc
+    else:
+        raise TypeError(f"config: expected a dict or the path of a `pycsa tune` JSON file, got {config!r} "
+                        f"({type(config).__name__})")
+    where = _where(config)
     if not isinstance(cfg, dict) or cfg.get("format") != CONFIG_FORMAT or not isinstance(cfg.get("methods"), dict):
-        raise ValueError(f"--config: {config if not isinstance(config, dict) else 'the dict'} is not a `pycsa tune` "
-                         f"result (format {CONFIG_FORMAT} with 'methods')")
+        raise ValueError(f"config: {where} is not a `pycsa tune` result (format {CONFIG_FORMAT} with 'methods')")
+    if not cfg["methods"]:
+        raise ValueError(f"config: {where}: 'methods' is empty (nothing was tuned)")
     for name, entry in cfg["methods"].items():
+        parts = name.split("+") if isinstance(name, str) else None
         stages = entry.get("stages") if isinstance(entry, dict) else None
-        if (not isinstance(stages, list) or [s[0] for s in stages] != name.split("+")
-                or not all(isinstance(s[1], dict) for s in stages)):
-            raise ValueError(f"--config: the entry for {name!r} has no valid 'stages' ([[name, params], ...])")
+        if (parts is None or not isinstance(stages, list) or len(stages) != len(parts)
+                or not all(isinstance(s, (list, tuple)) and len(s) == 2 and s[0] == part and isinstance(s[1], dict)
+                           for s, part in zip(stages, parts))):
+            raise ValueError(f"config: {where}: methods[{name!r}] has no valid 'stages' ([[name, params], ...] "
+                             f"for {parts}), got {reprlib.repr(stages)}")
         for stage, params in stages:
             for p, v in params.items():
+                if not isinstance(p, str):
+                    raise ValueError(f"config: {where}: methods[{name!r}]: {stage} has a parameter named {p!r}, "
+                                     "not a str")
                 if isinstance(v, float) and not math.isfinite(v):
-                    raise ValueError(f"--config: {name}: {stage}.{p} = {v} is not finite")
+                    raise ValueError(f"config: {where}: methods[{name!r}]: {stage}.{p} = {v} is not finite")
+        # a NaN score (older `pycsa tune`) means every trial was accepted: the parameters were not tuned
+        for key in ("score", "default_score"):
+            v = entry.get(key, 0.0)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"config: {where}: methods[{name!r}].{key} is {v!r}, not a finite number: "
+                                 "its parameters were not tuned on a real score; rerun `pycsa tune`")
+    best = cfg.get("best")
+    if best is not None and (not isinstance(best, str) or best not in cfg["methods"]):
+        raise ValueError(f"config: {where}: 'best' is {best!r}, not one of its methods "
+                         f"({', '.join(cfg['methods'])})")
     return cfg
 
 
 def tuned_stages(config: dict | PathLike, method: str) -> list[tuple[str, dict]] | None:
     """The tuned (stage, params) of ``method``: its own entry, else each stage's own entry
     where the config has one (defaults for the others); None when the config knows none."""
+    if not isinstance(method, str):
+        raise TypeError(f"method: expected a re-ranker name or chain 'a+b', got {method!r} "
+                        f"({type(method).__name__})")
     cfg = load_config(config)
     entry = cfg["methods"].get(method)
     if entry is not None:
@@ -321,9 +413,15 @@ def create_from_config(config: dict | PathLike, method: str | None = None, **lea
     ``learned_kwargs``: constructor arguments of learned stages, e.g.
     ``csa={"checkpoint": "csa.pt"}``."""
     cfg = load_config(config)
-    method = method or cfg.get("best")
+    for name, kwargs in learned_kwargs.items():
+        if not isinstance(kwargs, dict):
+            raise TypeError(f"{name}: expected a dict of constructor arguments, e.g. csa={{'checkpoint': 'csa.pt'}}, "
+                            f"got {kwargs!r}")
     if method is None:
-        raise ValueError("method: the config holds no tuned method")
+        method = cfg.get("best")
+        if method is None:
+            raise ValueError(f"config: {_where(config)} names no 'best' method; pass method=, one of: "
+                             f"{', '.join(cfg['methods'])}")
     stages = tuned_stages(cfg, method)
     if stages is None:
         raise ValueError(f"method: {method!r} was not tuned in this config (tuned: {', '.join(cfg['methods'])})")

@@ -4,6 +4,7 @@ and evaluation inputs that would allocate without bound or index outside the dat
 from __future__ import annotations
 
 import io
+import re
 import struct
 import zipfile
 
@@ -63,6 +64,28 @@ def test_nan_weights_are_refused(saved):
     _rewrite(path, lambda p: next(t for t in p["state_dict"].values() if t.numel() > 1).view(-1).__setitem__(1, np.nan))
     with pytest.raises(ValueError, match=f"checkpoint: {path}: state_dict.*NaN or inf"):
         load(path)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+@pytest.mark.parametrize("change, match", [
+    (lambda t: t.to_sparse(), "is a sparse_coo tensor"),
+    (lambda t: t.to_sparse_csr(), "is a sparse_csr tensor"),
+    (lambda t: t.to(torch.float8_e4m3fn), "has dtype torch.float8_e4m3fn"),
+    (lambda t: t.to(torch.complex64), "has dtype torch.complex64"),
+    (lambda t: t.to(torch.int32), "has dtype torch.int32"),
+])
+def test_weights_of_another_layout_or_dtype_are_refused(saved, change, match):
+    path, load = saved
+    name = next(k for k, t in torch.load(path, weights_only=True)["state_dict"].items() if t.dim() == 2)
+    _rewrite(path, lambda p: p["state_dict"].__setitem__(name, change(p["state_dict"][name])))
+    with pytest.raises(ValueError, match=f"^checkpoint: {path}: state_dict\\['{re.escape(name)}'\\] {match}"):
+        load(path)
+
+
+def test_half_precision_weights_still_load(saved):
+    path, load = saved
+    _rewrite(path, lambda p: p.__setitem__("state_dict", {k: t.half() for k, t in p["state_dict"].items()}))
+    assert isinstance(load(path), (CSA, RRT))
 
 
 @pytest.mark.parametrize("key", ["model_config", "state_dict", "format"])

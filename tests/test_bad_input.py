@@ -4,6 +4,7 @@ accepted give finite scores and valid indices."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import subprocess
 import sys
@@ -109,14 +110,14 @@ def test_search_of_huge_or_tiny_accepted_features_is_exact(scale):
 @pytest.mark.parametrize("name", TRAINING_FREE + ["csa"])
 @pytest.mark.parametrize("scale", [1e18, 1e-20])
 def test_accepted_huge_or_tiny_features_never_give_nan_or_minus_one(name, scale):
-    """Features the check accepts: finite scores and valid indices, or (SuperGlobal and CSA,
-    whose arithmetic is not scale-free) a ValueError naming them; never NaN or -1."""
+    """Features the check accepts: finite scores and valid indices, or (CSA, whose arithmetic
+    is not scale-free) a ValueError naming them; never NaN or -1."""
     Q, X = _unit(4, seed=1) * scale, _unit(40, seed=2) * scale
     scores, indices = pycsa.search(Q, X, 10)
     try:
         out = _create(name).rerank(Q, X, pycsa.Ranking(indices, scores))
     except ValueError as exc:
-        assert "queries" in str(exc) and "database" in str(exc) and name in ("superglobal", "csa"), exc
+        assert "queries" in str(exc) and "database" in str(exc) and name == "csa", exc
         return
     _sound(out, X.shape[0])
 
@@ -169,7 +170,7 @@ def test_ranking_indices_must_be_integers(bad):
 # ------------------------------------------------------------------ parameters
 
 BAD_PARAMS = [
-    ("aqe", "k", 2.0), ("aqe", "alpha", math.inf), ("aqewd", "k", True),
+    ("aqe", "k", 2.0), ("aqewd", "k", True),
     ("alpha_qe", "alpha", -1.0), ("alpha_qe", "alpha", math.nan), ("alpha_qe", "k", 0), ("alpha_qe", "alpha", "3"),
     ("dba", "k", -3), ("alpha_dba", "alpha", -0.5), ("alpha_dba", "k", np.float64(2)),
     ("alpha_qe_dba", "alpha", -1.0), ("alpha_qe_dba", "dba_alpha", math.nan), ("alpha_qe_dba", "dba_k", 0),
@@ -348,6 +349,182 @@ def test_a_corrupt_diffusion_cache_entry_is_rebuilt_with_a_warning(tmp_path):
         got = pycsa.create("diffusion", k=5, cache_dir=tmp_path).fit(X).rerank(Q, X, ranking)
     assert torch.equal(got.indices, want.indices)
     pycsa.create("diffusion", k=5, cache_dir=tmp_path).fit(X)  # rewritten: no warning now
+
+
+# ------------------------------------------------------------------ probe findings (issue #17, round 2)
+
+def _named(fn, name, kinds=(ValueError, TypeError, IndexError)):
+    """The error's message starts with the argument's name and a colon."""
+    with pytest.raises(kinds) as exc:
+        fn()
+    assert str(exc.value).startswith(f"{name}:"), f"{exc.value!r} does not start with {name}:"
+    return exc.value
+
+
+def _probe_data(n=200):
+    Q, X = _unit(10, d=16, seed=5), _unit(n, d=16, seed=6)
+    scores, indices = pycsa.search(Q, X, 50)
+    return Q, X, pycsa.Ranking(indices, scores)
+
+
+DIFFUSIONS = ["diffusion", "diffusion_truncated"]
+
+
+@pytest.mark.parametrize("name", DIFFUSIONS)
+def test_diffusion_seeds_come_from_the_features_not_the_ranking_scores(name):
+    # negated distances (a re-ID convention), all-zero scores: the same query, the same seeds
+    Q, X, (idx, sc) = _probe_data()
+    want = pycsa.create(name).fit(X).rerank(Q, X, pycsa.Ranking(idx, sc))
+    dist = torch.cdist(Q, X).gather(1, idx)
+    for scores in (-dist, torch.zeros_like(sc)):
+        got = pycsa.create(name).fit(X).rerank(Q, X, pycsa.Ranking(idx, scores))
+        assert torch.equal(got.indices, want.indices)
+    in_index_order = (want.indices == torch.arange(want.indices.shape[1])).all(1)
+    assert not bool(in_index_order.any())
+
+
+@pytest.mark.parametrize("name", DIFFUSIONS)
+def test_one_huge_query_changes_no_other_query(name):
+    Q, X, ranking = _probe_data()
+    want = pycsa.create(name).fit(X).rerank(Q, X, ranking)
+    Q2 = Q.clone()
+    Q2[0] *= 1e15
+    got = pycsa.create(name).fit(X).rerank(Q2, X, ranking)
+    assert torch.equal(got.indices, want.indices)  # the scaled query's own ranking too
+    torch.testing.assert_close(got.scores[1:], want.scores[1:])
+
+
+@pytest.mark.parametrize("name", DIFFUSIONS)
+def test_a_query_without_a_positive_seed_keeps_its_input_row(name):
+    Q, X, (idx, sc) = _probe_data()
+    idx = idx.clone()
+    idx[3] = torch.argsort(X @ Q[3])[:50]  # the least similar items first: every seed <= 0
+    assert bool(((X[idx[3, :10]] @ Q[3]) < 0).all())
+    out = pycsa.create(name).fit(X).rerank(Q, X, pycsa.Ranking(idx, sc))
+    assert torch.equal(out.indices[3], idx[3]) and torch.equal(out.scores[3], sc[3])
+    assert not torch.equal(out.indices[0], idx[0])  # the other queries are diffused
+
+
+@pytest.mark.parametrize("scale,beta", [(1e10, 0.15), (1e18, 0.15), (1e-20, 0.15), (1.0, 1e39), (1.0, 1e300)])
+def test_superglobal_takes_any_accepted_scale_and_any_finite_beta(scale, beta):
+    from _baselines import superglobal_plain  # the plain float64 loop of SPEC §7
+
+    Q, X, (idx, sc) = _probe_data()
+    got = pycsa.superglobal_rerank(Q * scale, X * scale, idx, M=20, K=5, beta=beta)
+    assert torch.equal(got, superglobal_plain((Q * scale).double(), (X * scale).double(), idx, 20, 5, beta))
+    out = pycsa.create("superglobal", M=20, K=5, beta=beta).rerank(Q * scale, X * scale, pycsa.Ranking(idx, sc))
+    assert torch.equal(out.indices, got)
+    _sound(out, X.shape[0])
+
+
+@pytest.mark.parametrize("name", ["aqe", "aqewd", "dba"])
+def test_expansions_without_an_exponent_take_no_alpha(name):
+    assert "alpha" not in inspect.signature(registered(name)).parameters
+    with pytest.raises(TypeError, match="alpha"):
+        pycsa.create(name, alpha=3.0)
+    from pycsa.tune import SEARCH_SPACES
+    assert "alpha" not in SEARCH_SPACES.get(name, {})
+
+
+@pytest.mark.parametrize("name", ["alpha_qe", "alpha_dba"])
+def test_the_alpha_expansions_use_alpha(name):
+    Q, X, ranking = _probe_data()
+    a = pycsa.create(name, alpha=0.0).rerank(Q, X, ranking)
+    b = pycsa.create(name, alpha=50.0).rerank(Q, X, ranking)
+    assert not torch.equal(a.scores, b.scores)
+
+
+@pytest.mark.parametrize("name", TRAINING_FREE + ["csa"])
+def test_a_ranking_that_lists_an_item_twice_is_refused(name):
+    Q, X, (idx, sc) = _data(n=40, depth=10)
+    idx = idx.clone()
+    idx[2, 7] = idx[2, 1]
+    err = _named(lambda: _create(name).rerank(Q, X, pycsa.Ranking(idx, sc)), "ranking.indices")
+    assert "row 2" in str(err) and f"item {int(idx[2, 1])}" in str(err)
+
+
+@pytest.mark.parametrize("name", TRAINING_FREE + ["csa"])
+def test_a_ranking_deeper_than_the_database_is_refused_by_name(name):
+    Q, X, (idx, sc) = _data(n=40, depth=40)
+    deep_i, deep_s = torch.cat([idx, idx[:, :5]], 1), torch.cat([sc, sc[:, :5]], 1)
+    err = _named(lambda: _create(name).rerank(Q, X, pycsa.Ranking(deep_i, deep_s)), "ranking.indices")
+    assert "45" in str(err) and "40" in str(err)
+
+
+def test_superglobal_rerank_refuses_repeated_ranks():
+    Q, X, (idx, _) = _data()
+    idx = idx.clone()
+    idx[0, 3] = idx[0, 0]
+    _named(lambda: pycsa.superglobal_rerank(Q, X, idx), "ranks")
+
+
+@pytest.mark.parametrize("name", TRAINING_FREE + ["csa"])
+def test_an_empty_database_is_refused_by_fit_and_rerank(name):
+    Q, X, (idx, sc) = _data()
+    empty = np.zeros((0, 8), np.float32)
+    err = _named(lambda: _create(name).fit(empty), "database")
+    assert "is empty" in str(err)
+    err = _named(lambda: _create(name).rerank(Q[:0], X[:0], pycsa.Ranking(idx[:0], sc[:0])), "database")
+    assert "is empty" in str(err)
+
+
+@pytest.mark.parametrize("name", TRAINING_FREE + ["csa"])
+def test_features_of_dimension_zero_are_refused(name):
+    Q, X, (idx, sc) = _data()
+    _named(lambda: _create(name).fit(np.zeros((40, 0), np.float32)), "database")
+    _named(lambda: _create(name).rerank(Q[:, :0], X[:, :0], pycsa.Ranking(idx, sc)), "queries")
+    _named(lambda: pycsa.search(Q[:, :0], X[:, :0], 3), "database")
+
+
+@pytest.mark.parametrize("x", [np.zeros((0, 8), np.float32), np.zeros((40, 0), np.float32),
+                               torch.zeros(0, 8), torch.zeros(40, 0), torch.zeros(0, 8, dtype=torch.bfloat16)])
+def test_fingerprints_of_zero_size_arrays(x):
+    assert not fingerprint(x).differs(fingerprint(x))
+
+
+TOO_BIG = 2 ** 63  # one past int64
+
+
+@pytest.mark.parametrize("call", [
+    lambda Q, X: pycsa.k_reciprocal(torch.cdist(Q, X), torch.cdist(Q, Q), torch.cdist(X, X), k1=TOO_BIG),
+    lambda Q, X: k_reciprocal_features(Q, X, k1=TOO_BIG),
+    lambda Q, X: pycsa.create("k_reciprocal", k1=TOO_BIG),
+    lambda Q, X: importlib.import_module("pycsa.rerank.kreciprocal").k_reciprocal_self(X, k1=TOO_BIG),
+    lambda Q, X: re_ranking(torch.cdist(Q, X), torch.cdist(Q, Q), torch.cdist(X, X), k1=TOO_BIG),
+])
+def test_k1_beyond_int64_is_refused_by_name(call):
+    Q, X, _ = _data()
+    _named(lambda: call(Q, X), "k1")
+
+
+def test_k1_up_to_int64_is_clamped_as_documented():
+    Q, X, _ = _data()
+    torch.testing.assert_close(k_reciprocal_features(Q, X, k1=2 ** 63 - 1, k2=2),
+                               k_reciprocal_features(Q, X, k1=Q.shape[0] + X.shape[0] - 1, k2=2))
+
+
+def test_integer_keeps_to_int64():
+    assert integer(2 ** 63 - 1, "k", low=1) == 2 ** 63 - 1 and integer(-2 ** 63, "k") == -2 ** 63
+    for bad in (2 ** 63, -2 ** 63 - 1, 10 ** 30):
+        _named(lambda: integer(bad, "block_elems"), "block_elems")
+    _named(lambda: pycsa.create("diffusion", block_elems=2 ** 64), "block_elems")
+
+
+@pytest.mark.parametrize("name,kind", [(5, TypeError), (None, TypeError), ("", ValueError), ("a+b", ValueError)])
+def test_register_takes_only_a_usable_name(name, kind):
+    before = pycsa.available()
+
+    class Probe(pycsa.Reranker):
+        pass
+
+    _named(lambda: pycsa.register(name)(Probe), "name", kinds=kind)
+    assert pycsa.available() == before
+
+
+@pytest.mark.parametrize("name", [5, None, ("aqe",), b"aqe"])
+def test_create_and_registered_take_a_str(name):
+    _named(lambda: pycsa.create(name), "name", kinds=TypeError)
+    _named(lambda: registered(name), "name", kinds=TypeError)
 
 
 # ------------------------------------------------------------------ import cost

@@ -171,3 +171,17 @@ def test_truncated_candidates_the_diffusion_never_reaches_keep_their_order():
         rank_in = {int(j): r for r, j in enumerate(i[b, :100])}
         tail = [rank_in[int(j)] for j in new.indices[b, :100][zero]]
         assert tail == sorted(tail)  # input order among the unreached, not database-index order
+
+
+def test_full_diffusion_items_it_never_reaches_follow_in_input_order():
+    X = _data(200, d=32, seed=8)  # k=2: small components, most items unreachable from the seeds
+    s, i = pycsa.search(X[:6], X, 120)
+    new = pycsa.create("diffusion", k=2, query_k=2).fit(X).rerank(X[:6], X, pycsa.Ranking(i, s))
+    for b in range(6):
+        zero = new.scores[b] == 0
+        assert zero.any() and not zero[0]
+        assert bool((zero[:-1] <= zero[1:]).all())  # reached first, then the rest
+        rank_in = {int(j): r for r, j in enumerate(i[b])}
+        tail = [rank_in[int(j)] for j in new.indices[b][zero]]
+        assert tail == sorted(tail)  # input order among the unreached, not database-index order
+        assert len(set(new.indices[b].tolist())) == 120

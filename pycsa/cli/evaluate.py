@@ -13,6 +13,7 @@ from pycsa.evaluate import bullseye, class_map, reid, revisited
 
 from .output import format_table, pct, plot_bars, progress_bar
 from .rerankers import learned_args, parse_methods, run_reranker, with_tuned
+from .train import require_classes
 
 
 def add_parser(sub) -> None:
@@ -72,6 +73,8 @@ def run(args) -> int:
         raise ValueError(f"{args.features} has no labels: pass --gnd FILE (Revisited Oxford/Paris ground truth)")
     if mode != "revisited" and not fs.has_labels:
         raise ValueError(f"{args.features}: has cameras but no labels (identities)")
+    if mode == "classes":
+        require_classes(fs.query_labels, f"--features: {args.features}")
     # class mAP and re-ID need every database item ranked
     k = min(X.shape[0], args.k) if mode == "revisited" else X.shape[0]
 

@@ -5,7 +5,6 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import pycsa
 from pycsa.datasets import load_retrieval_features
@@ -81,6 +80,7 @@ def run(args) -> int:
         val = load_retrieval_features(args.val_features)
         if not (val.queries_are_database and val.has_labels):
             raise ValueError(f"--val-features: {args.val_features} must hold one labelled matrix")
+        require_classes(val.db_labels, f"--val-features: {args.val_features}")
         if args.val_class_split != "all":
             val = val.class_half(args.val_class_split)
     n = sets[0].database.shape[0]
@@ -125,6 +125,7 @@ def _run_train_rrt(args) -> int:
     fs = load_retrieval_features(args.features[0])
     if not (fs.queries_are_database and fs.has_labels):
         raise ValueError(f"--features: {args.features[0]} must hold one labelled matrix to train on")
+    require_classes(fs.db_labels, f"--features: {args.features[0]}")
     local = load_local_descriptors(args.locals)
     if local.num_images != fs.database.shape[0]:
         raise ValueError(f"--locals: {local.num_images} images but {args.features[0]} has {fs.database.shape[0]}")
@@ -165,6 +166,14 @@ def _run_train_rrt(args) -> int:
     return 0
 
 
+def require_classes(labels, where: str) -> None:
+    """ValueError naming ``where`` when every label is negative: distractors all, no class to
+    learn or score (training would run with a contrastive loss of 0, scoring would find nothing)."""
+    labels = np.asarray(labels)
+    if labels.dtype.kind in "iuf" and labels.size and (labels < 0).all():
+        raise ValueError(f"{where}: every label is negative (a distractor): there is no class to train on or score")
+
+
 def _training_sets(paths: list, split: str):
     """Feature sets of the same labelled images (one per extractor), optionally one class half."""
     sets = []
@@ -172,6 +181,7 @@ def _training_sets(paths: list, split: str):
         fs = load_retrieval_features(p)
         if not (fs.queries_are_database and fs.has_labels):
             raise ValueError(f"--features: {p} must hold one labelled matrix (features and labels) to train on")
+        require_classes(fs.db_labels, f"--features: {p}")
         sets.append(fs if split == "all" else fs.class_half(split))
     first = sets[0]
     for p, fs in zip(paths[1:], sets[1:]):

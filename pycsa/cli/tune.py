@@ -92,9 +92,11 @@ def run(args) -> int:
                      "parameters": params})
     print("\n" + format_table(rows, ["method", "default", "tuned", "parameters"]))
     print(f"\n{scorer.metric} in percent on the validation set; best: {result.get('best')}")
+    # NaN is no JSON and, as a score, would mean nothing was tuned; serialised before the file is made
+    text = json.dumps(result, indent=2, allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
     with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
+        f.write(text)
     publish(tmp)
     os.replace(tmp, out)
     print(f"wrote {args.out}: `pycsa eval --config {args.out}` or pycsa.create_from_config('{args.out}')")

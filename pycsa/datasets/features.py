@@ -183,13 +183,15 @@ def _read_npy(path: Path) -> dict:
     return {None: load_npy(path)}
 
 
-def _tensor_to_numpy(value):
+def _tensor_to_numpy(value, where: str):
     import torch
 
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:
+            raise ValueError(f"{where}: holds a sparse tensor ({value.layout}); save a dense one (.to_dense())")
         value = value.detach().cpu()
-        if value.dtype in (torch.bfloat16,):
-            value = value.float()
+        if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
+            value = value.float()  # bfloat16 and the float8 types have no numpy dtype; float32 holds them exactly
         return value.numpy()
     return np.asarray(value)
 
@@ -201,13 +203,16 @@ def _read_pt(path: Path) -> dict:
 
     obj = load_weights_only(path, "features", "a features file")
     if isinstance(obj, torch.Tensor):
-        return {None: _tensor_to_numpy(obj)}
+        return {None: _tensor_to_numpy(obj, str(path))}
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
+            where = f"{path}[{str(k)!r}]"
             try:
-                out[str(k)] = _tensor_to_numpy(v)
+                out[str(k)] = _tensor_to_numpy(v, where)
             except Exception as exc:  # noqa: BLE001
+                if str(exc).startswith(where):  # ours, which names the entry
+                    raise
                 raise ValueError(f"{path}: entry {k!r} is a {type(v).__name__}, not a tensor or array") from exc
         return out
     raise ValueError(f"{path}: holds a {type(obj).__name__}; expected a tensor or a dict of tensors")

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._checks import finite_float, integer, positive_int, unit_interval
 from .._safe_load import load_weights_only
 from .._types import ArrayLike, PathLike, Device
 from ._arrays import load_npz
@@ -33,8 +34,8 @@ class LocalDescriptors:
 
     def __post_init__(self):
         self.descriptors = torch.as_tensor(self.descriptors)
-        self.offsets = torch.as_tensor(self.offsets).long()
-        self.scales = torch.as_tensor(self.scales).long()
+        self.offsets = _integers(self.offsets, "offsets")
+        self.scales = _integers(self.scales, "scales")
         D, off, sc = self.descriptors, self.offsets, self.scales
         if D.dim() != 2 or not D.is_floating_point():
             raise ValueError(f"descriptors: expected an M x d float matrix, got shape {tuple(D.shape)} ({D.dtype})")
@@ -69,7 +70,12 @@ class LocalDescriptors:
 
     def subset(self, images: ArrayLike) -> "LocalDescriptors":
         """The descriptors of the given images, in that order."""
-        images = torch.as_tensor(np.asarray(images)).long()
+        images = _integers(images, "images")
+        if images.dim() != 1:
+            raise ValueError(f"images: expected a 1-D array of image numbers, got shape {tuple(images.shape)}")
+        if images.numel() and (int(images.min()) < 0 or int(images.max()) >= self.num_images):
+            raise IndexError(f"images: must lie in [0, {self.num_images}) (the images held), found "
+                             f"[{int(images.min())}, {int(images.max())}]")
         counts = self.counts[images]
         rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1])) for i in images.tolist()]) \
             if images.numel() else torch.zeros(0, dtype=torch.long)
@@ -99,6 +105,17 @@ class LocalDescriptors:
         moved = copy.copy(self)  # already validated: no second pass (a host sync on a GPU)
         moved.descriptors = self.descriptors.to(device)
         return moved
+
+
+def _integers(value, name: str) -> torch.Tensor:
+    """``value`` as an int64 tensor; floats are refused (0.5 would be truncated to image 0), as are
+    bools (a mask would be read as images 0 and 1)."""
+    t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
+    if t.numel() == 0 and t.dtype == torch.float64:  # np.asarray([]) is float64
+        t = t.long()
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name}: expected integers, got {t.dtype}")
+    return t.long()
 
 
 def load_local_descriptors(path: PathLike) -> LocalDescriptors:
@@ -145,6 +162,8 @@ def _tensor(path, data: dict, key: str, kind: str) -> torch.Tensor:
         t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError, RuntimeError) as exc:  # strings, ragged lists, ...
         raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {type(value).__name__} ({exc})") from exc
+    if t.layout != torch.strided:
+        raise ValueError(f"{path}[{key!r}]: holds a sparse tensor ({t.layout}); save a dense one (.to_dense())")
     integral = not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
     if t.is_complex() or t.dtype == torch.bool or (kind == "integers" and not integral):
         raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {t.dtype}")
@@ -161,6 +180,11 @@ def make_local_descriptors(labels: ArrayLike, *, dim: int = 128, min_count: int 
     one landmark share), the rest clutter unique to the image. Negative labels
     (distractors) get clutter only. Rows L2-normalised, float32; seeded.
     """
+    dim, num_scales = positive_int(dim, "dim"), positive_int(num_scales, "num_scales")
+    parts_per_class = positive_int(parts_per_class, "parts_per_class")
+    min_count = integer(min_count, "min_count", low=0)
+    max_count = integer(max_count, "max_count", low=min_count, high_is="min_count")
+    shared, noise = unit_interval(shared, "shared"), finite_float(noise, "noise", low=0)
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     classes = np.unique(labels[labels >= 0])

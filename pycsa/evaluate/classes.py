@@ -19,6 +19,19 @@ def _ranking_and_labels(ranks, q_labels, db_labels):
     return ranks, q_labels, db_labels
 
 
+def _distractors(q_labels: np.ndarray) -> np.ndarray:
+    """Which queries carry a negative numeric label: distractors, as training and the class
+    split read them, so members of no class (a label shared by them is not a class)."""
+    if q_labels.dtype.kind in "iuf":
+        return q_labels < 0
+    return np.zeros(q_labels.shape, dtype=bool)
+
+
+def _no_query_left(distractors: np.ndarray) -> None:
+    if distractors.size and distractors.all():
+        raise ValueError("q_labels: every query is a distractor (a negative label), so none has a relevant item")
+
+
 def class_map(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, exclude_self: bool = False,
               return_aps: bool = False) -> float | tuple[float, np.ndarray]:
     """Mean average precision where a database item is relevant iff its label equals the query's.
@@ -33,6 +46,8 @@ def class_map(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, exclu
     ``i`` is deleted from query ``i``'s ranking and is not counted as a
     positive.
 
+    Negative numeric labels mark distractors: they belong to no class, so a
+    distractor query has no relevant item and a distractor is relevant to no query.
     Queries with no relevant item are left out of the mean; their AP is NaN.
     Returns the mAP as a fraction in [0, 1], or ``(mAP, aps)`` with
     ``return_aps=True``. Raises ``ValueError`` when no query has a relevant item.
@@ -41,7 +56,9 @@ def class_map(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, exclu
     q, n = ranks.shape[0], db_labels.shape[0]
     if ranks.shape[1] != n:
         raise ValueError(f"ranks: class_map needs a full ranking of all {n} database items, got {ranks.shape[1]}")
-    rel = db_labels[ranks] == q_labels[:, None]
+    distractors = _distractors(q_labels)
+    _no_query_left(distractors)
+    rel = (db_labels[ranks] == q_labels[:, None]) & ~distractors[:, None]
     if exclude_self:
         if q > n:
             raise ValueError(f"q_labels: exclude_self needs query i to be database item i, but {q} queries > {n} items")
@@ -58,7 +75,8 @@ def class_map(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, exclu
     has = n_rel > 0
     aps[has] = prec_sum[has] / n_rel[has]
     if not has.any():
-        raise ValueError("no query has a relevant database item; mAP is undefined")
+        raise ValueError("q_labels: no query has a relevant database item (none of their labels is among the "
+                         "items ranked); mAP is undefined")
     m = float(aps[has].mean())
     return (m, aps) if return_aps else m
 
@@ -72,22 +90,32 @@ def bullseye(ranks: ArrayLike, q_labels: ArrayLike, db_labels: ArrayLike, top: i
     protocol the query is in the database and normally ranks itself first),
     and divide by the class size; average over queries. ``class_size`` is an
     int used for every query (20 for MPEG-7), or ``None`` to use the number of
-    database items carrying the query's label. Rankings shorter than ``top``
-    are counted as far as they go.
+    database items carrying the query's label; an int smaller than what a query
+    can find among its first ``top`` is refused, as the fraction would exceed 1.
+    Rankings shorter than ``top`` are counted as far as they go. Distractor
+    queries (negative numeric labels, see :func:`class_map`) are left out.
     """
     ranks, q_labels, db_labels = _ranking_and_labels(ranks, q_labels, db_labels)
     top = positive_count(top, "top")
     if ranks.shape[0] == 0:
         raise ValueError("ranks: has no queries")
+    kept = ~_distractors(q_labels)
+    _no_query_left(~kept)
+    ranks, q_labels = ranks[kept], q_labels[kept]
     found = (db_labels[ranks[:, :top]] == q_labels[:, None]).sum(axis=1)
+    classes, counts = np.unique(db_labels, return_counts=True)  # not empty: ranks index db_labels
+    where = np.minimum(np.searchsorted(classes, q_labels), len(classes) - 1)
+    present = classes[where] == q_labels
+    members = np.where(present, counts[where], 0)
     if class_size is None:
-        classes, counts = np.unique(db_labels, return_counts=True)
-        where = np.searchsorted(classes, q_labels)
-        where = np.minimum(where, len(classes) - 1) if len(classes) else where
-        present = len(classes) > 0 and np.array_equal(classes[where], q_labels)
-        if not present:
+        if not present.all():
             raise ValueError("q_labels: holds a label absent from db_labels, so its class size is 0")
-        size = counts[where]
+        size = members
     else:
-        size = np.full(ranks.shape[0], positive_count(class_size, "class_size", "a positive int or None"))
+        size = positive_count(class_size, "class_size", "a positive int or None")
+        depth = min(top, ranks.shape[1])
+        reach = int(np.minimum(members, depth).max())
+        if size < reach:
+            raise ValueError(f"class_size: {size} is less than {reach}, the items of one query's class that its "
+                             f"first {depth} ranks can hold: the score would exceed 1 (None uses each class's size)")
     return float(np.mean(found / size))

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import integer
+from .._checks import boolean, integer
 from .._tensors import as_tensor, to_caller
 from .._types import ArrayLike
 from . import _extension, reference
-from ._inputs import require_finite
+from ._inputs import indices, require_finite
 
 _FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -33,6 +33,7 @@ def affinity(database: ArrayLike, ranks: ArrayLike, num_anchors: int, queries: A
     rk, _ = as_tensor(ranks, "ranks")
     q = None if queries is None else as_tensor(queries, "queries")[0]
     rk = _check(db, rk, num_anchors, q)
+    check_finite = boolean(check_finite, "check_finite")
     if not _extension.half_on_older_gpu(db) and _extension.use_kernels("affinity", db.device):
         out = torch.ops.pycsa.affinity(db, rk, int(num_anchors), q)  # checks the index range itself
     else:
@@ -55,8 +56,7 @@ def _check(db: torch.Tensor, rk: torch.Tensor, num_anchors, q: torch.Tensor | No
         raise TypeError(f"database: expected float32, float64, float16 or bfloat16, got {db.dtype}")
     if rk.dim() != 2:
         raise ValueError(f"ranks: expected a 2-D (B x K) array of database indices, got shape {tuple(rk.shape)}")
-    if rk.is_floating_point() or rk.is_complex() or rk.dtype == torch.bool:
-        raise TypeError(f"ranks: expected an integer dtype, got {rk.dtype}")
+    rk = indices(rk, "ranks")
     if rk.device != db.device:
         raise ValueError(f"ranks: on {rk.device} but database is on {db.device}")
     if q is not None:
@@ -68,7 +68,7 @@ def _check(db: torch.Tensor, rk: torch.Tensor, num_anchors, q: torch.Tensor | No
             raise ValueError(f"queries: on {q.device} but database is on {db.device}")
     k = rk.shape[1] + (q is not None)
     integer(num_anchors, "num_anchors", 1, k, "the ranking list length")
-    return rk.long()
+    return rk
 
 
 def _check_range(rk: torch.Tensor, n: int) -> None:

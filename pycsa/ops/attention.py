@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from .._tensors import as_tensor, to_caller
 from .._types import ArrayLike
 from . import _extension, reference
+from ._inputs import finite_number, indices
 
 _KERNEL_TYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CUDA_HEAD_DIMS = (32, 64)
@@ -21,7 +22,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: ArrayL
     (batch,) gives each sequence's valid length: keys at or past it get no weight and
     output rows at or past it are zero, and the kernels do no work for them, so a
     ragged batch costs what its real tokens cost. What the padding holds (NaN or inf
-    included) reaches neither the output nor the gradients. ``scale`` defaults to 1/sqrt(head_dim).
+    included) reaches neither the output nor the gradients. ``scale``, a finite number,
+    defaults to 1/sqrt(head_dim).
 
     CPU: C++ (blocked GEMMs and an online softmax, parallel over blocks of queries).
     CUDA: one kernel (tensor cores for the half types) for head_dim 32 and 64; other
@@ -34,7 +36,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: ArrayL
     v = as_tensor(v, "v")[0]
     lengths = _check(q, k, v, lengths)
     if scale is not None:
-        scale = float(scale)
+        # a NaN or inf scale turns every softmax into NaN (or, in float64, zeros) with no error
+        scale = finite_number(scale, "scale")
     if q.dtype == torch.float64 or q.numel() == 0:
         out = reference.attention(q, k, v, lengths, scale)
     elif q.is_cuda and (q.shape[-1] not in _CUDA_HEAD_DIMS or _extension.half_on_older_gpu(q)):
@@ -80,9 +83,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.
         raise ValueError("q: head_dim (the last dimension) must be >= 1, got 0")
     if lengths is None:
         return None
-    lengths = as_tensor(lengths, "lengths")[0]
-    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
-        raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
+    lengths = indices(as_tensor(lengths, "lengths")[0], "lengths")
     if lengths.shape != (q.shape[0],):
         raise ValueError(f"lengths: expected shape ({q.shape[0]},), one length per sequence, got {tuple(lengths.shape)}")
     if lengths.device != q.device:
@@ -95,7 +96,7 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths) -> torch.
         lo, hi = (int(x) for x in torch.aminmax(lengths))
         if lo < 0 or hi > q.shape[2]:
             raise ValueError(f"lengths: must lie in [0, {q.shape[2]}] (the token count), found [{lo}, {hi}]")
-    return lengths.long()
+    return lengths
 
 
 def _register_autograd_and_fake() -> None:

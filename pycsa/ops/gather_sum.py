@@ -6,13 +6,14 @@ import torch
 from .._tensors import as_tensor, to_caller
 from .._types import ArrayLike
 from . import _extension, reference
-from ._inputs import integer_dtype, same_device, tensor
+from ._inputs import indices, real_floating, same_device, tensor
 
 
 def weighted_gather_sum(source: ArrayLike, index: ArrayLike, weight: ArrayLike) -> ArrayLike:
     """Sum of weighted source rows per output row, accumulated in float32 (float64 for float64).
 
-    Accepts torch tensors or numpy arrays (the result is of the kind of ``source``).
+    ``source`` and ``weight`` of real floating dtypes, ``index`` of an integer one. Accepts
+    torch tensors or numpy arrays (the result is of the kind of ``source``).
     Differentiable with respect to ``source`` and ``weight``.
     CPU: a C++ kernel that never materialises the r x k x d gather. CUDA: the
     plain-PyTorch reference (a fused kernel is not written yet) in blocks of rows whose
@@ -23,15 +24,14 @@ def weighted_gather_sum(source: ArrayLike, index: ArrayLike, weight: ArrayLike) 
     weight = tensor(weight, "weight")
     if source.dim() != 2:
         raise ValueError(f"source: expected a 2-D (n x d) array, got shape {tuple(source.shape)}")
-    if not source.is_floating_point():
-        raise TypeError(f"source: expected a floating-point dtype, got {source.dtype}")
+    real_floating(source, "source")
     if index.dim() != 2:
         raise ValueError(f"index: expected a 2-D (r x k) array, got shape {tuple(index.shape)}")
-    integer_dtype(index, "index")
+    index = indices(index, "index")
     if weight.shape != index.shape:
         raise ValueError(f"weight: expected the shape of index {tuple(index.shape)}, got {tuple(weight.shape)}")
+    real_floating(weight, "weight")
     same_device("source", source, index=index, weight=weight)
-    index = index.long()
     if source.device.type == "cpu" and _extension.use_kernels("weighted_gather_sum", source.device):
         return to_caller(torch.ops.pycsa.weighted_gather_sum(source, index, weight), was_numpy)
     # Reading the range back breaks a compiled graph; there the gather's own bounds

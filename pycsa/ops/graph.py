@@ -40,6 +40,9 @@ def _csr(rowptr, col, val):
         if t.dtype != dtype:
             raise TypeError(f"{name}: expected {dtype}, got {t.dtype}")
     same_device("rowptr", rowptr, col=col, val=val)
+    # NaN would pass silently through the sums (and the mixing kernels write 0 for a row
+    # whose norm is not > 0, so there a NaN would empty its row instead of showing)
+    require_finite(val, "val: contains NaN or inf")
     return rowptr.contiguous(), col.contiguous(), val.contiguous(), was_numpy
 
 
@@ -59,15 +62,15 @@ def _neighbours(nbr, weight, rowptr: torch.Tensor):
     return nbr, weight
 
 
-def _mixable(val: torch.Tensor, weight: torch.Tensor) -> None:
+def _mixable(weight: torch.Tensor) -> None:
     # The kernels normalise each mixed row by its norm and write 0 where that norm is not
     # > 0: a NaN would silently turn its row into an empty one instead of showing.
-    require_finite(val, "val: contains NaN or inf")
     require_finite(weight, "weight: contains NaN or inf")
 
 
 def csr_add_transpose(rowptr: ArrayLike, col: ArrayLike, val: ArrayLike) -> tuple[ArrayLike, ArrayLike, ArrayLike]:
-    """A + Aᵀ of a square CSR matrix (duplicates summed); rows stay sorted."""
+    """A + Aᵀ of a square CSR matrix (duplicates summed); rows stay sorted. NaN or inf in
+    ``val`` raises ValueError."""
     rowptr, col, val, was_numpy = _csr(rowptr, col, val)
     _require_kernels("csr_add_transpose", rowptr.device)
     out = torch.ops.pycsa.csr_add_transpose(rowptr, col, val)
@@ -83,14 +86,15 @@ def gnn_propagate(rowptr: ArrayLike, col: ArrayLike, val: ArrayLike, nbr: ArrayL
     """
     rowptr, col, val, was_numpy = _csr(rowptr, col, val)
     nbr, weight = _neighbours(nbr, weight, rowptr)
-    _mixable(val, weight)
+    _mixable(weight)
     _require_kernels("gnn_propagate", rowptr.device)
     out = torch.ops.pycsa.gnn_propagate(rowptr, col, val, nbr, weight)
     return tuple(to_caller(t, was_numpy) for t in out)
 
 
 def csr_cross_dense(rowptr: ArrayLike, col: ArrayLike, val: ArrayLike, split: int) -> ArrayLike:
-    """Dense A[:split]·A[split:]ᵀ (split x (n - split)): the query-gallery similarity."""
+    """Dense A[:split]·A[split:]ᵀ (split x (n - split)): the query-gallery similarity. NaN or
+    inf in ``val`` raises ValueError."""
     rowptr, col, val, was_numpy = _csr(rowptr, col, val)
     split = integer(split, "split", 0, rowptr.shape[0] - 1, "the number of rows")
     _require_kernels("csr_cross_dense", rowptr.device)
@@ -110,7 +114,7 @@ def gnn_propagate_cross(rowptr: ArrayLike, col: ArrayLike, val: ArrayLike, nbr: 
     rowptr, col, val, was_numpy = _csr(rowptr, col, val)
     nbr, weight = _neighbours(nbr, weight, rowptr)
     split = integer(split, "split", 0, rowptr.shape[0] - 1, "the number of rows")
-    _mixable(val, weight)
+    _mixable(weight)
     _require_kernels("gnn_propagate_cross", rowptr.device)
     return to_caller(torch.ops.pycsa.gnn_propagate_cross(rowptr, col, val, nbr, weight, split), was_numpy)
 

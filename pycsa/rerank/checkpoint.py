@@ -186,12 +186,26 @@ def _check_weights(path, model, config: dict, state) -> None:
         t = state[name]
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"checkpoint: {path}: state_dict[{name!r}] is a {type(t).__name__}, not a tensor")
+        # torch.load builds sparse, quantized and float8 tensors too; the checks below (and
+        # load_state_dict's copy) are not implemented for all of them
+        if t.layout != torch.strided:
+            layout = str(t.layout).removeprefix("torch.")
+            raise ValueError(f"checkpoint: {path}: state_dict[{name!r}] is a {layout} tensor; the model's weights "
+                             "are dense: the file was not written by pycsa")
+        kinds = _FLOAT_WEIGHTS if ref.is_floating_point() else _INT_WEIGHTS
+        if t.dtype not in kinds:
+            raise ValueError(f"checkpoint: {path}: state_dict[{name!r}] has dtype {t.dtype}; this weight must be "
+                             f"one of {', '.join(str(d).removeprefix('torch.') for d in kinds)}")
         if t.shape != ref.shape or t.is_floating_point() != ref.is_floating_point():
             raise ValueError(f"checkpoint: {path}: state_dict[{name!r}] is {t.dtype} {tuple(t.shape)} but the "
                              f"stored configuration needs {ref.dtype} {tuple(ref.shape)}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise ValueError(f"checkpoint: {path}: state_dict[{name!r}] holds NaN or inf: the model diverged "
                              "in training, or the file is damaged")
+
+
+_FLOAT_WEIGHTS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_INT_WEIGHTS = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 
 
 def _few(names: list) -> str:

@@ -3,9 +3,10 @@
 Offline (``fit``): the mutual kNN graph of the database (k neighbours each, exact,
 blocked search), affinities max(s, 0)^γ, the symmetric normalisation
 S = D^{-1/2} W D^{-1/2}; O(n·k) memory.
-Online: for a block of queries at once, y = each query's top-``query_k`` similarities
-raised to γ (sparse), f solves (I - α S) f = y by conjugate gradient on all columns
-together (one sparse x dense product per iteration), and the database is ranked by f.
+Online: for a block of queries at once, y = each query's similarities to its top-``query_k``
+candidates raised to γ (sparse; see :func:`query_seeds`), f solves (I - α S) f = y by
+conjugate gradient on all columns together (one sparse x dense product per iteration),
+and the database is ranked by f.
 Memory online: a few n x block dense vectors (block chosen to stay under
 ``block_elems`` values per vector).
 """
@@ -74,6 +75,35 @@ def powered(s: torch.Tensor, gamma: float) -> torch.Tensor:
     return s.pow(gamma)
 
 
+def query_seeds(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, gamma: float,
+                block_elems: int = 1 << 22) -> torch.Tensor:
+    """The diffusion's seeds y (q x kq, float32): max(q·x, 0)^γ of each query and the
+    database rows ``top`` (q x kq, its first candidates), as Iscen et al. define them: the
+    query's kNN similarities, computed from the features (in float64, a block of about
+    ``block_elems`` gathered values at a time) and not read from the ranking's scores,
+    whose convention (distances, negated distances, another re-ranker's scores) the
+    diffusion cannot know.
+
+    A row whose largest similarity raised to γ would leave [2^-32, 2^32] is divided by that
+    similarity (its largest seed becomes 1): f is linear in a query's seeds, so its ranking
+    is unchanged, while float32 would overflow or underflow to 0. Each query is scaled on
+    its own, so one query of huge norm changes no other query's seeds. Rows of unit-norm
+    features are never scaled. A row with no positive similarity is all 0."""
+    q, kq = top.shape
+    d = Q.shape[1]
+    sims = torch.empty((q, kq), dtype=torch.float64, device=Q.device)
+    step = max(1, block_elems // max(1, kq * d))
+    for s in range(0, q, step):
+        t = top[s:s + step]
+        F = X.index_select(0, t.reshape(-1)).reshape(t.shape[0], kq, d).double()
+        sims[s:s + step] = (F @ Q[s:s + step].double().unsqueeze(2)).squeeze(2)
+    sims = sims.clamp(min=0)
+    peak = sims.amax(1, keepdim=True) if kq else sims.new_zeros((q, 1))
+    out_of_range = (peak > 0) & ((gamma * peak.log2()).abs() > 32)
+    sims = torch.where(out_of_range, sims / torch.where(out_of_range, peak, 1.0), sims)
+    return sims.pow(gamma).float()
+
+
 def _check_alpha_gamma(alpha, gamma) -> tuple[float, float]:
     # α = 1 makes I - αS singular (f diverges); γ <= 0 weights the least similar most
     return finite_float(alpha, "alpha", 0, 1, low_open=True, high_open=True), \
@@ -134,6 +164,12 @@ class Diffusion(Reranker):
     Defaults: k=50 graph neighbours, γ=3 (> 0), α=0.99 (in (0, 1)), the query's top-10 as
     its seed, 20 conjugate-gradient iterations. ``fit`` keeps the graph of its database
     (see :class:`pycsa.Reranker` for a database that differs from fit's).
+
+    The seeds are the query's similarities to the ranking's first ``query_k`` items,
+    computed from the features (:func:`query_seeds`); the ranking's scores are not read.
+    A query with no positive similarity to any of them has no seed, and diffusion has
+    nothing to say about it: its row of the input ranking (indices and scores) is
+    returned unchanged, rather than the database in index order that a zero f would give.
     """
 
     keeps_fit = True
@@ -194,7 +230,7 @@ class Diffusion(Reranker):
         depth = ranking.indices.shape[1]
         kq = min(self.query_k, depth)
         seed_idx = ranking.indices[:, :kq].cpu()
-        seed_val = powered(ranking.scores[:, :kq].float().cpu(), self.gamma)
+        seed_val = query_seeds(Q, X, ranking.indices[:, :kq], self.gamma).cpu()
         out_i = torch.empty((q, depth), dtype=torch.int64)
         out_s = torch.empty((q, depth), dtype=torch.float32)
         step = max(1, min(q, self.block_elems // max(1, n)))
@@ -206,7 +242,26 @@ class Diffusion(Reranker):
             out_s[s:s + b], out_i[s:s + b] = topk_lower_index(F.T.contiguous(), depth)
             if progress is not None:
                 progress(s + b, q)
+        _input_order_past_reach(out_i, out_s, ranking.indices.cpu())
+        unseeded = ~(seed_val > 0).any(1)
+        if bool(unseeded.any()):
+            out_i[unseeded] = ranking.indices[unseeded.to(ranking.indices.device)].cpu()
+            out_s[unseeded] = ranking.scores[unseeded.to(ranking.scores.device)].float().cpu()
         return Ranking(out_i.to(Q.device), out_s.to(Q.device))
+
+
+def _input_order_past_reach(out_i: torch.Tensor, out_s: torch.Tensor, given: torch.Tensor) -> None:
+    """Items the diffusion never reaches (f = 0: no graph path from the seeds) carry no
+    information; in place, they follow the reached ones in the input ranking's order, not
+    in database-index order (what a top-k of equal zeros gives)."""
+    unreached = out_s <= 0
+    for r in torch.nonzero(unreached.any(1)).flatten().tolist():
+        reached = out_i[r][~unreached[r]]
+        taken = set(reached.tolist())
+        rest = [i for i in given[r].tolist() if i not in taken]  # rows are unique: enough to fill
+        m = reached.numel()
+        out_i[r, m:] = torch.tensor(rest[:out_i.shape[1] - m], dtype=out_i.dtype)
+        out_s[r, m:] = 0.0
 
 
 def restricted_graph(nbr: torch.Tensor, wts: torch.Tensor, top: torch.Tensor):
@@ -244,6 +299,8 @@ class TruncatedDiffusion(Reranker):
     restricted to the T candidates and normalised inside them, the query's top-``query_k``
     as its seed, conjugate gradient on a block of queries at once (one block-diagonal sparse
     product per iteration); the top-T are re-sorted by f, the rest keep their place.
+    Seeds as for :class:`Diffusion` (from the features; a query with no positive seed keeps
+    its input row, scores included).
     Memory: the graph O(n·k); online, O(b·(T·k + n)) per block of b queries, b·T·k and b·n at
     most ``block_elems``: the default (2^19) keeps a block's graph in the CPU caches through
     its conjugate-gradient iterations, 4x faster than blocks 64 times larger.
@@ -284,7 +341,7 @@ class TruncatedDiffusion(Reranker):
         kq = min(self.query_k, T)
         new_i, new_s = ranking.indices.clone(), ranking.scores.clone().float()
         nbr, wts = self._graph
-        seeds = powered(ranking.scores[:, :kq].float(), self.gamma)
+        seeds = query_seeds(Q, X, ranking.indices[:, :kq], self.gamma)
         step = max(1, self.block_elems // max(1, T * nbr.shape[1], X.shape[0]))
         for s in range(0, q, step):
             top = ranking.indices[s:s + step, :T].to(nbr.device)
@@ -299,4 +356,9 @@ class TruncatedDiffusion(Reranker):
             new_i[s:s + step, :T] = top.gather(1, order).to(new_i.device)
             if progress is not None:
                 progress(s + b, q)
+        # f is 0 all along a row without a positive seed: the stable sort kept its order,
+        # and its scores go back to the input's, as in Diffusion
+        unseeded = ~(seeds > 0).any(1)
+        if bool(unseeded.any()):
+            new_s[unseeded] = ranking.scores[unseeded].float()
         return Ranking(new_i, new_s)

@@ -55,24 +55,29 @@ class _QueryExpansion(Reranker):
     """Expands each query with its top-k and searches the database again.
 
     ``fit(database)`` builds the search index once (see :class:`pycsa.Reranker` for a
-    database that differs from fit's). ``alpha`` (>= 0) is αQE's exponent.
+    database that differs from fit's).
     """
 
     kind = "mean"
     keeps_fit = True
+    # the exponent of the "alpha" weights; AQE and AQEwD have no such parameter, and taking
+    # one they ignore would let a tuner or a caller believe it changes something
+    _exponent = 0.0
 
-    def __init__(self, k: int = 10, alpha: float = 3.0):
-        self.k, self.alpha = positive_int(k, "k"), finite_float(alpha, "alpha", low=0)
+    def __init__(self, k: int = 10):
+        self.k = positive_int(k, "k")
         self._index = None
 
     def fit(self, database, *, progress: Progress = None):
+        X, _ = as_tensor(database, "database")
+        check_features(X.detach(), "database", allow_empty=False)
         self._index = Index(database)
         self._remember(database)
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         k = min(self.k, ranking.indices.shape[1])
-        Qe = expand(Q, X, ranking.indices[:, :k], ranking.scores[:, :k], self.kind, self.alpha)
+        Qe = expand(Q, X, ranking.indices[:, :k], ranking.scores[:, :k], self.kind, self._exponent)
         scores, indices = self._index.search(Qe, ranking.indices.shape[1], progress=progress)
         return Ranking(indices, scores)
 
@@ -93,9 +98,17 @@ class AQEwD(_QueryExpansion):
 
 @register("alpha_qe")
 class AlphaQE(_QueryExpansion):
-    """αQE: neighbours weighted by max(similarity, 0)^α."""
+    """αQE: neighbours weighted by max(similarity, 0)^α (``alpha`` >= 0)."""
 
     kind = "alpha"
+
+    def __init__(self, k: int = 10, alpha: float = 3.0):
+        super().__init__(k)
+        self.alpha = finite_float(alpha, "alpha", low=0)
+
+    @property
+    def _exponent(self) -> float:
+        return self.alpha
 
 
 class _DatabaseAugmentation(Reranker):
@@ -103,9 +116,10 @@ class _DatabaseAugmentation(Reranker):
 
     kind = "mean"
     keeps_fit = True
+    _exponent = 0.0  # as in _QueryExpansion: only the "alpha" kind has an exponent
 
-    def __init__(self, k: int = 10, alpha: float = 3.0):
-        self.k, self.alpha = positive_int(k, "k"), finite_float(alpha, "alpha", low=0)
+    def __init__(self, k: int = 10):
+        self.k = positive_int(k, "k")
         self._augmented = None  # Index over the augmented database
 
     def fit(self, database, *, progress: Progress = None):
@@ -115,7 +129,7 @@ class _DatabaseAugmentation(Reranker):
         k = min(self.k + 1, X.shape[0])
         scores, indices = Index(X).search(X, k, progress=progress)
         # Column 0 is normally the row itself (weight 1 in expand); drop it from the neighbours.
-        self._augmented = Index(expand(X, X, indices[:, 1:], scores[:, 1:], self.kind, self.alpha))
+        self._augmented = Index(expand(X, X, indices[:, 1:], scores[:, 1:], self.kind, self._exponent))
         self._remember(database)
         return self
 
@@ -133,9 +147,17 @@ class DBA(_DatabaseAugmentation):
 
 @register("alpha_dba")
 class AlphaDBA(_DatabaseAugmentation):
-    """αDBA: database rows expanded with weights max(similarity, 0)^α."""
+    """αDBA: database rows expanded with weights max(similarity, 0)^α (``alpha`` >= 0)."""
 
     kind = "alpha"
+
+    def __init__(self, k: int = 10, alpha: float = 3.0):
+        super().__init__(k)
+        self.alpha = finite_float(alpha, "alpha", low=0)
+
+    @property
+    def _exponent(self) -> float:
+        return self.alpha
 
 
 @register("alpha_qe_dba")

@@ -18,7 +18,7 @@ import torch
 
 from .._checks import finite_float, positive_int
 from .._precision import matmul
-from .._tensors import as_tensor, check_features, to_caller
+from .._tensors import as_tensor, check_distinct_rows, check_features, rescaled, to_caller
 from .._types import ArrayLike
 from ..ops import _extension, affinity, inner_product_topk
 from ..ranking import Progress, Ranking, Reranker, register, resort_top
@@ -53,49 +53,85 @@ def _list_neighbours(F: torch.Tensor, Kn: int, fused: bool | None = None):
     return s_nb.view(b, M, Kn), j_nb.view(b, M, Kn)
 
 
-def _aggregate(v: torch.Tensor, w: torch.Tensor, j_nb: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """(v_i + Σ_j w_ij v_j) / den_i for a value per candidate (b x M): x·d'_i without d'_i."""
+def _weights(s_nb: torch.Tensor, beta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(own, w): the candidate's weight and its neighbours' (b x M x 1, b x M x Kn, float64),
+    1 and β s_ij divided by max(1, β max_j |s_ij|). d'_i is their normalised sum, which
+    this common factor leaves as it is; it keeps every weight in [-1, 1], where a large β
+    (or large similarities) would make β s_ij overflow and d'_i come out as inf / inf."""
+    s = s_nb.double()
+    top = s.abs().amax(-1, keepdim=True)
+    big = beta * top > 1
+    w = torch.where(big, s / torch.where(big, top, 1.0), beta * s)
+    own = torch.where(big, 1 / (beta * top), 1.0)
+    return own, w
+
+
+def _aggregate(v: torch.Tensor, own: torch.Tensor, w: torch.Tensor, j_nb: torch.Tensor,
+               den: torch.Tensor) -> torch.Tensor:
+    """(own_i v_i + Σ_j w_ij v_j) / den_i for a value per candidate (b x M): x·d'_i without d'_i."""
     b, M, Kn = j_nb.shape
-    return (v + (w * v.gather(1, j_nb.reshape(b, M * Kn)).view(b, M, Kn)).sum(-1)) / den
+    return (own.squeeze(-1) * v + (w * v.gather(1, j_nb.reshape(b, M * Kn)).view(b, M, Kn)).sum(-1)) / den
+
+
+def _too_large(x: torch.Tensor) -> None:
+    # with every scale brought near 1, only a denominator 1 + Σ β s_ij near 0 (similarities
+    # of both signs that cancel) is left to make a refined descriptor, and a score, infinite
+    if x.numel() and not bool(torch.isfinite(x).all()):
+        raise ValueError("queries/database: SuperGlobal's refined descriptors are not finite for these "
+                         "features (weights β·s_ij of both signs that cancel); L2-normalise them or lower beta")
 
 
 def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: int = 9, beta: float = 0.15,
                        refine: int = 10, block_elems: int = 1 << 26) -> torch.Tensor:
-    """The final SuperGlobal score (s1 + s2) / 2 of each of the B x M candidates in ``top``.
+    """The final SuperGlobal score (s1 + s2) / 2 of each of the B x M candidates in ``top``
+    (float64: the order of scores of features far from unit norm survives, which float32's
+    subnormals would not keep).
 
     The refined d'_i is linear in the list's features, so q·d'_i and q'·d'_i come from
     q·d_j and q'·d_j of the list (two M x d products per query); only the 10 refined
     descriptors that q' pools are formed.
+
+    Not scale-free (β s_ij weighs features against features), but exactly equivariant: with
+    the list's rows divided by a power of two p and the query by p_q, β p² gives d'/p, so
+    s1 = p_q p ŝ1 and s2 = p² ŝ2. Each list and each query is brought that way to values
+    near 1, where float32 neither overflows nor falls into subnormals, and the scores are
+    put back together from ŝ1 and ŝ2 in float64: features of any accepted norm and any
+    finite β give the answer of the formula.
     """
     B, M = top.shape
     d = X.shape[1]
-    out = torch.empty((B, M), dtype=torch.float32, device=Q.device)
+    out = torch.empty((B, M), dtype=torch.float64, device=Q.device)
     Kn = min(K, M - 1)  # neighbours other than the candidate itself
     r = min(refine, M)
     step = max(1, block_elems // max(1, M * d, 3 * M * M))  # the gathered rows, or the b x M x M route
     for s in range(0, B, step):
         t = top[s:s + step]
         b = t.shape[0]
-        F = X.index_select(0, t.reshape(-1)).reshape(b, M, d).float()
+        F, p = rescaled(X.index_select(0, t.reshape(-1)).reshape(b, M * d).float(), per_row=True)
+        F = F.reshape(b, M, d)
+        q, pq = rescaled(Q[s:s + step].float(), per_row=True)
+        p, pq = (torch.as_tensor(x, dtype=torch.float64, device=F.device).reshape(-1, 1) for x in (p, pq))
         if Kn > 0:
             s_nb, j_nb = _list_neighbours(F, Kn)
-            w = beta * s_nb
+            # β p², held finite: past float64's range the candidate's own weight, 1 / (β p² max|s_ij|),
+            # is far below the resolution of the largest neighbour's, 1
+            beta_list = (beta * p * p).clamp(max=torch.finfo(torch.float64).max).unsqueeze(-1)
+            own, w = _weights(s_nb, beta_list)
         else:
-            w, j_nb = F.new_zeros((b, M, 0)), torch.zeros((b, M, 0), dtype=torch.long, device=F.device)
-        den = 1 + w.sum(-1)
-        s1 = _aggregate(matmul(F, Q[s:s + step].float().unsqueeze(2)).squeeze(2), w, j_nb, den)
+            own = torch.ones((b, M, 1), dtype=torch.float64, device=F.device)
+            w, j_nb = own.new_zeros((b, M, 0)), torch.zeros((b, M, 0), dtype=torch.long, device=F.device)
+        den = own.squeeze(-1) + w.sum(-1)
+        s1 = _aggregate(matmul(F, q.unsqueeze(2)).squeeze(2).double(), own, w, j_nb, den)
+        _too_large(s1)  # before the top-k, which cannot rank NaN
         best = topk_lower_index(s1, r)[1]  # b x r
         rows = torch.arange(b, device=F.device).unsqueeze(1)
-        jb, wb = j_nb[rows, best], w[rows, best]  # b x r x Kn
-        refined = (F[rows, best] + (wb.unsqueeze(-1) * F[rows.unsqueeze(-1), jb]).sum(2)) / den[rows, best].unsqueeze(-1)
+        jb, wb, ob = j_nb[rows, best], w[rows, best].float(), own[rows, best].float()  # b x r x Kn
+        summed = ob * F[rows, best] + (wb.unsqueeze(-1) * F[rows.unsqueeze(-1), jb]).sum(2)
+        refined = (summed.double() / den[rows, best].unsqueeze(-1)).float()
         q2 = refined.amax(dim=1)
-        s2 = _aggregate(matmul(F, q2.unsqueeze(2)).squeeze(2), w, j_nb, den)
-        out[s:s + step] = (s1 + s2) / 2
-    # Not scale-free (β s_ij weighs features against features): features far from unit
-    # norm overflow here, and no rescaling gives the same answer
-    if out.numel() and not bool(torch.isfinite(out).all()):
-        raise ValueError("queries/database: too large for SuperGlobal's float32 arithmetic (its scores "
-                         "multiply similarities by similarities); L2-normalise the features")
+        s2 = _aggregate(matmul(F, q2.unsqueeze(2)).squeeze(2).double(), own, w, j_nb, den)
+        out[s:s + step] = (s1 * (pq * p) + s2 * (p * p)) / 2
+    _too_large(out)
     return out
 
 
@@ -110,14 +146,15 @@ def superglobal_rerank(queries: ArrayLike, database: ArrayLike, ranks: ArrayLike
     return new_ranks
 
 
-def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None):
+def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None, *, checked: bool = False):
+    """``checked``: the caller (Reranker.rerank) has refused repeated items already."""
     M, K, beta, refine = _check_params(M, K, beta, refine)
     Q, was_numpy = as_tensor(queries, "queries")
     X, _ = as_tensor(database, "database")
     rk, _ = as_tensor(ranks, "ranks")
     Q, X = Q.detach(), X.detach()
     check_features(Q, "queries")
-    check_features(X, "database")
+    check_features(X, "database", allow_empty=False)
     if rk.dim() != 2 or rk.shape[0] != Q.shape[0] or rk.shape[1] < 1:
         raise ValueError(f"ranks: expected shape ({Q.shape[0]}, R) with R >= 1, got {tuple(rk.shape)}")
     if Q.shape[1] != X.shape[1]:
@@ -127,6 +164,8 @@ def _rerank_top(queries, database, ranks, M, K, beta, refine, scores=None):
     rk = rk.to(X.device).long()
     if rk.numel() and (int(rk.min()) < 0 or int(rk.max()) >= X.shape[0]):
         raise IndexError(f"ranks: indices must lie in [0, {X.shape[0]}) (database rows)")
+    if not checked:
+        check_distinct_rows(rk, "ranks", X.shape[0])
     final = superglobal_scores(Q.to(X.device), X, rk[:, :M], K, beta, refine)
     new = resort_top(Ranking(rk, torch.zeros(rk.shape, device=rk.device) if scores is None else scores), final)
     return to_caller(new.indices, was_numpy), None if scores is None else new.scores
@@ -143,7 +182,8 @@ class SuperGlobal(Reranker):
         self.M, self.K, self.beta, _ = _check_params(M, K, beta, 10)
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
-        indices, scores = _rerank_top(Q, X, ranking.indices, self.M, self.K, self.beta, 10, ranking.scores)
+        indices, scores = _rerank_top(Q, X, ranking.indices, self.M, self.K, self.beta, 10, ranking.scores,
+                                      checked=True)
         if progress is not None:
             progress(Q.shape[0], Q.shape[0])
         return Ranking(indices, scores)

@@ -5,12 +5,12 @@ from typing import Callable
 
 import torch
 
-from ..._checks import positive_int
-from ..._tensors import as_device, as_tensor
-from ..._types import ArrayLike, PathLike, Device
+from ..._checks import boolean, integer, optional_path, positive_int
+from ..._tensors import as_device, as_tensor, to_caller
+from ..._types import ArrayLike, Device, PathLike
 from ...ops import affinity
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
-from ..placement import placed, serving_dtype
+from ..placement import placed, serving_dtype, serving_dtype_arg
 from .checkpoint import load_model
 from .model import CSA
 
@@ -63,6 +63,15 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
     ranks must hold at least L - 1 columns even when k < L. ``dtype``: the precision
     of the affinity features and the model.
     """
+    if not isinstance(model, CSA):
+        raise TypeError(f"model: expected a CSA, got {type(model).__name__}")
+    k = positive_int(k, "k")  # 1: the query alone, nothing to re-score
+    batch_size = positive_int(batch_size, "batch_size")
+    dtype = serving_dtype_arg(dtype)
+    (Q, _), (X, was_numpy), (ranks, _) = as_tensor(Q, "Q"), as_tensor(X, "X"), as_tensor(ranks, "ranks")
+    if ranks.dim() != 2 or Q.dim() != 2 or Q.shape[0] != ranks.shape[0]:
+        raise ValueError(f"ranks: expected one row of database indices per query (B x R), got shape "
+                         f"{tuple(ranks.shape)} for queries of shape {tuple(Q.shape)}")
     L = model.num_anchors
     B, R = ranks.shape
     if R < L - 1:
@@ -79,7 +88,7 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
         out[s:s + batch_size] = CSA.scores(forward(A))[:, 1:]
         if progress is not None:
             progress(min(s + batch_size, B), B)
-    return out
+    return to_caller(out, was_numpy)
 
 
 @register("csa")
@@ -98,6 +107,17 @@ class CSAReranker(Reranker):
     def __init__(self, checkpoint: PathLike | None = None, *, model: CSA | None = None, k: int = 1024,
                  batch_size: int = 64, device: Device = None, dtype: torch.dtype | None = None,
                  cuda_graphs: bool = True, num_anchors: int | None = None):
+        optional_path(checkpoint, "checkpoint")
+        if num_anchors is not None:
+            num_anchors = integer(num_anchors, "num_anchors", low=1)
+        if model is not None and not isinstance(model, CSA):
+            raise TypeError(f"model: expected a CSA (pycsa.csa.CSA), got {type(model).__name__}")
+        dtype = serving_dtype_arg(dtype)
+        cuda_graphs = boolean(cuda_graphs, "cuda_graphs")
+        self.k = positive_int(k, "k")
+        self.batch_size = positive_int(batch_size, "batch_size")
+        if device is not None:
+            device = as_device(device)  # a typo is named now, not at the first rerank
         if model is None:
             if checkpoint is None:
                 raise ValueError("checkpoint: CSA needs a trained model: CSAReranker.load(path) or "
@@ -105,11 +125,7 @@ class CSAReranker(Reranker):
             model = load_model(checkpoint, num_anchors)
         elif num_anchors is not None and model.num_anchors != num_anchors:
             raise ValueError(f"model: has L={model.num_anchors} anchors, not {num_anchors}")
-        self.k = positive_int(k, "k")
-        self.batch_size = positive_int(batch_size, "batch_size")
         self.checkpoint = None if checkpoint is None else str(checkpoint)
-        if device is not None:
-            device = as_device(device)  # a typo is named now, not at the first rerank
         self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
         self._model = model.eval()
         self._placed = {}

@@ -7,13 +7,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..._checks import positive_int
+from ..._checks import boolean, finite_float, integer, optional_callable, optional_int, optional_path, positive_int
+from ..._tensors import as_device, as_tensor, check_features, class_labels
 from ..._types import ArrayLike, Device, PathLike
-from ..._tensors import as_tensor, check_features
 from ...ops import affinity
 from ...ranking import Progress
 from ...search import neighbours_without_self
@@ -21,7 +20,7 @@ from ..checkpoint import rng_state, set_rng_state, writing
 from ..placement import serving_dtype
 from ..validation import resorted_class_map
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .model import CSA
+from .model import CSA, LIMITS
 from .serve import csa_scores
 
 
@@ -122,15 +121,6 @@ def _features_list(features, name):
     return [X.float() for X in items]
 
 
-def _labels(labels, n, name):
-    y = torch.as_tensor(np.asarray(labels))
-    if y.dim() != 1 or y.shape[0] != n:
-        raise ValueError(f"{name}: expected {n} labels (one per image), got shape {tuple(y.shape)}")
-    if y.is_floating_point():
-        raise TypeError(f"{name}: expected integer class labels, got {y.dtype}")
-    return y.long()
-
-
 def _distributed(device: torch.device):
     """(rank, world size, started): starts the process group when launched by torchrun
     (``started``: this call started it, so training ends it). NCCL for CUDA training,
@@ -188,25 +178,53 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     after each epoch. Under torchrun, training runs data-parallel (DDP): ``batch_size``
     is the global batch, split over the processes; rank 0 validates and writes checkpoints.
     """
-    for name, v in (("K", K), ("L", L), ("epochs", epochs), ("batch_size", batch_size)):
+    # Every argument is checked before any work: a bad one found after the samples are
+    # built, or at the first step (drop_path=1 gives NaN there), costs minutes and is
+    # misreported as divergence.
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         positive_int(v, name)
-    if K < 2:
-        raise ValueError(f"K: must be >= 2 (the query and at least one candidate), got {K}")
+    K = integer(K, "K", low=2, high_is="the query and at least one candidate")
+    L = integer(L, "L", 1, LIMITS["num_anchors"])
+    CSA.check_config(dict(num_anchors=L, dim=dim, depth=depth, heads=heads, dropout=dropout, drop_path=drop_path))
+    for name, v in (("dropout", dropout), ("drop_path", drop_path)):  # p = 1 drops everything: 0 / 0
+        finite_float(v, name, 0.0, 1.0, high_open=True)
+    if optimizer not in ("sgd", "adamw"):
+        raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {optimizer!r}")
+    lr = (0.1 if optimizer == "sgd" else 1e-3) * batch_size / 256 if lr is None else \
+        finite_float(lr, "lr", 0.0, low_open=True)
+    warmup_epochs = (max(1, epochs // 20) if epochs > 1 else 0) if warmup_epochs is None else \
+        integer(warmup_epochs, "warmup_epochs", low=0)
+    momentum = finite_float(momentum, "momentum", 0.0, 1.0, high_open=True)
+    weight_decay = finite_float(weight_decay, "weight_decay", low=0.0)
+    tau = finite_float(tau, "tau", 0.0, low_open=True)
+    lam = finite_float(lam, "lam", low=0.0)
+    amp = boolean(amp, "amp", allow_none=True)
+    seed = integer(seed, "seed", 0, 2 ** 32 - 1)
+    val_k = optional_int(val_k, "val_k", low=1)
+    optional_path(checkpoint, "checkpoint")
+    optional_path(resume, "resume")
+    optional_callable(progress, "progress")
+    optional_callable(on_epoch, "on_epoch")
+    if device is not None:
+        as_device(device)
     feats = _features_list(features, "features")
     n = feats[0].shape[0]
-    y = _labels(labels, n, "labels")
+    y = class_labels(labels, n, "labels")
     if max(K, L) > n:
         raise ValueError(f"K, L: the lists need max(K, L) = {max(K, L)} images but the training set has {n}")
+    if (val_features is None) != (val_labels is None):
+        given, missing = ("val_features", "val_labels") if val_labels is None else ("val_labels", "val_features")
+        raise ValueError(f"{missing}: needed with {given} (the validation mAP needs both)")
+    val_X = val_y = None
+    if val_features is not None:
+        val_X = _features_list(val_features, "val_features")[0]
+        val_y = class_labels(val_labels, val_X.shape[0], "val_labels")
+        if val_X.shape[0] < 2:
+            raise ValueError(f"val_features: {val_X.shape[0]} image(s); validation ranks each against the others")
 
     device = _training_device(device)
     rank, world, started = _distributed(device)
-    amp = serving_dtype(device) == torch.bfloat16 if amp is None else bool(amp)
-    if optimizer not in ("sgd", "adamw"):
-        raise ValueError(f"optimizer: expected 'sgd' or 'adamw', got {optimizer!r}")
-    if lr is None:
-        lr = (0.1 if optimizer == "sgd" else 1e-3) * batch_size / 256
-    lr = float(lr)
-    warmup_epochs = (max(1, epochs // 20) if epochs > 1 else 0) if warmup_epochs is None else int(warmup_epochs)
+    amp = serving_dtype(device) == torch.bfloat16 if amp is None else amp
 
     torch.manual_seed(seed)
     model = CSA(L, dim, depth, heads, dropout, drop_path).to(device)
@@ -254,9 +272,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     net = model
     if world > 1:
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_X = None if val_features is None else _features_list(val_features, "val_features")[0].to(device)
-    val_y = None if val_X is None else _labels(val_labels, val_X.shape[0], "val_labels")
-    val_k = val_k or max(K, L)
+    val_X = None if val_X is None else val_X.to(device)
+    val_k = max(K, L) if val_k is None else val_k
 
     with writing(checkpoint if rank == 0 else None):
         for epoch in range(start, epochs):

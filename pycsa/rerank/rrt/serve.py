@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
-from ..._checks import positive_int
+from ..._checks import optional_int, optional_path, positive_int
 from ..._tensors import as_device
-from ..._types import ArrayLike, PathLike, Device
+from ..._types import ArrayLike, Device, PathLike
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..checkpoint import load_checkpoint
-from ..placement import placed, serving_dtype
+from ..placement import placed, serving_dtype, serving_dtype_arg
 from .model import RRT
 from .train import FORMAT, rerank_scores
 
@@ -22,6 +22,13 @@ def load_rrt(path: PathLike) -> RRT:
     except RuntimeError as exc:
         raise ValueError(f"checkpoint: {path}: the weights do not fit the stored configuration ({exc})") from exc
     return model.eval()
+
+
+def _check_locals(value, name: str):
+    if value is not None and not isinstance(value, LocalDescriptors):
+        raise TypeError(f"{name}: expected LocalDescriptors (pycsa.datasets.load_local_descriptors), "
+                        f"got {type(value).__name__}")
+    return value
 
 
 @register("rrt")
@@ -41,15 +48,22 @@ class RRTReranker(Reranker):
                  locals: LocalDescriptors | None = None, query_locals: LocalDescriptors | None = None, top: int = 100,
                  batch_pairs: int = 256, max_local: int | None = 500, device: Device = None,
                  dtype: torch.dtype | None = None):
+        optional_path(checkpoint, "checkpoint")
+        if model is not None and not isinstance(model, RRT):
+            raise TypeError(f"model: expected an RRT (pycsa.rrt.RRT), got {type(model).__name__}")
+        _check_locals(locals, "locals")
+        _check_locals(query_locals, "query_locals")
+        max_local = optional_int(max_local, "max_local", low=1)
+        dtype = serving_dtype_arg(dtype)
+        self.top = positive_int(top, "top")
+        self.batch_pairs = positive_int(batch_pairs, "batch_pairs")
+        if device is not None:
+            device = as_device(device)  # a typo is named now, not at the first rerank
         if model is None:
             if checkpoint is None:
                 raise ValueError("checkpoint: RRT needs a trained model: RRTReranker.load(path) or "
                                  "create('rrt', checkpoint=path, locals=...); train one with `pycsa train --method rrt`")
             model = load_rrt(checkpoint)
-        self.top = positive_int(top, "top")
-        self.batch_pairs = positive_int(batch_pairs, "batch_pairs")
-        if device is not None:
-            device = as_device(device)  # a typo is named now, not at the first rerank
         self.max_local, self.device, self.dtype = max_local, device, dtype
         self._model = model.eval()
         self._placed = {}
@@ -62,7 +76,7 @@ class RRTReranker(Reranker):
     def fit(self, database: ArrayLike, *, locals: LocalDescriptors | None = None,
             progress: Progress = None) -> "RRTReranker":
         if locals is not None:
-            self._locals, self._placed = locals, {}
+            self._locals, self._placed = _check_locals(locals, "locals"), {}
         return self
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:

@@ -18,11 +18,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..._checks import optional_int, positive_int
+from ..._checks import boolean, finite_float, integer, optional_callable, optional_int, optional_path, positive_int
+from ..._tensors import as_device, as_tensor, check_features, class_labels
 from ..._types import ArrayLike, Device, PathLike
 from ...datasets.local import LocalDescriptors
 from ...ranking import Progress
@@ -107,6 +107,18 @@ def _permute(x: torch.Tensor, perm: torch.Tensor, sign: torch.Tensor) -> torch.T
     return x.gather(-1, perm.expand_as(x)) * sign
 
 
+def _global(features, local, name: str, local_name: str) -> torch.Tensor:
+    """Global features as float32 on their device, checked against their local descriptors."""
+    if not isinstance(local, LocalDescriptors):
+        raise TypeError(f"{local_name}: expected LocalDescriptors (pycsa.datasets.load_local_descriptors), "
+                        f"got {type(local).__name__}")
+    G = as_tensor(features, name)[0]
+    check_features(G, name, allow_empty=False)
+    if G.shape[0] != local.num_images:
+        raise ValueError(f"{name}: {G.shape[0]} images but {local_name} describes {local.num_images}")
+    return G.float()
+
+
 def train(global_features: ArrayLike, local: LocalDescriptors, labels: ArrayLike, *,
           val: tuple | None = None, topk: int = 100, dim: int = 128,
           depth: int = 6, heads: int = 4, ffn: int = 1024, dropout: float = 0.1, epochs: int = 10,
@@ -130,20 +142,40 @@ def train(global_features: ArrayLike, local: LocalDescriptors, labels: ArrayLike
     ``resume``: such a file to continue from, which gives the same model as a run that was
     never interrupted. Negative labels are distractors (never positive).
     """
+    # every argument checked before any work (a bad one would otherwise surface mid-epoch)
     for name, v in (("topk", topk), ("epochs", epochs), ("batch_size", batch_size),
                     ("triplets_per_anchor", triplets_per_anchor)):
         positive_int(v, name)
-    if match_init is not None and not float(match_init) > 0:
-        raise ValueError(f"match_init: must be > 0 or None, got {match_init!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    G = torch.as_tensor(np.asarray(global_features), dtype=torch.float32).to(device)
-    y = torch.as_tensor(np.asarray(labels)).long()
-    if G.dim() != 2 or G.shape[0] != local.num_images or y.shape != (G.shape[0],):
-        raise ValueError(f"global_features, local, labels: expected {G.shape[0]} images in each, got "
-                         f"{tuple(G.shape)}, {local.num_images} and {tuple(y.shape)}")
-    torch.manual_seed(seed)
+    if match_init is not None:
+        match_init = finite_float(match_init, "match_init", 0.0, low_open=True)
+    dropout = finite_float(dropout, "dropout", 0.0, 1.0, high_open=True)  # p = 1 drops everything: 0 / 0
+    lr = finite_float(lr, "lr", 0.0, low_open=True)
+    weight_decay = finite_float(weight_decay, "weight_decay", low=0.0)
+    max_local = optional_int(max_local, "max_local", low=1)
+    val_topk = optional_int(val_topk, "val_topk", low=1)
+    augment = boolean(augment, "augment")
+    seed = integer(seed, "seed", 0, 2 ** 32 - 1)
+    optional_path(checkpoint, "checkpoint")
+    optional_path(resume, "resume")
+    optional_callable(progress, "progress")
+    optional_callable(on_epoch, "on_epoch")
+    device = as_device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    G = _global(global_features, local, "global_features", "local")
+    y = class_labels(labels, G.shape[0], "labels")
+    RRT.check_config(dict(global_dim=G.shape[1], dim=dim, depth=depth, heads=heads, ffn=ffn, num_scales=1,
+                          dropout=dropout, global_skip=global_skip))
     if local.dim != dim:
         raise ValueError(f"local: descriptors have dimension {local.dim} but dim={dim}")
+    if val is not None:
+        if not isinstance(val, (tuple, list)) or len(val) != 3:
+            raise TypeError(f"val: expected (global features, LocalDescriptors, labels), got {type(val).__name__}")
+        vG = _global(val[0], val[1], "val[0]", "val[1]")
+        if vG.shape[0] < 2 or vG.shape[1] != G.shape[1] or val[1].dim != dim:
+            raise ValueError(f"val: expected at least 2 images of global dimension {G.shape[1]} and local "
+                             f"dimension {dim}, got {tuple(vG.shape)} and {val[1].dim}")
+        val = (vG.to(device), val[1], class_labels(val[2], vG.shape[0], "val[2]"))
+    G = G.to(device)
+    torch.manual_seed(seed)
     model = RRT(G.shape[1], dim, depth, heads, ffn, max(local.num_scales, 1), dropout, global_skip).to(device)
     if match_init is not None:
         model.init_matching(match_init)
@@ -216,8 +248,7 @@ def _epochs(model, opt, G, local, y, top, rel, usable, steps, warmup, history, s
                 progress(epoch * steps + step + 1, epochs * steps)
         record = {"epoch": epoch + 1, "loss": total / steps, "val_map": None}
         if val is not None:
-            vG = torch.as_tensor(np.asarray(val[0]), dtype=torch.float32).to(device)
-            record["val_map"] = validation_map(model, vG, val[1], val[2], val_topk or topk, max_local)
+            record["val_map"] = validation_map(model, val[0], val[1], val[2], val_topk or topk, max_local)
         history.append(record)
         if checkpoint is not None:
             save_checkpoint(checkpoint, model, fmt=FORMAT, optimizer=opt.state_dict(), epoch=epoch + 1,
