@@ -8,6 +8,7 @@ ranking. Swapping one for another is one line::
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Callable, ClassVar, NamedTuple, Optional, Sequence
 
 import torch
@@ -182,6 +183,10 @@ class Chain(Reranker):
     """
 
     def __init__(self, rerankers: Sequence[Reranker]):
+        # list(None) or list(5) would fail with a message that names no argument
+        if isinstance(rerankers, (Reranker, str)) or not isinstance(rerankers, Iterable):
+            raise TypeError(f"rerankers: expected a non-empty list of Reranker objects, got {rerankers!r} "
+                            f"({type(rerankers).__name__})")
         self.rerankers = list(rerankers)
         if not self.rerankers or not all(isinstance(r, Reranker) for r in self.rerankers):
             raise ValueError("rerankers: expected a non-empty list of Reranker objects")
@@ -214,4 +219,22 @@ def create(name: str, **params) -> Reranker:
         cls = _REGISTRY[name]
     except KeyError:
         raise ValueError(f"name: unknown re-ranker {name!r}; available: {', '.join(available())}") from None
+    check_params(name, params)
     return cls(**params)
+
+
+def check_params(name: str, params) -> None:
+    """TypeError naming the first of ``params`` that re-ranker ``name``'s constructor does not
+    take: Python's own message names the private class and no fix."""
+    import inspect
+
+    sig = inspect.signature(registered(name).__init__)
+    kinds = {p.kind for p in sig.parameters.values()}
+    if inspect.Parameter.VAR_KEYWORD in kinds:  # takes anything: its own checks apply
+        return
+    takes = [p.name for p in sig.parameters.values() if p.name != "self"
+             and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)]
+    for key in params:
+        if key not in takes:
+            raise TypeError(f"{key}: {name} takes no parameter {key!r} "
+                            f"({'it takes ' + ', '.join(takes) if takes else 'it takes none'})")

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from . import ops
-from ._checks import integer, one_of
+from ._checks import integer, one_of, optional_callable
 from ._precision import matmul
-from ._tensors import as_tensor, check_features, rescaled, to_caller
+from ._tensors import as_tensor, check_features, fingerprint, rescaled, to_caller
 from ._types import ArrayLike
 from .ops import _extension
 
@@ -79,6 +80,12 @@ class Index:
                                       and _extension.has_cpu_kernels()):
             raise ValueError("backend: 'bf16' needs a float32 CPU database and the compiled pycsa kernels")
         self.database = X
+        # What tells an in-place change of the caller's array apart: torch counts them (detach
+        # shares the counter); numpy counts none, so a sample of its rows is hashed. A numpy
+        # array that as_tensor had to copy is not held by reference and needs no check.
+        self._numpy_source = database if isinstance(database, np.ndarray) and \
+            database.__array_interface__["data"][0] == X.data_ptr() else None
+        self._fingerprint = fingerprint(self._numpy_source if self._numpy_source is not None else X)
         # The search runs on X / 2^e when X's values are huge or tiny (scores scaled back):
         # the ranking is the same, and float32 neither overflows nor sinks into subnormals.
         self._scaled, self._scale = rescaled(X)
@@ -104,6 +111,8 @@ class Index:
         Q, was_numpy = as_tensor(queries, "queries")
         Q = Q.detach()
         X = self.database
+        progress = optional_callable(progress, "progress")
+        self._check_unchanged()
         check_features(Q, "queries")
         if Q.shape[1] != X.shape[1]:
             raise ValueError(f"queries: dimension {Q.shape[1]} differs from database dimension {X.shape[1]}")
@@ -120,6 +129,18 @@ class Index:
         if indices.numel() and int(indices.min()) < 0:  # faiss's "no result": never handed on as an index
             raise RuntimeError("search: found fewer than k results; please report this with the inputs")
         return to_caller(scores, was_numpy), to_caller(indices, was_numpy)
+
+    def _check_unchanged(self) -> None:
+        """ValueError when the database was changed in place since construction: the
+        validation, the scaled copy and the prefilter's bfloat16 copy describe the old values,
+        and a search over a mix of them fails (or ranks) in ways that name nothing."""
+        before = self._fingerprint
+        if self._numpy_source is not None:
+            changed = fingerprint(self._numpy_source).sample != before.sample
+        else:
+            changed = self.database._version != before.version
+        if changed:
+            raise ValueError("database: changed in place since the Index was built; build a new Index")
 
     def _exact(self, Q, k, progress=None):
         if self._use_faiss:
@@ -142,6 +163,7 @@ def search(queries: ArrayLike, database: ArrayLike, k: int, *, backend: str = "a
     Q, _ = as_tensor(queries, "queries")
     X, _ = as_tensor(database, "database")
     k = integer(k, "k", low=1)
+    optional_callable(progress, "progress")  # before the index is built, which may be costly
     if Q.device != X.device:  # before the index is built, which may be costly
         raise ValueError(f"queries: on {Q.device} but database is on {X.device}")
     if Q.dim() == 2 and X.dim() == 2 and Q.shape[1] != X.shape[1]:

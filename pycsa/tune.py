@@ -26,9 +26,10 @@ from typing import Callable
 
 import numpy as np
 
-from ._checks import finite_float, one_of, optional_int, positive_int
+from ._checks import finite_float, one_of, optional_callable, optional_int, positive_int
 from ._types import ArrayLike, PathLike
-from .ranking import Chain, Ranking, Reranker, create, registered
+from ._tensors import as_tensor
+from .ranking import Chain, Ranking, Reranker, available, check_params, create, registered
 
 __all__ = ["SEARCH_SPACES", "search_space", "Scorer", "tune_method", "tune", "create_from_config",
            "load_config", "CONFIG_FORMAT"]
@@ -204,6 +205,9 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     max_rounds = positive_int(max_rounds, "max_rounds")
     if not callable(scorer):
         raise TypeError(f"scorer: expected a callable (ranking -> score), got {type(scorer).__name__}")
+    on_eval = optional_callable(on_eval, "on_eval")
+    as_tensor(Q, "Q")  # a list has no .shape: refuse it by name
+    as_tensor(X, "X")
     names = method.split("+")
     n = X.shape[0]
     current = [{} for _ in names]  # only what differs from the defaults
@@ -293,6 +297,10 @@ def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranki
         budget = finite_float(budget, "budget", low=0.0, low_open=True)
     if not callable(scorer):
         raise TypeError(f"scorer: expected a callable (ranking -> score), got {type(scorer).__name__}")
+    progress = optional_callable(progress, "progress")
+    report = optional_callable(report, "report")
+    as_tensor(Q, "Q")  # a list has no .shape: refuse it by name before X.shape[0] below
+    as_tensor(X, "X")
     n = X.shape[0]
     depth = n if depth is None else min(depth, n)
     scores, indices = search(Q, X, depth)
@@ -377,6 +385,13 @@ def load_config(config: dict | PathLike) -> dict:
                                      "not a str")
                 if isinstance(v, float) and not math.isfinite(v):
                     raise ValueError(f"config: {where}: methods[{name!r}]: {stage}.{p} = {v} is not finite")
+            # a hand-edited or foreign parameter would otherwise fail in create() naming no config;
+            # a stage not registered now (a plugin not imported) is named when it is built
+            if stage in available():
+                try:
+                    check_params(stage, params)
+                except TypeError as exc:
+                    raise ValueError(f"config: {where}: methods[{name!r}]: {exc}") from None
         # a NaN score (older `pycsa tune`) means every trial was accepted: the parameters were not tuned
         for key in ("score", "default_score"):
             v = entry.get(key, 0.0)
@@ -425,4 +440,15 @@ def create_from_config(config: dict | PathLike, method: str | None = None, **lea
     stages = tuned_stages(cfg, method)
     if stages is None:
         raise ValueError(f"method: {method!r} was not tuned in this config (tuned: {', '.join(cfg['methods'])})")
+    # a misspelt stage (cas= for csa=) would be dropped silently and the stage built without it
+    names = [n for n, _ in stages]
+    for name, kwargs in learned_kwargs.items():
+        if name not in names:
+            raise TypeError(f"{name}: no stage of {method!r} is called {name!r} (its stages: {', '.join(names)})")
+        for n, params in stages:
+            both = sorted(set(kwargs) & set(params)) if n == name else []
+            if both:  # else create() fails with "got multiple values", naming neither source
+                raise ValueError(f"{name}: sets {', '.join(both)}, which the config already tunes for {name} "
+                                 f"({', '.join(f'{p}={params[p]!r}' for p in both)}); pass only the "
+                                 "constructor arguments the config lacks (e.g. a checkpoint)")
     return _build(stages, learned_kwargs)

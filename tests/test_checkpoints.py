@@ -162,7 +162,9 @@ def test_rng_state_round_trip():
 def test_a_bare_checkpoint_path_may_hold_an_equals_sign():
     from pycsa.cli.rerankers import checkpoints
 
-    assert checkpoints(["runs/lr=0.1/csa.pt"]) == {"csa": "runs/lr=0.1/csa.pt"}
-    assert checkpoints(["rrt=runs/a.pt", "csa=b.pt"]) == {"rrt": "runs/a.pt", "csa": "b.pt"}
+    assert checkpoints(["runs/lr=0.1/csa.pt"], check_files=False) == {"csa": "runs/lr=0.1/csa.pt"}
+    assert checkpoints(["rrt=runs/a.pt", "csa=b.pt"], check_files=False) == {"rrt": "runs/a.pt", "csa": "b.pt"}
     with pytest.raises(ValueError, match="'gnn' is not a learned re-ranker"):
         checkpoints(["gnn=x.pt"])
+    with pytest.raises(ValueError, match="csa=runs/lr=0.1/csa.pt: no such file"):  # checked before any work
+        checkpoints(["runs/lr=0.1/csa.pt"])

@@ -16,8 +16,16 @@ from . import demo, evaluate, extract, rerank, train, tune
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one `pycsa: error:` line like every other user error (its usage
+    block would bury the message); subcommands inherit the class. Still exits 2 via SystemExit."""
+
+    def error(self, message):
+        self.exit(2, f"pycsa: error: {message} (see `{self.prog} --help`)\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="pycsa", description="Fast re-ranking for image retrieval.")
+    parser = _Parser(prog="pycsa", description="Fast re-ranking for image retrieval.")
     sub = parser.add_subparsers(dest="command", required=True)
     for command in (demo, extract, evaluate, train, rerank, tune):
         command.add_parser(sub)
@@ -45,7 +53,10 @@ def main(argv=None) -> int:
 # anything else is a bug and says so, still without a traceback unless asked for.
 USER_ERRORS = (ValueError, TypeError, IndexError, KeyError, LookupError, OSError, ImportError,
                FloatingPointError, MemoryError, EOFError, UnicodeError, pickle.UnpicklingError,
-               zipfile.BadZipFile, NotImplementedError)
+               zipfile.BadZipFile, NotImplementedError,
+               # a RuntimeError subclass, but RuntimeError itself is not listed: input nested past
+               # Python's recursion limit (e.g. a --config JSON of thousands of nested arrays)
+               RecursionError)
 
 
 def describe(exc: BaseException) -> str:

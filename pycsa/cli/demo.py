@@ -1,7 +1,6 @@
 """`pycsa demo`: a synthetic ROxford-sized benchmark, every re-ranker in one table."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -11,15 +10,15 @@ import pycsa
 from pycsa.datasets.synthetic import make_retrieval_preset
 from pycsa.evaluate import revisited
 
-from .output import format_table, progress_bar
-from .rerankers import learned_args, parse_methods, run_reranker
+from .output import cell, format_table, int_arg, output_path, progress_bar, write_json
+from .rerankers import learned_args, parse_methods, refuse_unused, run_reranker
 
 
 def add_parser(sub) -> None:
     demo = sub.add_parser("demo", help="synthetic benchmark: initial search and every re-ranker, as a table")
     demo.add_argument("--preset", default="roxford", choices=["small", "roxford", "large"])
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--k", type=int, default=1000, help="ranking depth (default 1000)")
+    demo.add_argument("--seed", type=int_arg(0), default=0)  # numpy's seeds are >= 0
+    demo.add_argument("--k", type=int_arg(), default=1000, help="ranking depth (default 1000)")
     demo.add_argument("--methods", default="all", help="comma-separated re-rankers, or 'all' (see `pycsa methods`)")
     demo.add_argument("--json", help="also write the table as JSON to this file")
     demo.add_argument("--checkpoint", action="append",
@@ -28,6 +27,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # options checked before the data are made and searched
+    if args.json:
+        args.json = output_path(args.json, "--json")
+    learned = learned_args(args)
+    methods = parse_methods(args.methods, learned=set(learned["checkpoints"]) | {"csa", "rrt"}, option="--methods")
+    refuse_unused(args, methods, learned, option="--methods")
     t0 = time.perf_counter()
     data = make_retrieval_preset(args.preset, seed=args.seed)
     gen_s = time.perf_counter() - t0
@@ -44,8 +49,6 @@ def run(args) -> int:
     rows = [_score_row("cosine (initial search)", indices, data.gnd, time.perf_counter() - t0)]
     ranking = pycsa.Ranking(indices, scores)
 
-    learned = learned_args(args)
-    methods = parse_methods(args.methods, learned=set(learned["checkpoints"]) | {"csa", "rrt"})
     if "csa" not in learned["checkpoints"] and any(p == "csa" for m in methods for p in m.split("+")):
         learned["checkpoints"]["csa"] = _demo_csa_checkpoint(args)
     if any(p == "rrt" for m in methods for p in m.split("+")):
@@ -58,8 +61,7 @@ def run(args) -> int:
     print(format_table(rows, columns))
     print("\nmAP in percent, Revisited Oxford protocols on the synthetic set; time includes offline work.")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"preset": args.preset, "seed": args.seed, "k": k, "rows": rows}, f, indent=2)
+        write_json(args.json, {"preset": args.preset, "seed": args.seed, "k": k, "rows": rows})
         print(f"wrote {args.json}")
     return 0
 
@@ -68,8 +70,8 @@ def _score_row(method: str, indices, gnd, seconds: float) -> dict:
     res = revisited(np.asarray(indices), gnd)
     row = {"method": method}
     for proto in ("easy", "medium", "hard"):
-        row[f"{proto} mAP"] = f"{100 * res[proto]['mAP']:.2f}"
-    row["mP@10 (M)"] = f"{100 * res['medium']['mP@10']:.2f}"
+        row[f"{proto} mAP"] = cell(100 * float(res[proto]["mAP"]))  # 'n/a' where no query has a positive
+    row["mP@10 (M)"] = cell(100 * float(res["medium"]["mP@10"]))
     row["time (s)"] = f"{seconds:.3f}"
     return row
 

@@ -1,7 +1,7 @@
 """`pycsa eval`: the initial search and re-rankers on a features file, scored by its protocol."""
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
 
@@ -11,8 +11,8 @@ import pycsa
 from pycsa.datasets import load_gnd, load_retrieval_features
 from pycsa.evaluate import bullseye, class_map, reid, revisited
 
-from .output import format_table, pct, plot_bars, progress_bar
-from .rerankers import learned_args, parse_methods, run_reranker, with_tuned
+from .output import cell, format_table, int_arg, output_path, pct, plot_bars, plot_path, progress_bar, written, write_json
+from .rerankers import learned_args, parse_methods, refuse_unused, run_reranker, with_tuned
 from .train import require_classes
 
 
@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
                        help="score with the labels in the features file (the default when it has labels; "
                             "re-ID protocol when it also has cameras)")
     ev.add_argument("--method", default="all", help="comma-separated re-rankers, or 'all' (default; see `pycsa methods`)")
-    ev.add_argument("--k", type=int, default=1000,
+    ev.add_argument("--k", type=int_arg(), default=1000,
                     help="ranking depth with --gnd (default 1000, capped at the database size); "
                          "label protocols rank the whole database")
     ev.add_argument("--json", help="also write the table rows as JSON to this file")
@@ -36,22 +36,26 @@ def add_parser(sub) -> None:
                          "'all' includes a learned method only with its checkpoint")
     ev.add_argument("--locals", help="local descriptors of the database (rrt): .npz/.pt with local, offsets[, scale]")
     ev.add_argument("--query-locals", help="local descriptors of the queries when they are not the database rows")
-    ev.add_argument("--rrt-top", type=int, default=None, help="RRT re-ranks each query's top-N (default 100)")
+    ev.add_argument("--rrt-top", type=int_arg(), default=None, help="RRT re-ranks each query's top-N (default 100)")
     ev.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="evaluate on one half of the classes only (e.g. the half a model was not trained on)")
-    ev.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
+    ev.add_argument("--csa-k", type=int_arg(), default=None, help="CSA list length K at serving (default 1024)")
     ev.add_argument("--config", help="a `pycsa tune` result (tuned.json): tuned methods run with its parameters, "
                                      "and --method all means the methods it tuned")
     ev.set_defaults(run=run)
 
 
 def run(args) -> int:
+    # output files checked before the work, under the names really written
+    if args.json:
+        args.json = output_path(args.json, "--json")
+    if args.plot:
+        args.plot = plot_path(args.plot)
     learned = learned_args(args)
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
     if learned["config"] is not None:
         methods = with_tuned(methods, learned, args.method, args.config)
-    if args.k < 1:
-        raise ValueError(f"--k: must be a positive int, got {args.k}")
+    refuse_unused(args, methods, learned)
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
         rows = fs.class_half_rows(args.class_split)
@@ -114,23 +118,26 @@ def run(args) -> int:
                "classes": ["method", "mAP", "bullseye", "time (s)"]}[mode]
     shown = []
     for i, r in enumerate(rows):
-        cells = {c: (f"{r[c]:.3f}" if c == "time (s)" else f"{r[c]:.2f}" if isinstance(r[c], float) else r[c])
-                 for c in columns}
+        cells = {c: cell(r[c], ".3f" if c == "time (s)" else ".2f") for c in columns}
         if mode == "revisited" and i % 3:  # one method per three protocol rows
             cells["method"], cells["time (s)"] = "", ""
         shown.append(cells)
     print(format_table(shown, columns))
     print("\nscores in percent; 'cosine' is the initial search; time includes each method's offline work.")
+    empty = sorted({r.get("protocol", "") for r in rows for v in r.values() if isinstance(v, float) and math.isnan(v)})
+    if empty:  # e.g. a gnd where no query has a hard positive: nothing to score, not a score of 0
+        print(f"n/a: no query has a positive under the {', '.join(p or 'this' for p in empty)} protocol "
+              "(null in the --json file)")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"features": str(args.features), "gnd": args.gnd, "protocol": mode, "k": k,
-                       "num_queries": int(Q.shape[0]), "num_database": int(X.shape[0]), "rows": rows}, f, indent=2)
+        write_json(args.json, {"features": str(args.features), "gnd": args.gnd, "protocol": mode, "k": k,
+                               "num_queries": int(Q.shape[0]), "num_database": int(X.shape[0]), "rows": rows})
         print(f"wrote {args.json}")
     if args.plot:
         name = Path(args.features).name
         title = {"revisited": f"mAP per method and protocol: {name}", "reid": f"re-ID mAP per method: {name}",
                  "classes": f"class mAP per method: {name}"}[mode]
-        plot_bars(rows, mode, title, args.plot)
+        with written(args.plot) as tmp:
+            plot_bars(rows, mode, title, tmp)
         print(f"wrote {args.plot}")
     return 0
 

@@ -1,21 +1,26 @@
 """`pycsa extract`: a folder (or list) of images -> a features file the other commands read."""
 from __future__ import annotations
 
-import math
+import argparse
 
 from pycsa.extract import BACKBONES, POOLINGS, SUPERGLOBAL_SCALES, extract_to_file
+from pycsa.extract.extractor import MAX_SCALE, check_scales
 
 from .output import device_arg, echo, progress_bar
 
 
 def _scales(text: str):
+    # ArgumentTypeError: argparse prints its message ("argument --scales: ..."); for a plain
+    # ValueError it prints only "invalid _scales value", hiding what is wrong
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"--scales: expected comma-separated factors such as 0.7071,1,1.4142, got {text!r}") from None
-    if not values or any(not math.isfinite(v) or v <= 0 for v in values):
-        raise ValueError(f"--scales: factors must be positive, got {text!r}")
-    return values
+        raise argparse.ArgumentTypeError(f"expected comma-separated factors such as 0.7071,1,1.4142, "
+                                         f"got {text!r}") from None
+    try:
+        return check_scales(values, "--scales")  # the library's bound (0, MAX_SCALE]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--scales: ")) from None
 
 
 def add_parser(sub) -> None:
@@ -33,7 +38,7 @@ def add_parser(sub) -> None:
     ex.add_argument("--pooling", default="superglobal", choices=POOLINGS,
                     help="superglobal (ReLU+, Regional-GeM, GeM+ p=4.6; default), gem (p=3), gem+, mac, spoc")
     ex.add_argument("--scales", type=_scales, default=SUPERGLOBAL_SCALES,
-                    help="comma-separated image scales (default 0.7071,1,1.4142)")
+                    help=f"comma-separated image scales, each in (0, {MAX_SCALE:g}] (default 0.7071,1,1.4142)")
     ex.add_argument("--scale-p", type=float, default=float("inf"),
                     help="Scale-GeM power: inf (max of normalised descriptors; default) or e.g. 10")
     ex.add_argument("--relu-plus-in-trunk", action="store_true",

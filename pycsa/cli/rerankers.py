@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pycsa
 
@@ -11,7 +12,7 @@ def needs_checkpoint(name: str) -> bool:
     return name in pycsa.available() and getattr(pycsa.ranking.registered(name), "needs_checkpoint", False)
 
 
-def checkpoints(items) -> dict:
+def checkpoints(items, check_files: bool = True) -> dict:
     """--checkpoint values, 'METHOD=PATH' or a bare PATH (for csa), as {method: path}."""
     out = {}
     for item in items or []:
@@ -21,6 +22,10 @@ def checkpoints(items) -> dict:
         if not needs_checkpoint(method):
             raise ValueError(f"--checkpoint: {method!r} is not a learned re-ranker (learned: "
                              f"{', '.join(n for n in pycsa.available() if needs_checkpoint(n))})")
+        # checked now, not when the method runs after the search (or never, if it is not run)
+        if check_files and not Path(path).is_file():
+            what = "is a directory, not a checkpoint file" if Path(path).is_dir() else "no such file"
+            raise ValueError(f"--checkpoint: {method}={path}: {what}")
         out[method] = path
     return out
 
@@ -35,7 +40,10 @@ def learned_args(args) -> dict:
     if config is not None:
         from pycsa.tune import load_config
 
-        config = load_config(config)
+        try:
+            config = load_config(config)
+        except RecursionError:  # json's message names neither the option nor the file
+            raise ValueError(f"--config: {config} is nested too deeply to be a `pycsa tune` result") from None
     return {"checkpoints": checkpoints(getattr(args, "checkpoint", None)), "csa_k": getattr(args, "csa_k", None),
             "config": config,
             "rrt_top": getattr(args, "rrt_top", None),
@@ -86,23 +94,47 @@ def run_reranker(name: str, Q, X, ranking, learned: dict | None = None):
     return new, time.perf_counter() - t0
 
 
-def parse_methods(spec: str, learned=frozenset()) -> list[str]:
+def parse_methods(spec: str, learned=frozenset(), option: str = "--method") -> list[str]:
     """Comma-separated names; 'all' stands for every registered one (a learned one only
-    when it is in ``learned``, i.e. its checkpoint is at hand), 'a+b' for a chain."""
+    when it is in ``learned``, i.e. its checkpoint is at hand), 'a+b' for a chain. A name
+    given twice or a blank entry is refused here: both are typos, and a repeated name would
+    run twice and break the plot's one-bar-per-method layout after all the work."""
+    entries = [m.strip() for m in spec.split(",")]
+    if "" in entries and any(entries):
+        raise ValueError(f"{option}: blank entry in {spec!r}; separate the names with single commas")
+    named = [m for m in entries if m and m != "all"]
+    for name in named:
+        if named.count(name) > 1:
+            raise ValueError(f"{option}: {name!r} is named twice in {spec!r}")
     names = []
-    for m in (m.strip() for m in spec.split(",")):
-        if m == "all":
-            names.extend(n for n in pycsa.available() if n in learned or not needs_checkpoint(n))
+    for m in entries:
+        if m == "all":  # what else is named keeps its place and is not repeated
+            names.extend(n for n in pycsa.available()
+                         if (n in learned or not needs_checkpoint(n)) and n not in named and n not in names)
         elif m:
             names.append(m)
     if not names:
-        raise ValueError("--method: name at least one re-ranker, or 'all' (see `pycsa methods`)")
+        raise ValueError(f"{option}: name at least one re-ranker, or 'all' (see `pycsa methods`)")
     for name in names:
         for part in name.split("+"):
             if part not in pycsa.available():
-                raise ValueError(f"--method: unknown re-ranker {part!r}; available: {', '.join(pycsa.available())}")
+                raise ValueError(f"{option}: unknown re-ranker {part!r}; available: {', '.join(pycsa.available())}")
     return names
 
+
+def refuse_unused(args, methods: list[str], learned: dict, option: str = "--method") -> None:
+    """Options for a learned method that none of ``methods`` runs would be silently ignored:
+    refused instead, naming the method that uses them."""
+    parts = {p for m in methods for p in m.split("+")}
+    uses = [("--checkpoint", name, "") for name in learned["checkpoints"]] + [
+        ("--csa-k", "csa", "csa_k"), ("--rrt-top", "rrt", "rrt_top"), ("--locals", "rrt", "locals"),
+        ("--query-locals", "rrt", "query_locals")]
+    for opt, method, attr in uses:
+        if method in parts or (attr and getattr(args, attr, None) is None):
+            continue
+        given = f" {method}=..." if opt == "--checkpoint" else ""
+        raise ValueError(f"{opt}{given}: only {method} uses it, and {method} is not among the methods run "
+                         f"({option} {getattr(args, option.lstrip('-'))}: {', '.join(methods)})")
 
 
 def with_tuned(methods: list[str], learned: dict, spec: str, path) -> list[str]:

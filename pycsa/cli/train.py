@@ -9,7 +9,7 @@ import numpy as np
 import pycsa
 from pycsa.datasets import load_retrieval_features
 
-from .output import device_arg, echo, plot_training, progress_bar
+from .output import device_arg, echo, float_arg, int_arg, output_path, plot_path, plot_training, progress_bar, written
 
 
 def add_parser(sub) -> None:
@@ -19,45 +19,45 @@ def add_parser(sub) -> None:
     tr.add_argument("--out", required=True, help="checkpoint path, written after every epoch")
     tr.add_argument("--method", default="csa", choices=["csa", "rrt"], help="what to train (csa, rrt)")
     tr.add_argument("--locals", help="rrt: local descriptors of the training images (.npz: local, offsets, scale)")
-    tr.add_argument("--topk", type=int, default=100, help="rrt: triplets from each anchor's top-k (default 100)")
-    tr.add_argument("--ffn", type=int, default=1024, help="rrt: feed-forward width (default 1024)")
-    tr.add_argument("--max-local", type=int, default=500, help="rrt: local descriptors per image at most (500)")
-    tr.add_argument("--triplets-per-anchor", type=int, default=1, help="rrt: triplets per anchor and epoch (1)")
-    tr.add_argument("--match-init", type=float, default=5.0,
+    tr.add_argument("--topk", type=int_arg(), default=100, help="rrt: triplets from each anchor's top-k (default 100)")
+    tr.add_argument("--ffn", type=int_arg(), default=1024, help="rrt: feed-forward width (default 1024)")
+    tr.add_argument("--max-local", type=int_arg(), default=500, help="rrt: local descriptors per image at most (500)")
+    tr.add_argument("--triplets-per-anchor", type=int_arg(), default=1, help="rrt: triplets per anchor and epoch (1)")
+    tr.add_argument("--match-init", type=float_arg(0.0), default=5.0,
                     help="rrt: the first layer starts attending by descriptor similarity, logit = this x cosine "
                          "(default 5; 0: the plain initialisation)")
-    tr.add_argument("--global-skip", type=float, default=20.0,
+    tr.add_argument("--global-skip", type=float_arg(0.0), default=20.0,
                     help="rrt: add s x cos(global_q, global_d) to the pair logit, s learned from this start "
                          "(default 20; 0: the paper's model, the logit from the transformer alone)")
     tr.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                     help="rrt: random signed permutations of the descriptor coordinates per pair (default on)")
-    tr.add_argument("--val-topk", type=int, default=None, help="rrt: validation re-ranks each top-N (default --topk)")
-    tr.add_argument("--weight-decay", type=float, default=None, help="default 1e-5 (csa), 5e-4 (rrt)")
+    tr.add_argument("--val-topk", type=int_arg(), default=None, help="rrt: validation re-ranks each top-N (default --topk)")
+    tr.add_argument("--weight-decay", type=float_arg(0.0), default=None, help="default 1e-5 (csa), 5e-4 (rrt)")
     tr.add_argument("--class-split", default="all", choices=["all", "first", "second"],
                     help="train on one half of the classes only")
     tr.add_argument("--val-features", help="labelled features for the validation mAP after each epoch")
     tr.add_argument("--val-class-split", default="all", choices=["all", "first", "second"])
-    tr.add_argument("--K", type=int, default=None,
+    tr.add_argument("--K", type=int_arg(), default=None,
                     help="ranking list length in training (default 512, or the training set's size when smaller)")
-    tr.add_argument("--L", type=int, default=None, help="anchors (default 512, or the training set's size when smaller)")
-    tr.add_argument("--dim", type=int, default=None, help="csa: hidden size (768)")
-    tr.add_argument("--depth", type=int, default=None, help="blocks (csa 2, rrt 6)")
-    tr.add_argument("--heads", type=int, default=None, help="attention heads (csa 12, rrt 4)")
-    tr.add_argument("--dropout", type=float, default=None, help="default 0.1")
-    tr.add_argument("--drop-path", type=float, default=0.1)
-    tr.add_argument("--epochs", type=int, default=None, help="default 100 (csa), 10 (rrt)")
-    tr.add_argument("--batch-size", type=int, default=None, help="default 256 (csa), 32 anchors (rrt)")
+    tr.add_argument("--L", type=int_arg(), default=None, help="anchors (default 512, or the training set's size when smaller)")
+    tr.add_argument("--dim", type=int_arg(), default=None, help="csa: hidden size (768)")
+    tr.add_argument("--depth", type=int_arg(), default=None, help="blocks (csa 2, rrt 6)")
+    tr.add_argument("--heads", type=int_arg(), default=None, help="attention heads (csa 12, rrt 4)")
+    tr.add_argument("--dropout", type=float_arg(0.0, 1.0, high_open=True), default=None, help="default 0.1")
+    tr.add_argument("--drop-path", type=float_arg(0.0, 1.0, high_open=True), default=0.1)
+    tr.add_argument("--epochs", type=int_arg(), default=None, help="default 100 (csa), 10 (rrt)")
+    tr.add_argument("--batch-size", type=int_arg(), default=None, help="default 256 (csa), 32 anchors (rrt)")
     tr.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"],
                     help="sgd: the paper's recipe (needs long training); adamw: converges in fewer steps")
-    tr.add_argument("--lr", type=float, default=None, help="default 0.1 x batch / 256 (sgd), 1e-3 x batch / 256 (adamw)")
-    tr.add_argument("--warmup-epochs", type=int, default=None)
-    tr.add_argument("--tau", type=float, default=2.0)
-    tr.add_argument("--lam", type=float, default=0.2)
+    tr.add_argument("--lr", type=float_arg(0.0, low_open=True), default=None, help="default 0.1 x batch / 256 (sgd), 1e-3 x batch / 256 (adamw)")
+    tr.add_argument("--warmup-epochs", type=int_arg(0), default=None)
+    tr.add_argument("--tau", type=float_arg(0.0, low_open=True), default=2.0)
+    tr.add_argument("--lam", type=float_arg(0.0), default=0.2)
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bfloat16 autocast (default: on for CUDA)")
     tr.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
     tr.add_argument("--resume", help="continue from this checkpoint")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int_arg(0), default=0)
     tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
     tr.set_defaults(run=run)
 
@@ -69,6 +69,10 @@ _TRAIN_DEFAULTS = {
 
 
 def run(args) -> int:
+    # output files checked before loading and training (--out is written by the trainer itself)
+    args.out = output_path(args.out, "--out")
+    if args.plot:
+        args.plot = plot_path(args.plot)
     for key, value in _TRAIN_DEFAULTS[args.method].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -110,7 +114,8 @@ def run(args) -> int:
     if result.history:
         print(f"wrote {args.out}")
     if args.plot:
-        plot_training(result.history, f"CSA training: {Path(args.features[0]).name}", args.plot)
+        with written(args.plot) as tmp:
+            plot_training(result.history, f"CSA training: {Path(args.features[0]).name}", tmp)
         print(f"wrote {args.plot}")
     return 0
 
@@ -161,7 +166,8 @@ def _run_train_rrt(args) -> int:
                         on_epoch=lambda r: echo(fmt(r)))
     print(f"wrote {args.out}")
     if args.plot:
-        plot_training(result.history, f"RRT training: {Path(args.features[0]).name}", args.plot)
+        with written(args.plot) as tmp:
+            plot_training(result.history, f"RRT training: {Path(args.features[0]).name}", tmp)
         print(f"wrote {args.plot}")
     return 0
 

@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from pathlib import Path
+import math
 
 import pycsa
 from pycsa.datasets import load_gnd, load_retrieval_features
-from pycsa.rerank.checkpoint import publish
 from pycsa.tune import Scorer, tune
 
-from .output import echo, format_table, progress_bar
-from .rerankers import learned_args, parse_methods
+from .output import echo, float_arg, format_table, int_arg, output_path, progress_bar, written
+from .rerankers import checkpoints, learned_args, parse_methods, refuse_unused
 
 
 def add_parser(sub) -> None:
@@ -30,10 +27,10 @@ def add_parser(sub) -> None:
                     help="comma-separated re-rankers or chains 'a+b', or 'all' (every training-free one, plus "
                          "learned ones given --checkpoint)")
     tu.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
-    tu.add_argument("--csa-k", type=int, default=None, help="CSA list length K at serving (default 1024)")
+    tu.add_argument("--csa-k", type=int_arg(), default=None, help="CSA list length K at serving (default 1024)")
     tu.add_argument("--budget", type=float, default=None,
                     help="seconds in all (shared between the methods); the best found so far is kept")
-    tu.add_argument("--margin", type=float, default=0.1,
+    tu.add_argument("--margin", type=float_arg(0.0), default=0.1,
                     help="a parameter leaves its current value only for a gain above this many points (0.1)")
     tu.add_argument("--out", required=True, help="JSON file of the tuned settings (for --config and "
                                                  "pycsa.create_from_config)")
@@ -43,14 +40,16 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if not args.out.endswith(".json"):
         raise ValueError(f"--out: must end in .json, got {args.out}")
-    if args.budget is not None and not args.budget > 0:
+    # checked here rather than by an argparse type: the tests hold `pycsa tune` to return 2 for it
+    if args.budget is not None and not (args.budget > 0 and math.isfinite(args.budget)):
         raise ValueError(f"--budget: must be a positive number of seconds, got {args.budget}")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)  # before the search, not after it
+    out = output_path(args.out, "--out")  # before the search, not after it
+    # rrt refused before the checkpoint files are looked at: no checkpoint makes it tunable
+    if any("rrt" in m.split("+") for m in parse_methods(args.method, set(checkpoints(args.checkpoint, False)))):
+        raise ValueError("--method: rrt cannot be tuned yet (tune takes no local descriptors); leave it out")
     learned = learned_args(args)
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
-    if any("rrt" in m.split("+") for m in methods):
-        raise ValueError("--method: rrt cannot be tuned yet (tune takes no local descriptors); leave it out")
+    refuse_unused(args, methods, learned)
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
         fs = fs.class_half(args.class_split)
@@ -94,10 +93,7 @@ def run(args) -> int:
     print(f"\n{scorer.metric} in percent on the validation set; best: {result.get('best')}")
     # NaN is no JSON and, as a score, would mean nothing was tuned; serialised before the file is made
     text = json.dumps(result, indent=2, allow_nan=False)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    with os.fdopen(fd, "w") as f:
+    with written(out) as tmp, open(tmp, "w") as f:  # removed again if the write fails
         f.write(text)
-    publish(tmp)
-    os.replace(tmp, out)
-    print(f"wrote {args.out}: `pycsa eval --config {args.out}` or pycsa.create_from_config('{args.out}')")
+    print(f"wrote {out}: `pycsa eval --config {out}` or pycsa.create_from_config('{out}')")
     return 0

@@ -48,7 +48,10 @@ Orientation rule. cnnimageretrieval-pytorch stores ``qvecs``/``vecs`` as
 (the dimension) agree; when they do not but their ROW counts agree, both are
 taken as ``d x N`` and transposed. A single matrix is transposed only when the
 file has labels whose count matches its column count and not its row count.
-Otherwise the layout is used as stored. ``FeatureSet.transposed`` reports it.
+Otherwise the layout is used as stored. When the two matrices have the same shape the
+shapes cannot tell: query and database labels decide where their counts fit one
+orientation only; else ``qvecs``/``vecs`` are taken as ``d x N`` (the Revisited
+convention) and other keys as rows. ``FeatureSet.transposed`` reports it.
 
 ``.pt`` files are read with ``torch.load(..., weights_only=True)`` (a tensor or
 a dict of tensors; no code in the file runs); ``.npy``/``.npz`` without pickle.
@@ -121,8 +124,11 @@ class FeatureSet:
         if self.split_pids is None:
             return [self]
         out = []
-        for pids in self.split_pids:
+        for s, pids in enumerate(self.split_pids):
             q, g = np.isin(self.query_labels, pids), np.isin(self.db_labels, pids)
+            if not g.any():  # a set split_pids, not checked by the loader
+                raise ValueError(f"split_pids: split {s} names no identity of the gallery (db_labels): "
+                                 "it has no gallery items to rank")
             out.append(replace(self, queries=self.queries[q], database=self.database[g],
                                query_labels=self.query_labels[q], db_labels=self.db_labels[g],
                                query_cams=self.query_cams[q], db_cams=self.db_cams[g],
@@ -189,11 +195,25 @@ def _tensor_to_numpy(value, where: str):
     if isinstance(value, torch.Tensor):
         if value.layout != torch.strided:
             raise ValueError(f"{where}: holds a sparse tensor ({value.layout}); save a dense one (.to_dense())")
+        kind = _unreadable_kind(value)
+        if kind:  # their .numpy() fails with messages that name neither file nor fix
+            raise ValueError(f"{where}: holds a {kind} tensor; save a dense one")
         value = value.detach().cpu()
         if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
             value = value.float()  # bfloat16 and the float8 types have no numpy dtype; float32 holds them exactly
         return value.numpy()
     return np.asarray(value)
+
+
+def _unreadable_kind(t) -> str:
+    """'meta', 'quantized' or 'nested' for tensors with no values to read as an array, else ""."""
+    if t.is_meta:
+        return "meta"
+    if t.is_quantized:
+        return "quantized"
+    if t.is_nested:
+        return "nested"
+    return ""
 
 
 def _read_pt(path: Path) -> dict:
@@ -367,7 +387,11 @@ def load_retrieval_features(path: PathLike) -> FeatureSet:
                 f"{', '.join(_DB_KEYS if qk else _QUERY_KEYS)}); keys present: {_keys_text(arrays)}"
             )
         Qr, Xr = need_2d(qk), need_2d(dk)
-        if Qr.shape[1] == Xr.shape[1]:
+        if Qr.shape == Xr.shape:  # both orientations fit the shapes
+            transposed = _same_shape_transposed(path, arrays, qk, dk, Qr.shape)
+            if transposed:
+                Qr, Xr = Qr.T, Xr.T
+        elif Qr.shape[1] == Xr.shape[1]:
             pass
         elif Qr.shape[0] == Xr.shape[0]:  # d x N columns (cnnimageretrieval)
             Qr, Xr, transposed = Qr.T, Xr.T, True
@@ -438,6 +462,21 @@ def load_retrieval_features(path: PathLike) -> FeatureSet:
     return fs
 
 
+def _same_shape_transposed(path: Path, arrays: dict, qk: str, dk: str, shape: tuple) -> bool:
+    """Whether queries and database of one shape are stored as d x N columns: the shapes
+    cannot tell, so the labels decide where their counts fit one orientation only, else the
+    Revisited keys (qvecs/vecs, which cnnimageretrieval writes as d x N); other keys as rows."""
+    lq, ld = _pick(arrays, _QLABEL_KEYS), _pick(arrays, _DBLABEL_KEYS)
+    if lq is not None and ld is not None:
+        counts = (arrays[lq].size, arrays[ld].size)
+        as_rows, as_cols = counts == (shape[0], shape[0]), counts == (shape[1], shape[1])
+        if as_rows != as_cols:
+            return as_cols
+    # qvecs/vecs: cnnimageretrieval writes them as d x N; every other key holds rows (items),
+    # pycsa's convention and what such files were always read as
+    return (qk, dk) == ("qvecs", "vecs")
+
+
 def _index_reid_set(path: Path, arrays: dict) -> FeatureSet:
     """An index-based re-ID file (see the module docstring) as queries and gallery."""
     def need(role: str, candidates: tuple) -> str:
@@ -487,6 +526,10 @@ def _index_reid_set(path: Path, arrays: dict) -> FeatureSet:
         for s, split in enumerate(splits):
             if not np.isin(split, fs.query_labels).any():
                 raise ValueError(f"{path}[{sk!r}]: split {s} names no identity of the queries")
+            # else its search would ask for the top 0 of an empty gallery ("k: ... got 0")
+            if not np.isin(split, fs.db_labels).any():
+                raise ValueError(f"{path}[{sk!r}]: split {s} names no identity of the gallery (it has no gallery "
+                                 "items to rank)")
         fs.split_pids = [np.asarray(split) for split in splits]
         fs.keys["splits"] = sk
     return fs

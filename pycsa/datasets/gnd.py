@@ -59,6 +59,12 @@ def _validate(obj, path) -> dict:
     for key, value in (("imlist", imlist), ("qimlist", qimlist), ("gnd", gnd)):
         if not isinstance(value, list):
             raise ValueError(f"{path}: '{key}' is a {type(value).__name__}, expected a list")
+    for key, names in (("imlist", imlist), ("qimlist", qimlist)):
+        # image names are joined to directories later ("'int' and 'str'" there names nothing)
+        bad = next((i for i, v in enumerate(names) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise ValueError(f"{path}: '{key}'[{bad}] is {names[bad]!r} ({type(names[bad]).__name__}), "
+                             "expected an image name (str)")
     if len(gnd) != len(qimlist):
         raise ValueError(f"{path}: 'gnd' has {len(gnd)} entries but 'qimlist' has {len(qimlist)}")
     for i, entry in enumerate(gnd):

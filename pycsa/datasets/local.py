@@ -164,6 +164,9 @@ def _tensor(path, data: dict, key: str, kind: str) -> torch.Tensor:
         raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {type(value).__name__} ({exc})") from exc
     if t.layout != torch.strided:
         raise ValueError(f"{path}[{key!r}]: holds a sparse tensor ({t.layout}); save a dense one (.to_dense())")
+    for layout, is_it in (("meta", t.is_meta), ("quantized", t.is_quantized), ("nested", t.is_nested)):
+        if is_it:  # no values to read: later steps fail naming neither file nor fix
+            raise ValueError(f"{path}[{key!r}]: holds a {layout} tensor; save a dense one")
     integral = not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
     if t.is_complex() or t.dtype == torch.bool or (kind == "integers" and not integral):
         raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {t.dtype}")

@@ -31,6 +31,20 @@ def int_matrix(x, name: str) -> np.ndarray:
         if a.size == 0 and a.dtype.kind == "f":  # np.asarray([[]]) is float64
             return a.astype(np.int64)
         raise TypeError(f"{name}: expected integer indices, got dtype {a.dtype}")
+    return as_int64(a, name)
+
+
+INT64_MAX = 2 ** 63 - 1
+
+
+def as_int64(a: np.ndarray, name: str) -> np.ndarray:
+    """Integer indices as int64. uint64 values >= 2**63 would wrap to negatives and be
+    reported as numbers the caller never passed, or index the tables from the end."""
+    if a.dtype == np.uint64 and a.size and int(a.max()) > INT64_MAX:
+        where = ""
+        if a.ndim == 2:
+            where = f" (query {int(np.nonzero((a > INT64_MAX).any(axis=1))[0][0])})"
+        raise IndexOutOfRangeError(f"{name}: holds index {int(a.max())}{where}, beyond the int64 range of indices")
     return a.astype(np.int64, copy=False)
 
 

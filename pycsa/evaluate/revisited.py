@@ -20,7 +20,8 @@ from typing import Sequence
 import numpy as np
 
 from .._types import ArrayLike
-from ._inputs import check_depth, check_index_range, check_no_repeats, int_matrix, positive_count, to_numpy
+from ._inputs import (INT64_MAX, as_int64, check_depth, check_index_range, check_no_repeats, int_matrix,
+                      positive_count, to_numpy)
 
 PROTOCOLS = {
     "easy": (("easy",), ("junk", "hard")),
@@ -133,10 +134,13 @@ def _kappas(kappas) -> tuple[int, ...]:
         raise ValueError(f"kappas: expected a sequence of positive ints, got {kappas!r}") from exc
     try:
         if raw:
-            return tuple(positive_count(k, "kappas") for k in raw)
+            out = tuple(positive_count(k, "kappas") for k in raw)
+            # numpy compares them with int64 positions: a larger one overflows there
+            if max(out) <= INT64_MAX:
+                return out
     except ValueError:
         pass
-    raise ValueError(f"kappas: expected positive ints, got {kappas!r}")
+    raise ValueError(f"kappas: expected positive ints (at most 2**63 - 1), got {kappas!r}")
 
 
 def _entries(gnd, n_db):
@@ -145,7 +149,12 @@ def _entries(gnd, n_db):
         if "gnd" not in gnd:
             raise ValueError("gnd: a dict must hold the per-query list under key 'gnd'")
         if "imlist" in gnd:
-            n_img = len(gnd["imlist"])
+            imlist = gnd["imlist"]
+            # only its length is used: a number or None here is a damaged dict, not a size
+            if isinstance(imlist, (str, bytes, dict)) or not hasattr(imlist, "__len__"):
+                raise ValueError(f"gnd: 'imlist' is a {type(imlist).__name__}, expected the list of database "
+                                 "image names")
+            n_img = len(imlist)
             if n_db is not None and n_db != n_img:
                 raise ValueError(f"n_db: {n_db} disagrees with len(gnd['imlist']) = {n_img}")
             n_db = n_img
@@ -165,8 +174,9 @@ def _entries(gnd, n_db):
                 a = a.astype(np.int64)
             elif a.dtype.kind not in "iu":
                 raise ValueError(f"gnd[{i}]['{k}']: expected integer indices, got dtype {a.dtype}")
+            a = as_int64(a, f"gnd[{i}]['{k}']")
             check_index_range(a, f"gnd[{i}]['{k}']", n_db)
-            arrs[k] = a.astype(np.int64, copy=False)
+            arrs[k] = a
         entries.append(arrs)
     return entries, n_db
 

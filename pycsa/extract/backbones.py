@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._checks import optional_path
 from .._safe_load import load_weights_only
 from .._types import PathLike
 
@@ -229,6 +230,16 @@ def load_backbone_weights(trunk: nn.Module, path: PathLike, name: str = "backbon
     if weight is None or weight.dim() != 2 or weight.shape[1] != trunk.out_channels:
         raise ValueError(f"--weights: {path}: the projection weight must be D x {trunk.out_channels}, "
                          f"got {None if weight is None else tuple(weight.shape)}")
+    # a wrong-length bias would fail in nn.Linear's copy with a bare RuntimeError
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != weight.shape[0]):
+        raise ValueError(f"--weights: {path}: the projection bias must have {weight.shape[0]} values (one per row "
+                         f"of its weight), got shape {tuple(bias.shape)}")
+    # the trunk's keys are checked above; a NaN here would make every descriptor NaN
+    bad = [k for k, v in (("weight", weight), ("bias", bias))
+           if v is not None and (not v.is_floating_point() or not bool(torch.isfinite(v.float()).all()))]
+    if bad:
+        raise ValueError(f"--weights: {path}: the projection's {' and '.join(bad)} hold NaN or inf "
+                         "(or are not floating point)")
     return Projection(weight.float(), None if bias is None else bias.float())
 
 
@@ -237,9 +248,14 @@ def build_backbone(name: str, weights: PathLike | None = None,
     """(trunk in eval mode, projection or None). ``weights``: a state dict file, 'cache'
     (torchvision's download cache; an error when it has none), or 'random' (random
     initialisation: for trying the pipeline only, the descriptors mean nothing)."""
-    if name not in BACKBONES:
+    if not isinstance(name, str) or name not in BACKBONES:
         raise ValueError(f"--backbone: unknown {name!r}; choose from {', '.join(BACKBONES)}")
-    trunk = BACKBONES[name](relu_plus)
+    optional_path(weights, "--weights")  # os.fspath would fail on anything else with no name
+    # built once, seeded with 0 in a forked CPU RNG: 'random' weights are reproducible, and the
+    # caller's random state is the same after this call as before it (loaded weights replace these)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        trunk = BACKBONES[name](relu_plus)
     projection = None
     if weights is None or weights == "cache":
         cached = torchvision_cache_file(name)
@@ -248,10 +264,7 @@ def build_backbone(name: str, weights: PathLike | None = None,
                              "(pycsa never downloads): pass a torchvision or timm state dict file, "
                              "or 'random' to try the pipeline with an untrained network")
         weights = cached
-    if weights == "random":
-        torch.manual_seed(0)
-        trunk = BACKBONES[name](relu_plus)
-    else:
+    if weights != "random":
         path = Path(os.fspath(weights))
         if not path.is_file():
             raise FileNotFoundError(f"--weights: no such file: {path} (a torchvision or timm state dict of {name}, "

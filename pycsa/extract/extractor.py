@@ -9,12 +9,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._checks import finite_float, integer, optional_callable
+from .._tensors import as_device, check_finite
 from .._types import Device, DType
-from .pooling import ScaleGeM, make_pooling
+from .pooling import POOLINGS, ScaleGeM, make_pooling
 
-__all__ = ["GlobalExtractor", "LocalBatch", "resolve_dtype", "SUPERGLOBAL_SCALES"]
+__all__ = ["GlobalExtractor", "LocalBatch", "resolve_dtype", "SUPERGLOBAL_SCALES", "MAX_SCALE", "MAX_PIXELS",
+           "check_scales"]
 
 SUPERGLOBAL_SCALES = (0.7071, 1.0, 1.4142)
+
+# Scale factors lie in (0, MAX_SCALE]: multi-scale retrieval uses factors around 1 (SuperGlobal
+# 0.7-1.4), and a factor of 1000 asks for tens of GB before the trunk sees a pixel.
+MAX_SCALE = 4.0
+# The most pixels one image may have after scaling (8192 x 8192): a 1024-pixel image at
+# MAX_SCALE is 16.8 M; past this budget the trunk's activations no longer fit common memory.
+MAX_PIXELS = 8192 * 8192
+
+
+def check_scales(scales, name: str = "scales") -> tuple[float, ...]:
+    """A non-empty sequence of finite factors in (0, MAX_SCALE], as a tuple of floats. A str is
+    refused: tuple("12") would be the factors 1 and 2, and "0.5" would fail on its '.'."""
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence):
+        raise TypeError(f"{name}: expected a sequence of scale factors such as (0.7071, 1.0, 1.4142), "
+                        f"got {scales!r} ({type(scales).__name__})")
+    if len(scales) == 0:
+        raise ValueError(f"{name}: expected at least one scale factor")
+    return tuple(finite_float(s, name, 0.0, MAX_SCALE, low_open=True) for s in scales)
 
 
 def resolve_dtype(dtype: DType, device: torch.device) -> torch.dtype:
@@ -66,25 +87,41 @@ class GlobalExtractor(nn.Module):
         super().__init__()
         if not isinstance(backbone, nn.Module):
             raise TypeError(f"backbone: expected a torch.nn.Module, got {type(backbone).__name__}")
-        scales = tuple(float(s) for s in scales)
-        if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
-            raise ValueError(f"scales: expected positive finite factors, got {scales}")
+        scales = check_scales(scales)
+        # anything else would fail first at forward, as "'NoneType' object is not callable"
+        if pooling is None or not (isinstance(pooling, str) or callable(pooling)):
+            raise TypeError(f"pooling: expected a name ({', '.join(POOLINGS)}) "
+                            f"or a module, got {pooling!r} ({type(pooling).__name__})")
+        optional_callable(projection, "projection")
         self.backbone = backbone.eval()
         self.pooling = make_pooling(pooling) if isinstance(pooling, str) else pooling
         self.scales = scales
         self.combine = ScaleGeM(scale_p)
         self.projection = projection
-        self.device = torch.device(device) if device is not None else torch.device(
+        # as_device: a named ValueError for "foo" or for CUDA on a machine without it
+        self.device = as_device(device, "device") if device is not None else torch.device(
             "cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = resolve_dtype(dtype, self.device)
         self.to(self.device)
 
     def _maps(self, images: torch.Tensor):
         """(scale index, float32 B x C x h x w map) for each scale."""
+        if not isinstance(images, torch.Tensor):
+            raise TypeError(f"images: expected a B x 3 x H x W torch.Tensor, got {type(images).__name__}")
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images: expected B x 3 x H x W, got shape {tuple(images.shape)}")
-        images = images.to(self.device, torch.float32)
         H, W = images.shape[-2:]
+        if H == 0 or W == 0 or images.shape[0] == 0:
+            raise ValueError(f"images: empty batch, shape {tuple(images.shape)}")
+        # refused before any resize allocates: the largest scale sets the memory needed
+        top = max(self.scales)
+        if int(H * top) * int(W * top) > MAX_PIXELS:
+            raise ValueError(f"images: {H} x {W} at scale {top:g} is {int(H * top)} x {int(W * top)} pixels, more "
+                             f"than the budget of {MAX_PIXELS} ({math.isqrt(MAX_PIXELS)}^2) per image: resize "
+                             "the images or use smaller scales")
+        images = images.to(self.device, torch.float32)
+        # a NaN pixel spreads through every convolution and pooling into NaN descriptors
+        check_finite(images, "images")
         for s, factor in enumerate(self.scales):
             size = (max(1, int(H * factor)), max(1, int(W * factor)))
             x = images if size == (H, W) else F.interpolate(images, size=size, mode="bilinear",
@@ -99,22 +136,34 @@ class GlobalExtractor(nn.Module):
         d = F.normalize(self.pooling(fmap), p=2, dim=1)
         return d if self.projection is None else self.projection(d)
 
+    def _combined(self, per_scale) -> torch.Tensor:
+        glob = F.normalize(self.combine(per_scale), p=2, dim=1).cpu()
+        # the images were checked finite, so NaN or inf here comes from the network itself
+        if glob.numel() and not bool(torch.isfinite(glob).all()):
+            raise ValueError("backbone: produced NaN or inf descriptors from finite images; the trunk's or the "
+                             "projection's weights (--weights) are the likely cause (or an overflow in "
+                             f"{str(self.dtype).replace('torch.', '')})")
+        return glob
+
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W normalised images (one size per batch) -> B x D, L2-normalised, on the CPU."""
+        """B x 3 x H x W normalised images (one size per batch) -> B x D, L2-normalised, on the CPU.
+        Each image at the largest scale may have at most :data:`MAX_PIXELS` pixels."""
         per_scale = [self._descriptor(fmap) for _, fmap in self._maps(images)]
-        return F.normalize(self.combine(per_scale), p=2, dim=1).cpu()
+        return self._combined(per_scale)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, max_local: int = 0) -> tuple[torch.Tensor, LocalBatch | None]:
         """(B x D global descriptors, LocalBatch or None): one pass of the trunk gives both.
         Local descriptors are the ``max_local`` positions with the largest map norm over all
         scales (ties: the earlier scale, then the lower position), L2-normalised."""
+        # a float would be truncated, None fail at the comparison below with no name
+        max_local = integer(max_local, "max_local", low=0)
         per_scale, strengths, vectors, where = [], [], [], []
-        H, W = images.shape[-2:]
         for s, fmap in self._maps(images):
             per_scale.append(self._descriptor(fmap))
             if max_local > 0:
+                H, W = images.shape[-2:]  # here, once _maps has checked that images is a tensor
                 B, C, h, w = fmap.shape
                 flat = fmap.flatten(2).transpose(1, 2)  # B x hw x C
                 strengths.append(flat.norm(dim=2))
@@ -123,7 +172,7 @@ class GlobalExtractor(nn.Module):
                                         indexing="ij")
                 pos = torch.stack([(xs.flatten() + 0.5) * (W / w), (ys.flatten() + 0.5) * (H / h)], 1)
                 where.append((torch.full((h * w,), s, dtype=torch.long, device=fmap.device), pos))
-        glob = F.normalize(self.combine(per_scale), p=2, dim=1).cpu()
+        glob = self._combined(per_scale)
         if max_local <= 0:
             return glob, None
         strength = torch.cat(strengths, 1)

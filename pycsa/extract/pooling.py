@@ -17,11 +17,14 @@ Plain GeM (p = 3), MAC (max) and SPoC (mean) are here too. Every function has an
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .._checks import NotANumberError, finite_float, integer
 
 __all__ = ["relu_plus", "regional_gem", "gem", "mac", "spoc", "scale_gem",
            "ReLUPlus", "RegionalGeM", "GeM", "MAC", "SPoC", "ScaleGeM", "SuperGlobalPooling", "make_pooling",
@@ -35,21 +38,42 @@ def _map(x: torch.Tensor, name: str = "x") -> torch.Tensor:
         raise ValueError(f"{name}: expected a floating B x C x H x W feature map, got shape {tuple(x.shape)} ({x.dtype})")
     if x.shape[2] == 0 or x.shape[3] == 0:
         raise ValueError(f"{name}: the feature map is empty (H x W = {x.shape[2]} x {x.shape[3]})")
+    if x.shape[1] == 0:  # a 0-channel map would fail deep inside torch's padding with no name
+        raise ValueError(f"{name}: the feature map has 0 channels, shape {tuple(x.shape)}")
     return x
 
 
 def _power(p, name: str = "p", allow_inf: bool = False) -> float:
+    # float() would take "3" and True, and fail on None with a message naming nothing
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise NotANumberError(f"{name}: must be a positive number, got {p!r} ({type(p).__name__})")
     p = float(p)
     if math.isnan(p) or p <= 0 or (math.isinf(p) and not allow_inf):
         raise ValueError(f"{name}: must be a positive {'number or inf' if allow_inf else 'finite number'}, got {p}")
     return p
 
 
+def _window(size) -> int:
+    """An odd positive int: int() would turn 3.5 into 3 and 4.9 into 4, hiding the mistake."""
+    size = integer(size, "size", low=1)
+    if size % 2 == 0:
+        raise ValueError(f"size: must be an odd positive int, got {size}")
+    return size
+
+
+def _alpha(alpha) -> float:
+    return finite_float(alpha, "alpha")
+
+
+def _eps(eps) -> float:
+    # the floor before the power: NaN would make every output NaN, inf every output inf,
+    # and 0 or less lets 0^(1/p) and negative bases through
+    return finite_float(eps, "eps", low=0.0, low_open=True)
+
+
 def relu_plus(x: torch.Tensor, alpha: float = 0.014) -> torch.Tensor:
     """ReLU+: ``max(x, alpha)``."""
-    alpha = float(alpha)
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha: must be finite, got {alpha}")
+    alpha = _alpha(alpha)
     return _map(x).clamp(min=alpha)
 
 
@@ -61,9 +85,8 @@ def regional_gem(x: torch.Tensor, p: float = 2.5, size: int = 5) -> torch.Tensor
     columns). Expects a non-negative map (after ReLU or ReLU+), as a power mean does.
     """
     x, p = _map(x), _power(p)
-    if isinstance(size, bool) or int(size) != size or size < 1 or size % 2 == 0:
-        raise ValueError(f"size: must be an odd positive int, got {size!r}")
-    size, pad = int(size), int(size) // 2
+    size = _window(size)
+    pad = size // 2
     mode = "reflect" if min(x.shape[2], x.shape[3]) > pad else "replicate"
     padded = F.pad(x.clamp(min=0).pow(p), (pad, pad, pad, pad), mode=mode) if pad else x.clamp(min=0).pow(p)
     local = F.avg_pool2d(padded, size, stride=1).pow(1.0 / p)
@@ -73,7 +96,7 @@ def regional_gem(x: torch.Tensor, p: float = 2.5, size: int = 5) -> torch.Tensor
 def gem(x: torch.Tensor, p: float = 4.6, eps: float = 1e-8) -> torch.Tensor:
     """Generalised mean over positions: ``mean(clamp(x, eps)^p)^(1/p)``, B x C x H x W -> B x C.
     p = 4.6 is SuperGlobal's GeM+; plain GeM uses p = 3; ``p = inf`` is MAC."""
-    x, p = _map(x), _power(p, allow_inf=True)
+    x, p, eps = _map(x), _power(p, allow_inf=True), _eps(eps)
     if math.isinf(p):
         return mac(x)
     return x.clamp(min=eps).pow(p).mean(dim=(2, 3)).pow(1.0 / p)
@@ -99,8 +122,14 @@ def scale_gem(descriptors: Sequence[torch.Tensor], p: float = float("inf")) -> t
     """
     if isinstance(descriptors, torch.Tensor):
         descriptors = list(descriptors) if descriptors.dim() == 3 else [descriptors]
+    if isinstance(descriptors, (str, bytes)) or not isinstance(descriptors, Sequence):
+        raise TypeError(f"descriptors: expected a list of B x C tensors, got {type(descriptors).__name__}")
     if len(descriptors) == 0:
         raise ValueError("descriptors: expected at least one scale")
+    odd = [d for d in descriptors if not (isinstance(d, torch.Tensor) and d.is_floating_point())]
+    if odd:
+        what = odd[0].dtype if isinstance(odd[0], torch.Tensor) else type(odd[0]).__name__
+        raise TypeError(f"descriptors: expected floating-point torch tensors, got {what}")
     shapes = {tuple(d.shape) for d in descriptors}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"descriptors: expected S tensors of one shape B x C, got shapes {sorted(shapes)}")
@@ -115,7 +144,7 @@ def scale_gem(descriptors: Sequence[torch.Tensor], p: float = float("inf")) -> t
 class ReLUPlus(nn.Module):
     def __init__(self, alpha: float = 0.014):
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = _alpha(alpha)  # checked here, not first at forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return relu_plus(x, self.alpha)
@@ -127,7 +156,7 @@ class ReLUPlus(nn.Module):
 class RegionalGeM(nn.Module):
     def __init__(self, p: float = 2.5, size: int = 5):
         super().__init__()
-        self.p, self.size = _power(p), int(size)
+        self.p, self.size = _power(p), _window(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return regional_gem(x, self.p, self.size)
@@ -139,7 +168,7 @@ class RegionalGeM(nn.Module):
 class GeM(nn.Module):
     def __init__(self, p: float = 4.6, eps: float = 1e-8):
         super().__init__()
-        self.p, self.eps = _power(p, allow_inf=True), float(eps)
+        self.p, self.eps = _power(p, allow_inf=True), _eps(eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return gem(x, self.p, self.eps)
@@ -191,6 +220,6 @@ def make_pooling(name: str) -> nn.Module:
     gem+ (p = 4.6), mac, spoc."""
     table = {"superglobal": SuperGlobalPooling, "gem": lambda: GeM(3.0), "gem+": lambda: GeM(4.6),
              "mac": MAC, "spoc": SPoC}
-    if name not in table:
+    if not isinstance(name, str) or name not in table:
         raise ValueError(f"pooling: unknown {name!r}; choose from {', '.join(POOLINGS)}")
     return table[name]()

@@ -24,11 +24,12 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .._checks import integer
+from .._checks import boolean, integer, optional_callable
 from .._types import Device, DType, PathLike
 from ..rerank.checkpoint import publish
 from .backbones import build_backbone, torchvision_cache_file
-from .extractor import SUPERGLOBAL_SCALES, GlobalExtractor
+from .extractor import MAX_PIXELS, SUPERGLOBAL_SCALES, GlobalExtractor, check_scales
+from .pooling import _power
 from .images import ImageFiles, collate_one, list_images
 
 __all__ = ["extract_to_file", "read_labels", "LocalPCA"]
@@ -76,8 +77,9 @@ class LocalPCA:
 def read_labels(spec: str | None, root: Path,
                 names: Sequence[str]) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
     """(int64 labels, label names) for ``names``, or (None, None). ``spec``: 'folders' (the
-    first folder under the image folder is the class), or a text file of 'name label' lines
-    (comma, tab or space separated; '#' comments)."""
+    first folder under the image folder is the class), or a UTF-8 text file of 'name label' lines
+    ('#' comments): split at the last tab, else the last comma, else the first space, so names
+    may hold spaces when a tab or comma follows them. A name given two labels is refused."""
     if spec is None:
         return None, None
     if spec == "folders":
@@ -94,15 +96,32 @@ def read_labels(spec: str | None, root: Path,
         path = Path(spec)
         if not path.is_file():
             raise FileNotFoundError(f"--labels: no such file (or 'folders'): {spec}")
-        table = {}
-        for ln, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            # utf-8-sig: a byte-order mark (Windows editors write one) would otherwise stick to the first name
+            text = path.read_bytes().decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"--labels: {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        table, first = {}, {}
+        for ln, line in enumerate(text.splitlines(), 1):
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            parts = line.replace(",", " ").replace("\t", " ").split()
-            if len(parts) < 2:
+            # a tab or comma separates the name from the label at its last occurrence, so names
+            # with spaces can be labelled; without either, the first space does
+            sep = "\t" if "\t" in line else "," if "," in line else None
+            if sep:
+                name, _, label = line.rpartition(sep)
+                name, label = name.strip(), label.strip()
+            else:
+                name, _, label = line.partition(" ")
+                label = " ".join(label.split())
+            if not name or not label:
                 raise ValueError(f"--labels: {path}:{ln}: expected 'name label', got {line!r}")
-            table[parts[0]] = " ".join(parts[1:])
+            if name in table and table[name] != label:
+                raise ValueError(f"--labels: {path}:{ln}: {name!r} is labelled {label!r} here but {table[name]!r} "
+                                 f"on line {first[name]}")
+            table[name] = label
+            first.setdefault(name, ln)
         cls = [table.get(n) for n in names]
         unknown = [n for n, c in zip(names, cls) if c is None]
         if unknown:
@@ -154,6 +173,21 @@ def extract_to_file(images: PathLike, out: PathLike, *, backbone: str = "resnet5
     size = integer(size, "--size", low=32)
     batch_size, chunk = integer(batch_size, "--batch-size", low=1), integer(chunk, "chunk", low=1)
     max_local, local_dim = integer(max_local, "--max-local", low=1), integer(local_dim, "--local-dim", low=1)
+    # every argument is checked before anything is created: a refusal leaves no OUT.partial/ behind
+    scales = check_scales(scales, "--scales")
+    scale_p = _power(scale_p, "--scale-p", allow_inf=True)
+    local = boolean(local, "--locals")  # "no" would be truthy and turn local descriptors on
+    relu_plus_in_trunk = boolean(relu_plus_in_trunk, "--relu-plus-in-trunk")
+    if workers is not None:
+        workers = integer(workers, "--workers", low=0)
+    optional_callable(progress, "progress")
+    if not callable(report):
+        raise TypeError(f"report: expected a callable, got {report!r} ({type(report).__name__})")
+    # images are at most size x size (longest side brought to size), so this bounds every image
+    side = int(size * max(scales))
+    if side * side > MAX_PIXELS:
+        raise ValueError(f"--size: {size} at scale {max(scales):g} makes images of up to {side} x {side} pixels, "
+                         f"more than the budget of {MAX_PIXELS} per image; lower --size or --scales")
     boxes, num_db = None, None
     if gnd is not None:
         if labels is not None:
@@ -170,6 +204,11 @@ def extract_to_file(images: PathLike, out: PathLike, *, backbone: str = "resnet5
     if weights is None or weights == "cache":  # resolved here, so that the file used is recorded
         weights = torchvision_cache_file(backbone) or weights
     trunk, projection = build_backbone(backbone, weights, relu_plus=0.014 if relu_plus_in_trunk else 0.0)
+    # LocalPCA.fit would clamp a larger --local-dim to the map's channels while the config
+    # recorded the number asked for: refused instead
+    if local and local_pca_from is None and local_dim > trunk.out_channels:
+        raise ValueError(f"--local-dim: must be at most {trunk.out_channels}, the dimension of {backbone}'s local "
+                         f"descriptors (before PCA), got {local_dim}")
     extractor = GlobalExtractor(trunk, pooling, scales, scale_p, projection, device=device, dtype=dtype)
     pca = LocalPCA.from_file(local_pca_from) if (local and local_pca_from is not None) else None
     config = {"format": FORMAT, "backbone": backbone,
@@ -193,7 +232,8 @@ def extract_to_file(images: PathLike, out: PathLike, *, backbone: str = "resnet5
     if done:
         report(f"resuming {partial}: {done_images} of {len(names)} images already extracted")
 
-    workers = min(4, max(0, (os.cpu_count() or 1) - 1)) if workers is None else integer(workers, "--workers", low=0)
+    if workers is None:  # given values were checked on entry
+        workers = min(4, max(0, (os.cpu_count() or 1) - 1))
     todo_images = [i for c in todo for i in chunks[c]]
     dataset = ImageFiles(root, names, todo_images, size, boxes)
     loader = torch.utils.data.DataLoader(dataset, batch_size=1, collate_fn=collate_one, num_workers=workers,

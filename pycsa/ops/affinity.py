@@ -67,6 +67,9 @@ def _check(db: torch.Tensor, rk: torch.Tensor, num_anchors, q: torch.Tensor | No
         if q.device != db.device:
             raise ValueError(f"queries: on {q.device} but database is on {db.device}")
     k = rk.shape[1] + (q is not None)
+    if k == 0:  # no item to take anchors from: the fault is the empty lists, not num_anchors
+        raise ValueError(f"ranks: has 0 columns (empty ranking lists), shape {tuple(rk.shape)}; "
+                         "each row needs at least one database index")
     integer(num_anchors, "num_anchors", 1, k, "the ranking list length")
     return rk
 
