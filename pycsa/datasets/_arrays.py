@@ -101,3 +101,16 @@ def _check_member(path, archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int:
                          "the file is damaged")
     with archive.open(info) as member:
         return _check_header(member, where, info.file_size)
+
+
+def require_dense(t, where: str) -> None:
+    """ValueError naming ``where`` for a tensor with no plain values to read as an array
+    (sparse, meta, quantized or nested): their ``.numpy()`` and later steps fail with messages
+    that name neither the file nor the fix."""
+    import torch
+
+    if t.layout != torch.strided:
+        raise ValueError(f"{where}: holds a sparse tensor ({t.layout}); save a dense one (.to_dense())")
+    for kind, is_it in (("meta", t.is_meta), ("quantized", t.is_quantized), ("nested", t.is_nested)):
+        if is_it:
+            raise ValueError(f"{where}: holds a {kind} tensor; save a dense one")

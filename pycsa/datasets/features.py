@@ -67,7 +67,7 @@ from typing import Optional
 import numpy as np
 
 from .._types import ArrayLike, PathLike
-from ._arrays import load_npy, load_npz
+from ._arrays import load_npy, load_npz, require_dense
 
 __all__ = ["FeatureSet", "load_features", "load_retrieval_features", "SUPPORTED_EXTENSIONS"]
 
@@ -193,27 +193,12 @@ def _tensor_to_numpy(value, where: str):
     import torch
 
     if isinstance(value, torch.Tensor):
-        if value.layout != torch.strided:
-            raise ValueError(f"{where}: holds a sparse tensor ({value.layout}); save a dense one (.to_dense())")
-        kind = _unreadable_kind(value)
-        if kind:  # their .numpy() fails with messages that name neither file nor fix
-            raise ValueError(f"{where}: holds a {kind} tensor; save a dense one")
+        require_dense(value, where)
         value = value.detach().cpu()
         if value.is_floating_point() and value.dtype not in (torch.float16, torch.float32, torch.float64):
             value = value.float()  # bfloat16 and the float8 types have no numpy dtype; float32 holds them exactly
         return value.numpy()
     return np.asarray(value)
-
-
-def _unreadable_kind(t) -> str:
-    """'meta', 'quantized' or 'nested' for tensors with no values to read as an array, else ""."""
-    if t.is_meta:
-        return "meta"
-    if t.is_quantized:
-        return "quantized"
-    if t.is_nested:
-        return "nested"
-    return ""
 
 
 def _read_pt(path: Path) -> dict:

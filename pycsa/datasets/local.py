@@ -18,7 +18,7 @@ import torch
 from .._checks import finite_float, integer, positive_int, unit_interval
 from .._safe_load import load_weights_only
 from .._types import ArrayLike, PathLike, Device
-from ._arrays import load_npz
+from ._arrays import load_npz, require_dense
 
 _DESC_KEYS = ("local", "descriptors", "local_descriptors")
 
@@ -162,11 +162,7 @@ def _tensor(path, data: dict, key: str, kind: str) -> torch.Tensor:
         t = value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
     except (TypeError, ValueError, RuntimeError) as exc:  # strings, ragged lists, ...
         raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {type(value).__name__} ({exc})") from exc
-    if t.layout != torch.strided:
-        raise ValueError(f"{path}[{key!r}]: holds a sparse tensor ({t.layout}); save a dense one (.to_dense())")
-    for layout, is_it in (("meta", t.is_meta), ("quantized", t.is_quantized), ("nested", t.is_nested)):
-        if is_it:  # no values to read: later steps fail naming neither file nor fix
-            raise ValueError(f"{path}[{key!r}]: holds a {layout} tensor; save a dense one")
+    require_dense(t, f"{path}[{key!r}]")
     integral = not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
     if t.is_complex() or t.dtype == torch.bool or (kind == "integers" and not integral):
         raise TypeError(f"{path}[{key!r}]: expected an array of {kind}, got {t.dtype}")
