@@ -5,7 +5,9 @@
 #include <torch/extension.h>
 #include <torch/version.h>
 
+#include "attention.h"
 #include "cpu/cpu_features.h"
+#include "cpu/isa.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pycsa C++/CUDA kernels; use them through pycsa.ops";
@@ -28,4 +30,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       "a @ b with TF32 disabled for this call (float32 GEMMs on CUDA stay IEEE float32)");
   m.def("native_bf16_gemm", &pycsa::native_bf16_gemm,
         "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX): bf16 GEMMs beat float32 ones");
+  m.def("cpu_capability", [] { return std::string(pycsa::isa_name(pycsa::cpu_isa())); },
+        "The instruction set the CPU kernels' vectorised loops run with: default, avx2 or avx512");
+  m.def("supported_cpu_capabilities", &pycsa::supported_isas, "The instruction sets this CPU can run, lowest first");
+  m.def("set_cpu_capability", &pycsa::set_cpu_isa, "Run the vectorised loops with this instruction set",
+        pybind11::arg("capability"));
+  m.def("attention_cpu_uses_sdpa", &pycsa::attention_cpu_uses_sdpa, pybind11::arg("q"),
+        pybind11::arg("lengths") = pybind11::none());
+  m.def("set_attention_cpu_dense_to_sdpa", &pycsa::set_attention_cpu_dense_to_sdpa, pybind11::arg("on"));
 }

@@ -13,7 +13,7 @@ DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 ATOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 2.5e-2}
 RTOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}  # the output's own rounding
 
-# (B, H, T, D): ones, primes, the CPU query block (64) and key block (1024) crossed, head dims 32/64/other
+# (B, H, T, D): ones, primes, the CPU query block (256) and key block (512) crossed, head dims 32/64/other
 SHAPES = [(1, 1, 1, 64), (2, 3, 7, 64), (3, 2, 67, 32), (1, 4, 521, 64), (2, 2, 1031, 64), (2, 1, 129, 17),
           (0, 2, 5, 64), (2, 2, 0, 64)]
 
@@ -28,10 +28,27 @@ def _expected(q, k, v, lengths=None):
                                None if lengths is None else lengths.cpu())
 
 
+@pytest.fixture(params=["auto", "kernel"])
+def cpu_path(request):
+    """On the CPU, batches of full sequences go to SDPA ("auto"); "kernel" holds the C++
+    kernel itself to the reference on them too."""
+    if request.param == "kernel":
+        if not pycsa.ops.has_cpu_kernels():
+            pytest.skip("no compiled CPU kernels")
+        from pycsa import _C
+        _C.set_attention_cpu_dense_to_sdpa(False)
+        yield request.param
+        _C.set_attention_cpu_dense_to_sdpa(True)
+    else:
+        yield request.param
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}H{}T{}D{}".format(*s))
 @pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
-def test_matches_float64(shape, dtype, ragged, device):
+def test_matches_float64(shape, dtype, ragged, device, cpu_path):
+    if device != "cpu" and cpu_path == "kernel":
+        pytest.skip("the dense-to-SDPA choice is the CPU's")
     q, k, v = _qkv(*shape, dtype, device)
     B, _, T, _ = shape
     lengths = torch.randint(0, T + 1, (B,), generator=torch.Generator().manual_seed(1)).to(device) if ragged else None

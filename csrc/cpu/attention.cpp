@@ -6,34 +6,28 @@
 // (sequence, head) in the GEMM type, plus kBlockQ x (kBlockK + D) floats; never T x T.
 #include "../attention.h"
 #include "cpu_features.h"
+#include "isa.h"
 
 #include <ATen/Parallel.h>
 #include <ATen/native/CPUBlas.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
-// The softmax loops are written so the compiler vectorises them; cloning them per
-// instruction set (chosen at load time) gives AVX-512/AVX2 speed without making
-// the whole extension require those instructions.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define PYCSA_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define PYCSA_VECTOR_CLONES
-#endif
-
 namespace pycsa {
 namespace {
 
-constexpr int64_t kBlockQ = 64;   // query rows per work item
-constexpr int64_t kBlockK = 1024;  // keys per GEMM: long enough for BLAS, 256 KB of scores stay in L2
+constexpr int64_t kBlockQ = 256;  // query rows per work item: BLAS packs each key block once per 256 rows
+constexpr int64_t kBlockK = 512;   // keys per GEMM: 256 x 512 scores (512 KB) stay in L2
 
 // exp(x), relative error < 2e-7 on [-87, 88]; branch-free so loops over it vectorise.
-inline float exp_fast(float x) {
+PYCSA_ALWAYS_INLINE float exp_fast(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float t = x * 1.44269504088896341f;
   // Round to nearest by the 1.5 * 2^23 trick: SSE2 has no vector floor.
@@ -50,9 +44,9 @@ inline float exp_fast(float x) {
 // Folds a block of scores s (rows x cols, leading dimension ld) into the running
 // softmax of each row: running max m, running sum l, output accumulator o (rows x D)
 // rescaled to the new max. s is overwritten with the unnormalised weights.
-PYCSA_VECTOR_CLONES
-void online_softmax_block(float* s, int64_t rows, int64_t cols, int64_t ld, float scale, float* m, float* l,
-                          float* o, int64_t D) {
+// Written so the compiler vectorises it; compiled per instruction set (isa.h).
+PYCSA_ALWAYS_INLINE void online_softmax_block_body(float* s, int64_t rows, int64_t cols, int64_t ld, float scale,
+                                                   float* m, float* l, float* o, int64_t D) {
   for (int64_t i = 0; i < rows; ++i) {
     float* si = s + i * ld;
     float mx = -std::numeric_limits<float>::infinity();
@@ -75,10 +69,38 @@ void online_softmax_block(float* s, int64_t rows, int64_t cols, int64_t ld, floa
   }
 }
 
-template <typename gemm_t>
-void gemm_into(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool accumulate,
-               const gemm_t* a, const gemm_t* b, float* c) {
-  // C (M x N, row-major) = A (M x K) B (K x N) [+ C]
+PYCSA_ISA_VARIANTS(, , void, online_softmax_block,
+                   (float* s, int64_t rows, int64_t cols, int64_t ld, float scale, float* m, float* l, float* o,
+                    int64_t D),
+                   (s, rows, cols, ld, scale, m, l, o, D))
+
+// The Fortran BLAS that torch links (MKL on x86 wheels, OpenBLAS on ARM) and exports.
+// Weak, so a torch without it still loads us; then brgemm does the work.
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+
+// C (M x N, row-major) = A (M x K) B (K x N) [+ C].
+// float goes to the BLAS sgemm, which has its own per-ISA code (as SDPA's does):
+// oneDNN's brgemm, used before, has no fast float path below AVX-512 and made the
+// kernel 1.6x slower than SDPA on AVX2 (measured with ONEDNN_MAX_CPU_ISA=AVX2).
+// bfloat16 reaches here only where the CPU has AMX tiles, brgemm's home ground.
+// Sizes are at most max(T, kBlockK, D), checked to fit an int by the caller.
+inline void gemm_into(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool accumulate,
+                      const float* a, const float* b, float* c) {
+  if (sgemm_ == nullptr) {
+    at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, /*is_vnni=*/false);
+    return;
+  }
+  // Row-major C = A B is column-major C^T = B^T A^T.
+  const int m = static_cast<int>(N), n = static_cast<int>(M), k = static_cast<int>(K);
+  const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
+  const float one = 1.f, beta = accumulate ? 1.f : 0.f;
+  sgemm_("N", "N", &m, &n, &k, &one, b, &la, a, &lb, &beta, c, &lc);
+}
+
+inline void gemm_into(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t ldc, bool accumulate,
+                      const at::BFloat16* a, const at::BFloat16* b, float* c) {
   at::native::cpublas::brgemm(M, N, K, lda, ldb, ldc, accumulate, a, b, c, /*is_vnni=*/false);
 }
 
@@ -136,7 +158,7 @@ void attention_cpu_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
 
       for (int64_t k0 = 0; k0 < len; k0 += kBlockK) {
         const int64_t cols = std::min(kBlockK, len - k0);
-        gemm_into<gemm_t>(rows, cols, D, D, len, kBlockK, false, qb.data(), kt.data() + k0, s.data());
+        gemm_into(rows, cols, D, D, len, kBlockK, false, qb.data(), kt.data() + k0, s.data());
         online_softmax_block(s.data(), rows, cols, kBlockK, scale, m.data(), l.data(), o.data(), D);
         const gemm_t* p = nullptr;
         if constexpr (std::is_same_v<gemm_t, float>) {
@@ -146,7 +168,7 @@ void attention_cpu_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
             for (int64_t j = 0; j < cols; ++j) pb[i * kBlockK + j] = static_cast<gemm_t>(s[i * kBlockK + j]);
           p = pb.data();
         }
-        gemm_into<gemm_t>(rows, D, cols, kBlockK, D, D, true, p, vb.data() + k0 * D, o.data());
+        gemm_into(rows, D, cols, kBlockK, D, D, true, p, vb.data() + k0 * D, o.data());
       }
       for (int64_t i = 0; i < rows; ++i) {
         const float inv = 1.f / l[i];  // l >= 1: the row's max term contributes exp(0)
@@ -156,18 +178,41 @@ void attention_cpu_impl(const at::Tensor& q, const at::Tensor& k, const at::Tens
   });
 }
 
+// Where every sequence is full, PyTorch's own flash attention (SDPA) has no padding to
+// skip and measured 6-15% faster than this kernel (2-core EPYC, AVX-512 and AVX2-capped,
+// bench/cpu_side_by_side.py), so dense batches go there. Tests turn this off to hold
+// the kernel itself to the reference on dense inputs too.
+std::atomic<bool> dense_to_sdpa{true};
+
 }  // namespace
+
+bool attention_cpu_uses_sdpa(const at::Tensor& q, const std::optional<at::Tensor>& lengths) {
+  if (!dense_to_sdpa.load(std::memory_order_relaxed) || q.numel() == 0 || q.size(3) == 0) return false;
+  if (!lengths.has_value()) return true;
+  const at::Tensor len = lengths->to(at::kLong);
+  return len.numel() == 0 || at::all(len == q.size(2)).item<bool>();
+}
+
+void set_attention_cpu_dense_to_sdpa(bool on) { dense_to_sdpa.store(on, std::memory_order_relaxed); }
 
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::optional<at::Tensor>& lengths, std::optional<double> scale) {
   check_attention_args(q, k, v, lengths);
   TORCH_CHECK_VALUE(q.device().is_cpu(), "q: expected a CPU tensor");
+  if (attention_cpu_uses_sdpa(q, lengths)) {
+    // The op promises a fresh contiguous tensor (its fake says so); SDPA's CPU output is a
+    // (B, T, H, D) buffer seen as (B, H, T, D).
+    return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, attention_scale(q, scale))
+        .contiguous();
+  }
   const auto [qc, kc, vc, len] = attention_inputs(q, k, v, lengths);
 
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
   if (q.size(3) == 0) return out.zero_();
   const float s = static_cast<float>(attention_scale(q, scale));
+  TORCH_CHECK_VALUE(q.size(2) < std::numeric_limits<int>::max() && q.size(3) < std::numeric_limits<int>::max(),
+                    "q: sequences longer than 2^31 - 1 tokens or heads wider than that are not supported on the CPU");
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
 
   // bfloat16 is widened to float for the GEMMs unless the CPU has AMX tiles: with

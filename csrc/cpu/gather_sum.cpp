@@ -2,6 +2,7 @@
 // (float64 for float64), parallel over output rows. Reads k·d values per row from
 // the source, writes d: the gathered r x k x d tensor never exists.
 #include "../gather_sum.h"
+#include "isa.h"
 
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -11,6 +12,31 @@
 #include <vector>
 
 namespace pycsa {
+namespace {
+
+// Output rows [lo, hi): the row loop over d is what the compiler vectorises, per ISA.
+template <typename scalar_t>
+PYCSA_ALWAYS_INLINE void gather_rows_body(const scalar_t* s, int64_t stride, const int64_t* ip,
+                                          const at::opmath_type<scalar_t>* wp, at::opmath_type<scalar_t>* op,
+                                          int64_t k, int64_t d, int64_t lo, int64_t hi) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t row = lo; row < hi; ++row) {
+    acc_t* dst = op + row * d;
+    for (int64_t c = 0; c < d; ++c) dst[c] = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      const acc_t wt = wp[row * k + j];
+      const scalar_t* sr = s + ip[row * k + j] * stride;
+      for (int64_t c = 0; c < d; ++c) dst[c] += wt * static_cast<acc_t>(sr[c]);
+    }
+  }
+}
+
+PYCSA_ISA_VARIANTS(template <typename scalar_t>, <scalar_t>, void, gather_rows,
+                   (const scalar_t* s, int64_t stride, const int64_t* ip, const at::opmath_type<scalar_t>* wp,
+                    at::opmath_type<scalar_t>* op, int64_t k, int64_t d, int64_t lo, int64_t hi),
+                   (s, stride, ip, wp, op, k, d, lo, hi))
+
+}  // namespace
 
 at::Tensor weighted_gather_sum_cpu(const at::Tensor& source, const at::Tensor& index, const at::Tensor& weight) {
   TORCH_CHECK_VALUE(source.dim() == 2, "source: expected a 2-D (n x d) tensor, got ", source.dim(), "-D");
@@ -36,17 +62,7 @@ at::Tensor weighted_gather_sum_cpu(const at::Tensor& source, const at::Tensor& i
     const acc_t* wp = w.data_ptr<acc_t>();
     acc_t* op = out.data_ptr<acc_t>();
     const int64_t stride = src.stride(0);
-    at::parallel_for(0, r, 16, [&](int64_t lo, int64_t hi) {
-      for (int64_t row = lo; row < hi; ++row) {
-        acc_t* dst = op + row * d;
-        for (int64_t c = 0; c < d; ++c) dst[c] = 0;
-        for (int64_t j = 0; j < k; ++j) {
-          const acc_t wt = wp[row * k + j];
-          const scalar_t* sr = s + ip[row * k + j] * stride;
-          for (int64_t c = 0; c < d; ++c) dst[c] += wt * static_cast<acc_t>(sr[c]);
-        }
-      }
-    });
+    at::parallel_for(0, r, 16, [&](int64_t lo, int64_t hi) { gather_rows<scalar_t>(s, stride, ip, wp, op, k, d, lo, hi); });
   });
   return out;
 }

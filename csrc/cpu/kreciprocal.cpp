@@ -12,6 +12,7 @@
 // 256 x N float32 staging block plus O(N) scratch (about 96 MB per thread at N = 94k). Ties in a row's ranking go to the
 // lower index (the original's argsort leaves them unspecified).
 #include "../kreciprocal.h"
+#include "isa.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -28,6 +29,26 @@ namespace {
 constexpr int64_t kBlock = 256;  // columns of D staged together: long contiguous reads per row
 
 inline float squared(double v) { return static_cast<float>(v * v); }
+
+// Row of squared distances from its inner products, in place: max(0, |a|² + |b_j|² - 2 a·b_j).
+PYCSA_ALWAYS_INLINE void products_to_squared_body(float* row, float norm_a, const float* norms, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) row[j] = std::max(0.f, norm_a + norms[j] - 2.f * row[j]);
+}
+PYCSA_ISA_VARIANTS(, , void, products_to_squared, (float* row, float norm_a, const float* norms, int64_t n),
+                   (row, norm_a, norms, n))
+
+// One query's final row: (1 - λ)·Jaccard + λ·(original distance / the column's maximum).
+PYCSA_ALWAYS_INLINE void final_row_body(const float* acc, const float* d2, float mx, float w_jac, float w_orig,
+                                        float* out, int64_t g) {
+  for (int64_t j = 0; j < g; ++j) {
+    const float s = acc[j];
+    const float original = mx > 0 ? d2[j] / mx : 0.f;
+    out[j] = (1.f - s / (2.f - s)) * w_jac + original * w_orig;
+  }
+}
+PYCSA_ISA_VARIANTS(, , void, final_row,
+                   (const float* acc, const float* d2, float mx, float w_jac, float w_orig, float* out, int64_t g),
+                   (acc, d2, mx, w_jac, w_orig, out, g))
 
 // Squared distances read from the three matrices the original takes.
 template <typename T>
@@ -127,9 +148,7 @@ struct FeatureDistances {
     at::Tensor dst = at::from_blob(out, {nb, N}, z.options());
     at::mm_out(dst, z.narrow(0, i0, nb), z.t());
     const float* nr = norms.data_ptr<float>();
-    for (int64_t ii = 0; ii < nb; ++ii)
-      for (int64_t j = 0; j < N; ++j)
-        out[ii * N + j] = std::max(0.f, nr[i0 + ii] + nr[j] - 2.f * out[ii * N + j]);
+    for (int64_t ii = 0; ii < nb; ++ii) products_to_squared(out + ii * N, nr[i0 + ii], nr, N);
   }
 };
 
@@ -331,14 +350,7 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
           const float v = V.vals[a];
           for (int64_t b = inv.ptr[l]; b < inv.ptr[l + 1]; ++b) acc[inv.cols[b]] += std::min(v, inv.vals[b]);
         }
-        const float* d2 = stage.data() + ii * N;
-        const float mx = colmax[i];
-        for (int64_t j = 0; j < g; ++j) {
-          const float s = acc[goff + j];
-          const float jac = 1.f - s / (2.f - s);
-          const float original = mx > 0 ? d2[goff + j] / mx : 0.f;
-          o[i * g + j] = jac * w_jac + original * w_orig;
-        }
+        final_row(acc.data() + goff, stage.data() + ii * N + goff, colmax[i], w_jac, w_orig, o + i * g, g);
       }
     }
   });

@@ -1,0 +1,129 @@
+"""Every instruction-set build of the CPU kernels' loops (generic, AVX2, AVX-512: the ones
+this CPU runs) gives the float64 reference's results; the choice can be read, set and
+capped from the environment, and attention says which path it takes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pycsa
+from pycsa.ops import reference
+
+pytestmark = pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="no compiled CPU kernels")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(params=["default", "avx2", "avx512"])
+def capability(request):
+    if request.param not in pycsa.ops.supported_cpu_capabilities():
+        pytest.skip(f"this CPU cannot run {request.param}")
+    before = pycsa.ops.cpu_capability()
+    pycsa.ops.set_cpu_capability(request.param)
+    yield request.param
+    pycsa.ops.set_cpu_capability(before)
+
+
+@pytest.fixture
+def attention_kernel_only():
+    from pycsa import _C
+    _C.set_attention_cpu_dense_to_sdpa(False)
+    yield
+    _C.set_attention_cpu_dense_to_sdpa(True)
+
+
+def _randn(*shape, seed=0, dtype=torch.float32):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+# T crosses the kernel's 256-query and 512-key blocks; D = 17 leaves a vector remainder
+@pytest.mark.parametrize("B, H, T, D", [(1, 1, 1, 64), (2, 3, 67, 17), (2, 2, 521, 64), (1, 2, 1031, 32)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_attention_every_isa(capability, attention_kernel_only, B, H, T, D, dtype):
+    q, k, v = (_randn(B, H, T, D, seed=s, dtype=dtype) * 2 for s in range(3))
+    tol = {torch.float32: 2e-5, torch.bfloat16: 2.5e-2, torch.float16: 4e-3}[dtype]
+    for lengths in (None, torch.arange(B) * T // max(B, 1) + 1):
+        assert pycsa.ops.attention_cpu_path(q, lengths) == "pycsa"
+        out = pycsa.ops.attention(q, k, v, lengths)
+        want = reference.attention(q.double(), k.double(), v.double(), lengths)
+        assert torch.allclose(out.double(), want, rtol=tol, atol=tol), capability
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("n, d, r, k", [(1, 1, 1, 1), (13, 7, 5, 3), (101, 37, 29, 11), (64, 33, 17, 16)])
+def test_weighted_gather_sum_every_isa(capability, dtype, n, d, r, k):
+    src = _randn(n, d, dtype=dtype)
+    idx = torch.randint(0, n, (r, k), generator=torch.Generator().manual_seed(1))
+    w = _randn(r, k, seed=2)
+    out = pycsa.ops.weighted_gather_sum(src, idx, w)
+    want = reference.weighted_gather_sum(src.double(), idx, w.double())
+    tol = 1e-10 if dtype == torch.float64 else 1e-4
+    assert torch.allclose(out.double(), want, rtol=tol, atol=tol), capability
+
+
+@pytest.mark.parametrize("q, g, d", [(1, 2, 1), (7, 31, 17), (13, 97, 33)])
+def test_k_reciprocal_features_every_isa(capability, q, g, d):
+    from pycsa.compat import re_ranking, re_ranking_features
+    Q, G = _randn(q, d, seed=3), _randn(g, d, seed=4)
+    out = re_ranking_features(Q, G, k1=5, k2=3)
+    # the matrix form reads exact float64 distances: the features' GEMM differs by rounding
+    dist = lambda a, b: torch.cdist(a.double(), b.double())  # noqa: E731
+    want = re_ranking(dist(Q, G), dist(Q, Q), dist(G, G), k1=5, k2=3)
+    assert torch.allclose(out.double(), want.double(), atol=1e-4), capability
+
+
+def test_every_isa_gives_the_same_attention_as_the_best(attention_kernel_only):
+    # The variants differ only in vector width: results agree to float32 rounding.
+    q, k, v = (_randn(2, 3, 300, 64, seed=s) for s in range(3))
+    lengths = torch.tensor([300, 123])
+    before = pycsa.ops.cpu_capability()
+    outs = {}
+    try:
+        for cap in pycsa.ops.supported_cpu_capabilities():
+            pycsa.ops.set_cpu_capability(cap)
+            outs[cap] = pycsa.ops.attention(q, k, v, lengths)
+    finally:
+        pycsa.ops.set_cpu_capability(before)
+    for cap, out in outs.items():
+        assert torch.allclose(out, outs[before], atol=1e-6), cap
+
+
+def test_attention_path_names_what_runs():
+    q = _randn(2, 3, 10, 8)
+    assert pycsa.ops.attention_cpu_path(q) == "sdpa"
+    assert pycsa.ops.attention_cpu_path(q, torch.tensor([10, 10])) == "sdpa"
+    assert pycsa.ops.attention_cpu_path(q, torch.tensor([10, 4])) == "pycsa"
+    assert pycsa.ops.attention_cpu_path(q.double()) == "reference"
+    # the dense path is SDPA's own answer, in a fresh contiguous tensor
+    out = pycsa.ops.attention(q, q, q)
+    assert out.is_contiguous()
+    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, q, q), atol=1e-6)
+
+
+def test_set_capability_refuses_unknown_and_unsupported():
+    with pytest.raises(ValueError, match="capability"):
+        pycsa.ops.set_cpu_capability("sse9")
+    with pytest.raises(TypeError, match="capability"):
+        pycsa.ops.set_cpu_capability(2)
+    assert pycsa.ops.cpu_capability() in pycsa.ops.supported_cpu_capabilities()
+    assert pycsa.ops.supported_cpu_capabilities()[0] == "default"
+
+
+def _capability_in_subprocess(value):
+    env = dict(os.environ, PYCSA_CPU_CAPABILITY=value, PYTHONPATH=REPO)
+    out = subprocess.run([sys.executable, "-W", "always", "-c", "import pycsa.ops as o; print(o.cpu_capability())"],
+                         env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip(), out.stderr
+
+
+def test_environment_caps_the_capability():
+    best = pycsa.ops.supported_cpu_capabilities()[-1]
+    assert _capability_in_subprocess("default")[0] == "default"
+    # a CPU cannot run more than it has: asking for more gives the best it has
+    assert _capability_in_subprocess("avx512")[0] == best
+    cap, err = _capability_in_subprocess("turbo")
+    assert cap == best and "PYCSA_CPU_CAPABILITY=turbo" in err
