@@ -63,6 +63,38 @@ def test_lengths_give_the_same_result_as_unpadded_lists():
     assert torch.allclose(padded[1, :9], short[0], atol=1e-5)
 
 
+def test_a_ragged_batch_skips_its_padding_and_matches_lists_run_alone():
+    """The per-token layers run on the valid tokens only (padding may hold anything, and
+    the batch may be longer than its longest list); outputs and gradients are those of
+    each list run alone, rows past a length are zero."""
+    m = _tiny_model()
+    A = torch.randn(3, 19, 8)
+    A[0, 7:] = float("nan")  # padding is never read
+    lengths = torch.tensor([7, 1, 12])
+    A.requires_grad_(True)
+    out = m(A, lengths)
+    for b, n in enumerate(lengths.tolist()):
+        assert torch.allclose(out[b, :n], m(A[b:b + 1, :n].detach())[0], atol=1e-5)
+        assert not out[b, n:].any()
+    out[:, 0].sum().backward()
+    assert torch.isfinite(A.grad).all() and not A.grad[0, 7:].any()
+    # gradients of the weights as the lists alone give them
+    m.zero_grad()
+    m(A.detach(), lengths)[2, :12].square().sum().backward()
+    g_ragged = m.embed.weight.grad.clone()
+    m.zero_grad()
+    m(A.detach()[2:, :12]).square().sum().backward()
+    assert torch.allclose(g_ragged, m.embed.weight.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize("lengths, match", [(torch.tensor([3]), "lengths: expected 2 integer"),
+                                            (torch.tensor([3.0, 2.0]), "lengths: expected 2 integer"),
+                                            (torch.tensor([3, -1]), "lengths"), (torch.tensor([3, 6]), "lengths")])
+def test_bad_lengths_name_the_argument(lengths, match):
+    with pytest.raises(ValueError, match=match):
+        _tiny_model()(torch.randn(2, 5, 8), lengths)
+
+
 def test_wrong_num_anchors_is_a_clear_error():
     with pytest.raises(ValueError, match="affinity: expected B x K x 8"):
         _tiny_model()(torch.randn(2, 5, 7))

@@ -18,6 +18,8 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <limits>
+#include <memory>
 #include <cmath>
 #include <numeric>
 #include <utility>
@@ -54,6 +56,7 @@ PYCSA_ISA_VARIANTS(, , void, final_row,
 template <typename T>
 struct MatrixDistances {
   static constexpr bool kScansRows = true;
+  static constexpr bool kSymmetric = false;
   const T* qg;
   const T* qq;
   const T* gg;
@@ -122,12 +125,22 @@ void scan_gallery_columns(const MatrixDistances<T>& D, int64_t c0, int64_t c1, i
   for (int64_t c = 0; c < w; ++c) std::sort_heap(heaps + c * m, heaps + (c + 1) * m);
 }
 
+// a·b accumulated in float64 (pass 2 weighs each expanded neighbour by its exact distance)
+PYCSA_ALWAYS_INLINE double dot_double_body(const float* a, const float* b, int64_t d) {
+  double dot = 0;
+#pragma omp simd reduction(+ : dot)
+  for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(a[c]) * b[c];
+  return dot;
+}
+PYCSA_ISA_VARIANTS(, , double, dot_double, (const float* a, const float* b, int64_t d), (a, b, d))
+
 // Squared Euclidean distances computed from features Z = [Q; G] (N x d, float32),
 // a block of rows at a time with one GEMM: D is never held. With every item a query
 // against all items (leave-one-out), Z = G: the queries are rows [0, q = N) and the
 // gallery starts at row gallery_row = 0.
 struct FeatureDistances {
   static constexpr bool kScansRows = false;
+  static constexpr bool kSymmetric = true;  // pass 1 computes each pair once (rank_symmetric)
   at::Tensor z;      // N x d
   at::Tensor norms;  // N, squared row norms
   int64_t q, g, gallery_row;
@@ -138,10 +151,17 @@ struct FeatureDistances {
     const int64_t d = z.size(1);
     const float* a = z.data_ptr<float>() + i * d;
     const float* b = z.data_ptr<float>() + j * d;
-    double dot = 0;
-    for (int64_t c = 0; c < d; ++c) dot += static_cast<double>(a[c]) * b[c];
+    const double dot = dot_double(a, b, d);
     const float* nr = norms.data_ptr<float>();
     return std::max(0.f, static_cast<float>(nr[i] + nr[j] - 2.0 * dot));
+  }
+  // out[ii * (N - c0) + j] = d²(i0 + ii, c0 + j): rows [i0, i0 + nb) against columns [c0, N).
+  void panel(int64_t i0, int64_t nb, int64_t c0, float* out) const {
+    const int64_t N = n(), w = N - c0;
+    at::Tensor dst = at::from_blob(out, {nb, w}, z.options());
+    at::mm_out(dst, z.narrow(0, i0, nb), z.narrow(0, c0, w).t());
+    const float* nr = norms.data_ptr<float>();
+    for (int64_t ii = 0; ii < nb; ++ii) products_to_squared(out + ii * w, nr[i0 + ii], nr + c0, w);
   }
   void stage(int64_t i0, int64_t nb, float* out) const {
     const int64_t N = n();
@@ -217,6 +237,129 @@ void smallest(const float* row, int64_t n, int64_t m, int32_t* out, std::vector<
   for (int64_t j = 0; j < m; ++j) out[j] = heap[j].second;
 }
 
+// Per thread: each row's m best (value, column) pairs seen so far, as a max-heap, and its
+// largest value. Pairs arrive in any column order, so a tie is decided by the column:
+// the pair order (value, column) keeps the lower column, as a row scan does.
+struct RowHeaps {
+  int64_t m;
+  std::vector<std::pair<float, int32_t>> heap;  // N x m
+  std::vector<int32_t> size;                    // N
+  std::vector<float> worst;                     // N: the heap's top once full, +inf before
+  std::vector<float> max;                       // N
+
+  RowHeaps(int64_t n, int64_t m_)
+      : m(m_), heap(n * m_), size(n, 0), worst(n, std::numeric_limits<float>::infinity()), max(n, 0.f) {}
+
+  void push(int64_t r, float v, int32_t c) {
+    if (v > worst[r]) return;  // nearly every pair ends here
+    std::pair<float, int32_t>* h = heap.data() + r * m;
+    int32_t& s = size[r];
+    const std::pair<float, int32_t> e{v, c};
+    if (s < m) {
+      h[s++] = e;
+      std::push_heap(h, h + s);
+      if (s == m) worst[r] = h[0].first;
+    } else if (e < h[0]) {
+      std::pop_heap(h, h + m);
+      h[m - 1] = e;
+      std::push_heap(h, h + m);
+      worst[r] = h[0].first;
+    }
+  }
+};
+
+// One row of a pass-1 panel (row i = i0 + its offset, columns i0..i0 + w): every value
+// to row i's heap, and the values past the diagonal block (j >= nb) to their columns'
+// heaps. A chunk of 16 values is compared with the heaps' worst entries first: nearly
+// every chunk has no candidate, so the per-value work is a vector compare.
+PYCSA_ALWAYS_INLINE void panel_row_body(RowHeaps& H, const float* row, int64_t i, int64_t i0, int64_t nb,
+                                        int64_t w) {
+  constexpr int64_t kChunk = 16;
+  float mx = H.max[i];
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < w; ++j) mx = std::max(mx, row[j]);
+  H.max[i] = mx;
+  for (int64_t j0 = 0; j0 < w; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, w - j0);
+    const float bound = H.worst[i];
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = 0; j < n; ++j) any |= row[j0 + j] <= bound;
+    if (any)
+      for (int64_t j = j0; j < j0 + n; ++j) H.push(i, row[j], static_cast<int32_t>(i0 + j));
+  }
+  float* cmax = H.max.data() + i0;
+  const float* cworst = H.worst.data() + i0;
+#pragma omp simd
+  for (int64_t j = nb; j < w; ++j) cmax[j] = std::max(cmax[j], row[j]);
+  for (int64_t j0 = nb; j0 < w; j0 += kChunk) {
+    const int64_t n = std::min(kChunk, w - j0);
+    int any = 0;
+#pragma omp simd reduction(| : any)
+    for (int64_t j = j0; j < j0 + n; ++j) any |= row[j] <= cworst[j];
+    if (any)
+      for (int64_t j = j0; j < j0 + n; ++j) H.push(i0 + j, row[j], static_cast<int32_t>(i));
+  }
+}
+PYCSA_ISA_VARIANTS(, , void, panel_row, (RowHeaps & H, const float* row, int64_t i, int64_t i0, int64_t nb, int64_t w),
+                   (H, row, i, i0, nb, w))
+
+// Pass 1 from features. D is symmetric, so the rows of block I are multiplied only with
+// the columns from I's first row on (half the GEMM work of staging every full row): each
+// value goes to its row's heap and, past the diagonal block, to its column's. Heaps are
+// per thread and merged at the end. Query rows' distances to the gallery are written into
+// `out` (q x g), where pass 3 reads them instead of computing them again.
+void rank_symmetric(const FeatureDistances& D, int64_t m, float* colmax, int32_t* rank, float* out) {
+  const int64_t N = D.n(), q = D.q, g = D.g, goff = D.goff();
+  const int64_t blocks = (N + kBlock - 1) / kBlock;
+  // Block b's panel is N - b·kBlock wide: task t takes blocks t and blocks-1-t, so
+  // every task has the same work and the threads' shares stay even.
+  const int64_t tasks = (blocks + 1) / 2;
+  std::vector<std::unique_ptr<RowHeaps>> per_thread(at::get_num_threads());
+  at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
+    auto& mine = per_thread[at::get_thread_num()];
+    if (!mine) mine = std::make_unique<RowHeaps>(N, m);
+    RowHeaps& H = *mine;
+    std::vector<float> panel(kBlock * N);
+    for (int64_t t = lo; t < hi; ++t) {
+      const int64_t pair[2] = {t, blocks - 1 - t};  // one block when the count is odd
+      for (int64_t x = 0; x < (pair[0] == pair[1] ? 1 : 2); ++x) {
+        const int64_t b = pair[x];
+        const int64_t i0 = b * kBlock, nb = std::min(kBlock, N - i0), w = N - i0;
+        D.panel(i0, nb, i0, panel.data());
+        for (int64_t ii = 0; ii < nb; ++ii) {
+          const int64_t i = i0 + ii;
+          const float* row = panel.data() + ii * w;
+          panel_row(H, row, i, i0, nb, w);
+          if (i < q) {  // a query row: its distances to the gallery, for pass 3
+            for (int64_t c = std::max(goff, i0); c < N; ++c) out[i * g + (c - goff)] = row[c - i0];
+          }
+          // query columns past this block meet gallery row i here (leave-one-out: goff = 0)
+          if (i >= goff) {
+            for (int64_t c = i0 + nb; c < std::min(q, N); ++c) out[c * g + (i - goff)] = row[c - i0];
+          }
+        }
+      }
+    }
+  });
+  at::parallel_for(0, N, 256, [&](int64_t lo, int64_t hi) {
+    std::vector<std::pair<float, int32_t>> all;
+    for (int64_t r = lo; r < hi; ++r) {
+      all.clear();
+      float mx = 0.f;
+      for (const auto& H : per_thread) {
+        if (!H) continue;
+        const auto* h = H->heap.data() + r * m;
+        all.insert(all.end(), h, h + H->size[r]);
+        mx = std::max(mx, H->max[r]);
+      }
+      std::partial_sort(all.begin(), all.begin() + m, all.end());
+      for (int64_t a = 0; a < m; ++a) rank[r * m + a] = all[a].second;
+      colmax[r] = mx;
+    }
+  });
+}
+
 template <typename Distances>
 at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float lambda) {
   const int64_t N = D.n(), q = D.q, g = D.g, goff = D.goff();
@@ -245,7 +388,11 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
       }
     });
   };
-  if constexpr (Distances::kScansRows) {
+  at::Tensor out = at::empty({q, g}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  if constexpr (Distances::kSymmetric) {
+    rank_symmetric(D, m, colmax.data(), rank.data(), o);
+  } else if constexpr (Distances::kScansRows) {
     // Columns of the query part are staged (their big part is a row of q_g); the
     // gallery columns are scanned row by row, so g_g is read once, contiguously.
     rank_staged(0, q);
@@ -258,6 +405,7 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   } else {
     rank_staged(0, N);
   }
+  (void)rank_staged;
   auto orig = [&](int64_t i, int64_t j) {  // normalised distance, row i (= column i of D)
     return colmax[i] > 0 ? D.d2(i, j) / colmax[i] : 0.f;
   };
@@ -334,14 +482,13 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   const Csr inv = transpose(V, N);
 
   // Pass 3: Jaccard distance of each query to every item, through the inverted index.
-  at::Tensor out = at::empty({q, g}, at::kFloat);
-  float* o = out.data_ptr<float>();
   const float w_jac = static_cast<float>(1.0 - lambda), w_orig = lambda;
   at::parallel_for(0, (q + kBlock - 1) / kBlock, 1, [&](int64_t blo, int64_t bhi) {
-    std::vector<float> acc(N), stage(kBlock * N);
+    std::vector<float> acc(N), stage(Distances::kSymmetric ? 0 : kBlock * N);
     for (int64_t blk = blo; blk < bhi; ++blk) {
       const int64_t i0 = blk * kBlock, nb = std::min(kBlock, q - i0);
-      D.stage(i0, nb, stage.data());  // the original distances of these queries
+      // the original distances of these queries (from features: already in out, pass 1)
+      if constexpr (!Distances::kSymmetric) D.stage(i0, nb, stage.data());
       for (int64_t ii = 0; ii < nb; ++ii) {
         const int64_t i = i0 + ii;
         std::fill(acc.begin(), acc.end(), 0.f);
@@ -350,7 +497,8 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
           const float v = V.vals[a];
           for (int64_t b = inv.ptr[l]; b < inv.ptr[l + 1]; ++b) acc[inv.cols[b]] += std::min(v, inv.vals[b]);
         }
-        final_row(acc.data() + goff, stage.data() + ii * N + goff, colmax[i], w_jac, w_orig, o + i * g, g);
+        const float* d2 = Distances::kSymmetric ? o + i * g : stage.data() + ii * N + goff;
+        final_row(acc.data() + goff, d2, colmax[i], w_jac, w_orig, o + i * g, g);
       }
     }
   });

@@ -55,14 +55,32 @@ class Block(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        B, T, C = x.shape
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                packed: tuple[torch.Tensor, int, int] | None = None) -> torch.Tensor:
+        """x: B x T x C, or with ``packed = (positions, B, T)`` (the flat positions of the
+        valid tokens in a B x T batch, see :func:`valid_positions`) the N x C valid tokens
+        alone: every per-token layer then skips the padding; only attention sees the batch."""
+        if packed is None:
+            B, T, C = x.shape
+            qkv = self.qkv(self.norm1(x))
+        else:
+            (positions, B, T), C = packed, x.shape[-1]
+            qkv = x.new_zeros(B * T, 3 * C).index_copy_(0, positions, self.qkv(self.norm1(x)))
         # (B, T, 3, H, Dh) viewed as three (B, H, T, Dh): the kernel reads the strides, no copy
-        q, k, v = self.qkv(self.norm1(x)).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
-        a = attention(q, k, v, lengths).transpose(1, 2).reshape(B, T, C)
-        x = x + self.drop_path(self.drop(self.proj(a)))
+        q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
+        a = attention(q, k, v, lengths).transpose(1, 2).reshape(B * T, C)
+        a = a if packed is None else a.index_select(0, packed[0])
+        x = x + self.drop_path(self.drop(self.proj(a.view_as(x))))
         h = self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x)))))
         return x + self.drop_path(self.drop(h))
+
+
+def valid_positions(lengths: torch.Tensor, T: int) -> torch.Tensor | None:
+    """Flat positions (b·T + t, t < lengths[b]) of the valid tokens of a B x T batch, or
+    None when every sequence is full (then there is nothing to skip)."""
+    if lengths is None or bool((lengths >= T).all()):
+        return None
+    return (torch.arange(T, device=lengths.device)[None, :] < lengths[:, None]).reshape(-1).nonzero().squeeze(1)
 
 
 class CSA(nn.Module):
@@ -103,9 +121,24 @@ class CSA(nn.Module):
         if affinity.dim() != 3 or affinity.shape[-1] != self.num_anchors:
             raise ValueError(f"affinity: expected B x K x {self.num_anchors} (this model's num_anchors), "
                              f"got {tuple(affinity.shape)}")
-        x = self.embed(affinity.to(self.embed.weight.dtype))
-        for block in self.blocks:
-            x = block(x, lengths)
+        B, T, L = affinity.shape
+        if lengths is not None:
+            lengths = torch.as_tensor(lengths, device=affinity.device)
+            if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+                raise ValueError(f"lengths: expected {B} integer lengths (one per list), got "
+                                 f"{lengths.dtype} of shape {tuple(lengths.shape)}")
+        positions = valid_positions(lengths, T)
+        if positions is None:
+            x = self.embed(affinity.to(self.embed.weight.dtype))
+            for block in self.blocks:
+                x = block(x, lengths)
+        else:
+            # A ragged batch runs its per-token layers (most of the work) on its valid
+            # tokens only; rows past a list's length come out as zeros.
+            x = self.embed(affinity.reshape(B * T, L).index_select(0, positions).to(self.embed.weight.dtype))
+            for block in self.blocks:
+                x = block(x, lengths, packed=(positions, B, T))
+            x = x.new_zeros(B * T, x.shape[-1]).index_copy_(0, positions, x).view(B, T, -1)
         return (x, self.reconstruct(x)) if reconstruct else x
 
     @staticmethod
