@@ -45,7 +45,7 @@ def _randn(*shape, seed=0, dtype=torch.float32):
 def test_attention_every_isa(capability, attention_kernel_only, B, H, T, D, dtype):
     q, k, v = (_randn(B, H, T, D, seed=s, dtype=dtype) * 2 for s in range(3))
     tol = {torch.float32: 2e-5, torch.bfloat16: 2.5e-2, torch.float16: 4e-3}[dtype]
-    for lengths in (None, torch.arange(B) * T // max(B, 1) + 1):
+    for lengths in (torch.full((B,), T), torch.arange(B) * T // max(B, 1) + 1):
         assert pycsa.ops.attention_cpu_path(q, lengths) == "pycsa"
         out = pycsa.ops.attention(q, k, v, lengths)
         want = reference.attention(q.double(), k.double(), v.double(), lengths)
@@ -97,10 +97,11 @@ def test_attention_path_names_what_runs():
     assert pycsa.ops.attention_cpu_path(q, torch.tensor([10, 10])) == "sdpa"
     assert pycsa.ops.attention_cpu_path(q, torch.tensor([10, 4])) == "pycsa"
     assert pycsa.ops.attention_cpu_path(q.double()) == "reference"
-    # the dense path is SDPA's own answer, in a fresh contiguous tensor
-    out = pycsa.ops.attention(q, q, q)
-    assert out.is_contiguous()
-    assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, q, q), atol=1e-6)
+    # the dense path is SDPA's own answer; with full lengths the op's, in a contiguous tensor
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, q, q)
+    assert torch.equal(pycsa.ops.attention(q, q, q), sdpa)
+    out = pycsa.ops.attention(q, q, q, torch.tensor([10, 10]))
+    assert out.is_contiguous() and torch.allclose(out, sdpa, atol=1e-6)
 
 
 def test_set_capability_refuses_unknown_and_unsupported():

@@ -3,6 +3,8 @@
 
 #include <ATen/cpu/Utils.h>
 
+#include "isa.h"
+
 namespace pycsa {
 
 // bfloat16 GEMMs run natively (fp32 accumulation inside oneDNN) where the CPU has
@@ -15,15 +17,17 @@ inline bool cpu_has(const char* name) {
   return it != caps.end() && it->second.isBool() && it->second.toBool();
 }
 
+// Both are AVX-512 extensions: with the kernels capped below AVX-512 (PYCSA_CPU_CAPABILITY,
+// isa.h) pycsa takes the paths a CPU without them takes.
 inline bool native_bf16_gemm() {
   static const bool yes = cpu_has("avx512_bf16") || cpu_has("amx_bf16");
-  return yes;
+  return yes && cpu_isa() == Isa::kAvx512;
 }
 
 // AMX tile units: bfloat16 GEMMs much faster than float32 even for small blocks.
 inline bool native_bf16_tiles() {
   static const bool yes = cpu_has("amx_bf16");
-  return yes;
+  return yes && cpu_isa() == Isa::kAvx512;
 }
 
 }  // namespace pycsa

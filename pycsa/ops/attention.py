@@ -25,7 +25,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: ArrayL
     included) reaches neither the output nor the gradients. ``scale``, a finite number,
     defaults to 1/sqrt(head_dim).
 
-    CPU: C++ (blocked GEMMs and an online softmax, parallel over blocks of queries).
+    CPU: batches without padding go to PyTorch's SDPA (flash attention, as fast or faster
+    there); ragged ones to our C++ kernel (blocked GEMMs and an online softmax, parallel over
+    blocks of queries), which skips the padding SDPA would compute.
     CUDA: one kernel (tensor cores for the half types) for head_dim 32 and 64; other
     head dims, and the half types before compute capability 8.0, go to PyTorch's SDPA
     with a key mask. Differentiable: the
@@ -40,6 +42,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: ArrayL
         scale = finite_number(scale, "scale")
     if q.dtype == torch.float64 or q.numel() == 0:
         out = reference.attention(q, k, v, lengths, scale)
+    elif q.device.type == "cpu" and lengths is None:
+        # No padding to skip: PyTorch's own flash attention is as fast or faster here, and
+        # called directly its output keeps SDPA's (B, T, H, D) layout, so the usual
+        # transpose back to tokens x features is free (pycsa.ops.attention_cpu_path).
+        out = F.scaled_dot_product_attention(q, k, v, scale=scale)
     elif q.is_cuda and (q.shape[-1] not in _CUDA_HEAD_DIMS or _extension.half_on_older_gpu(q)):
         out = sdpa_with_lengths(q, k, v, lengths, scale)
     elif _extension.use_kernels("attention", q.device):

@@ -36,8 +36,12 @@ def attention_cpu_path(q: torch.Tensor, lengths: torch.Tensor | None = None) -> 
     """What :func:`pycsa.ops.attention` runs for these CPU inputs: "sdpa" (every sequence
     full: PyTorch's flash attention is faster there), "pycsa" (the C++ kernel, which skips
     padding) or "reference" (float64, or no compiled kernels)."""
-    if q.dtype == torch.float64 or not _extension.has_cpu_kernels():
+    if q.dtype == torch.float64:
         return "reference"
-    if lengths is not None and not isinstance(lengths, torch.Tensor):
+    if lengths is None:
+        return "sdpa"
+    if not _extension.has_cpu_kernels():
+        return "reference"
+    if not isinstance(lengths, torch.Tensor):
         lengths = torch.as_tensor(lengths)
     return "sdpa" if _extension._C.attention_cpu_uses_sdpa(q, lengths) else "pycsa"
