@@ -73,3 +73,74 @@ def test_bad_input():
         pycsa.superglobal_rerank(Q, X, ranks, M=0)
     with pytest.raises(IndexError, match="ranks"):
         pycsa.superglobal_rerank(Q, X, ranks + 1000)
+
+
+# --- against the public code (bench/superglobal_official.py: a plain port of
+# ShihaoShao-GH/SuperGlobal modules/reranking/{MDescAug,RerankwMDA}.py @ 6db11a7c) ---
+
+def _official():
+    from _baselines import _load
+
+    return _load("superglobal_official")
+
+
+# (M, K, refine): the public code pools the K+1 best refined descriptors into q', pycsa
+# ``refine`` (10) whatever K is; they agree at K=9 and, for another K, with refine=K+1
+@pytest.mark.parametrize("M, K, refine", [(50, 9, 10), (300, 9, 10), (50, 3, 4), (7, 9, 10)])
+def test_matches_superglobal_official(M, K, refine):
+    from pycsa.rerank.superglobal import superglobal_scores
+
+    official = _official()
+    g = torch.Generator().manual_seed(M + K)
+    X = torch.nn.functional.normalize(torch.randn(300, 32, generator=g), dim=1)  # unit rows, as in
+    Q = torch.nn.functional.normalize(torch.randn(5, 32, generator=g), dim=1)    # the public code
+    _, ranks = pycsa.search(Q, X, 300)
+    want, want_scores = official.superglobal_official_scores(Q, X, ranks, M=M, K=K, beta=0.15)
+    got = pycsa.superglobal_rerank(Q, X, ranks, M=M, K=K, beta=0.15, refine=refine)
+    assert torch.equal(got[:, M:], ranks[:, M:])
+    got = got[:, :M]
+    assert want.dtype == torch.int64 and want.shape == got.shape == (5, M)
+    # the scores themselves: pycsa's float64 against the public float32
+    mine = superglobal_scores(Q, X, ranks[:, :M], K, 0.15, refine)
+    for b in range(5):
+        score_of = dict(zip(want[b].tolist(), want_scores[b].double().tolist()))
+        assert sorted(score_of) == sorted(got[b].tolist())
+        theirs = torch.tensor([score_of[i] for i in ranks[b, :M].tolist()], dtype=torch.float64)
+        torch.testing.assert_close(mine[b], theirs, atol=1e-5, rtol=0)
+        # rank by rank: a difference only where the two items' public scores nearly tie
+        for p in range(M):
+            i, j = int(got[b, p]), int(want[b, p])
+            assert i == j or abs(score_of[i] - score_of[j]) < 1e-5, (b, p, i, j)
+    if refine != 10:  # pycsa's default pool of 10 is not the public K+1 (here most positions move)
+        assert not torch.equal(pycsa.superglobal_rerank(Q, X, ranks, M=M, K=K)[:, :M], want)
+
+
+def test_official_weight_one_goes_to_the_most_similar_not_to_the_candidate():
+    # The one difference in the maths: the public MDescAug gives weight 1 to the FIRST of
+    # each candidate's K+1 most similar list members (by inner product) and β·s to the
+    # rest, without checking that the first is the candidate itself; pycsa always weighs the
+    # candidate itself 1 and its K most similar others β·s. With unit rows the two coincide
+    # (test above); here u and 2u (K=1, M=2) and the query u:
+    #   public: d'_u  = (2u + β·1·u) / (1 + β)      (2u is u's most similar: u·2u = 2 > u·u)
+    #           d'_2u = (2u + β·2·u) / (1 + 2β)
+    #   pycsa:  d'_u  = (u + β·2·2u) / (1 + 2β),   d'_2u as above;
+    # each d'_i = c_i u, q' = max_i c_i u (both pooled), final_i = c_i (q·u + max c) / 2.
+    official = _official()
+    from pycsa.rerank.superglobal import superglobal_scores
+
+    beta = 0.15
+    u = torch.nn.functional.normalize(torch.tensor([[1.0, 2.0, 3.0, 4.0]]), dim=1)
+    X, Q, ranks = torch.cat([u, 2 * u]), u.clone(), torch.tensor([[0, 1]])
+    c_2u = 2 * (1 + beta) / (1 + 2 * beta)
+
+    def final(c):
+        return [ci * (1 + max(c)) / 2 for ci in c]
+
+    public = final([(2 + beta) / (1 + beta), c_2u])  # u first: 1.870 > 1.769
+    ours = final([(1 + 4 * beta) / (1 + 2 * beta), c_2u])  # 2u first: 1.231 < 1.769
+    new, scores = official.superglobal_official_scores(Q, X, ranks, M=2, K=1, beta=beta)
+    assert new.tolist() == [[0, 1]]
+    torch.testing.assert_close(scores[0].double(), torch.tensor(public, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(superglobal_scores(Q, X, ranks, 1, beta, 10)[0],
+                               torch.tensor(ours, dtype=torch.float64), atol=1e-6, rtol=0)
+    assert pycsa.superglobal_rerank(Q, X, ranks, M=2, K=1, beta=beta).tolist() == [[1, 0]]
