@@ -128,3 +128,15 @@ def test_environment_caps_the_capability():
     assert _capability_in_subprocess("avx512")[0] == best
     cap, err = _capability_in_subprocess("turbo")
     assert cap == best and "PYCSA_CPU_CAPABILITY=turbo" in err
+
+
+# n crosses the 16-score chunks and the 4k buffer; integer-valued features make exact ties
+@pytest.mark.parametrize("q, n, d, k", [(1, 1, 3, 1), (7, 33, 5, 4), (5, 400, 16, 10), (3, 1000, 8, 97)])
+def test_inner_product_topk_every_isa(capability, q, n, d, k):
+    Q = torch.randint(-2, 3, (q, d), generator=torch.Generator().manual_seed(5)).float()
+    X = torch.randint(-2, 3, (n, d), generator=torch.Generator().manual_seed(6)).float()
+    X[n // 2] = float("nan")  # a NaN score ranks last
+    scores, index = pycsa.ops.inner_product_topk(Q, X, k)
+    want_s, want_i = reference.inner_product_topk(Q, X, k)
+    assert torch.equal(index, want_i), capability
+    assert torch.equal(scores, want_s), capability

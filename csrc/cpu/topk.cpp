@@ -1,14 +1,15 @@
 // CPU exact inner-product top-k. Queries go through in blocks of kQueryBlock
 // rows; for each, the database in blocks of kDbBlock rows: one GEMM writes the
 // block's scores (kQueryBlock x kDbBlock, 4 MB in float32), then each query row
-// keeps its best k in a buffer of 2k, compacted with nth_element when full.
+// keeps its best k in a buffer of 4k, compacted with nth_element when full.
 // After the first compaction a score must beat the row's current k-th best to
 // enter, and 16 scores are skipped at once when none does: most of the q x n
 // scores cost one vector max. Scores equal to the k-th best lose: rows are
 // scanned in index order, so the earlier (lower) index keeps its place.
 // A NaN score ranks as -inf (last). Peak extra memory: the score block plus
-// q x 2k values and indices.
+// q x 4k values and indices.
 #include "../topk.h"
+#include "isa.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
@@ -16,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace pycsa {
@@ -25,10 +27,25 @@ constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kDbBlock = 4096;
 constexpr int64_t kSkip = 16;
 
+// The first chunk of kSkip scores from s[j] on whose largest beats kth (a NaN never does),
+// or the end of the whole chunks: the compare that nearly every score costs, per ISA.
+PYCSA_ALWAYS_INLINE int64_t next_chunk_above_body(const float* s, int64_t j, int64_t n, float kth) {
+  for (; j + kSkip <= n; j += kSkip) {
+    float m = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < kSkip; ++t) m = s[j + t] > m ? s[j + t] : m;
+    if (m > kth) return j;
+  }
+  return j;
+}
+PYCSA_ISA_VARIANTS(, , int64_t, next_chunk_above, (const float* s, int64_t j, int64_t n, float kth), (s, j, n, kth))
+
 // The best k (score, index) pairs seen so far for one query row.
 struct RowTopK {
   std::vector<float> score;
   std::vector<int64_t> index;
+  std::vector<int64_t> order;  // scratch of compact() and write(): no allocation per call
+  std::vector<float> kept_score;
+  std::vector<int64_t> kept_index;
   int64_t count = 0;
   int64_t k = 0;
   bool compacted = false;  // once true, kth holds the k-th best score so far
@@ -36,8 +53,12 @@ struct RowTopK {
 
   void reset(int64_t k_) {
     k = k_;
-    score.resize(2 * k);
-    index.resize(2 * k);
+    // room for 4k before a compaction: one nth_element per 3k entries that pass kth
+    score.resize(4 * k);
+    index.resize(4 * k);
+    order.resize(4 * k);
+    kept_score.resize(k);
+    kept_index.resize(k);
     count = 0;
     compacted = false;
     kth = -std::numeric_limits<float>::infinity();
@@ -50,20 +71,17 @@ struct RowTopK {
 
   // Keeps the best k of the buffer at its front.
   void compact() {
-    std::vector<int64_t> order(count);
     for (int64_t i = 0; i < count; ++i) order[i] = i;
-    std::nth_element(order.begin(), order.begin() + (k - 1), order.end(),
+    std::nth_element(order.begin(), order.begin() + (k - 1), order.begin() + count,
                      [&](int64_t a, int64_t b) { return better(a, b); });
-    std::vector<float> s(k);
-    std::vector<int64_t> ix(k);
     for (int64_t i = 0; i < k; ++i) {
-      s[i] = score[order[i]];
-      ix[i] = index[order[i]];
+      kept_score[i] = score[order[i]];
+      kept_index[i] = index[order[i]];
     }
-    std::copy(s.begin(), s.end(), score.begin());
-    std::copy(ix.begin(), ix.end(), index.begin());
+    std::copy(kept_score.begin(), kept_score.end(), score.begin());
+    std::copy(kept_index.begin(), kept_index.end(), index.begin());
     count = k;
-    kth = *std::min_element(s.begin(), s.end());
+    kth = *std::min_element(kept_score.begin(), kept_score.end());
     compacted = true;
   }
 
@@ -75,33 +93,46 @@ struct RowTopK {
     ++count;
   }
 
-  // Scores of database rows first .. first + n - 1.
+  // Scores of database rows first .. first + n - 1. One at a time until the buffer first
+  // compacts (kth is known from then on), then kSkip at a time, skipping whole chunks that
+  // cannot enter.
   template <typename score_t>
   void scan(const score_t* s, int64_t n, int64_t first) {
     int64_t j = 0;
-    if (compacted) {
-      for (; j + kSkip <= n; j += kSkip) {
-        float v[kSkip];
-        for (int64_t t = 0; t < kSkip; ++t) v[t] = static_cast<float>(s[j + t]);
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t t = 0; t < kSkip; ++t) m = v[t] > m ? v[t] : m;  // a NaN never wins
-        if (!(m > kth)) continue;
-        for (int64_t t = 0; t < kSkip; ++t)
-          if (v[t] > kth) push(v[t], first + j + t);
+    while (j < n) {
+      if (compacted && j + kSkip <= n) {
+        if constexpr (std::is_same_v<score_t, float>) {
+          j = next_chunk_above(s, j, n, kth);
+          if (j + kSkip > n) continue;  // no chunk left: the tail, one at a time
+        } else {
+          float m = -std::numeric_limits<float>::infinity();
+          for (int64_t t = 0; t < kSkip; ++t) {
+            const float v = static_cast<float>(s[j + t]);
+            m = v > m ? v : m;  // a NaN never wins
+          }
+          if (!(m > kth)) {
+            j += kSkip;
+            continue;
+          }
+        }
+        for (int64_t t = 0; t < kSkip; ++t) {
+          const float v = static_cast<float>(s[j + t]);
+          if (v > kth) push(v, first + j + t);  // kth rises as entries come in
+        }
+        j += kSkip;
+        continue;
       }
-    }
-    for (; j < n; ++j) {
       float v = static_cast<float>(s[j]);
       if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();  // keeps the order strict-weak
       if (!compacted || v > kth) push(v, first + j);
+      ++j;
     }
   }
 
   // The best k, best first, into out_s / out_i.
   void write(float* out_s, int64_t* out_i) {
-    std::vector<int64_t> order(count);
     for (int64_t i = 0; i < count; ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return better(a, b); });
+    std::sort(order.begin(), order.begin() + count, [&](int64_t a, int64_t b) { return better(a, b); });
     for (int64_t i = 0; i < k; ++i) {
       out_s[i] = score[order[i]];
       out_i[i] = index[order[i]];
