@@ -106,3 +106,13 @@ def optional_callable(value, name: str):
     if value is not None and not callable(value):
         raise TypeError(f"{name}: expected a callable or None, got {value!r} ({type(value).__name__})")
     return value
+
+
+def transformer_sizes(config: dict, limits: dict) -> dict:
+    """The entries of ``config`` named in ``limits`` (a transformer's sizes: dim, heads,
+    depth, ...) as exact ints in [1, limit], with ``dim`` divisible by ``heads``; the errors
+    name the entry (a checkpoint's configuration is checked this way before any layer is built)."""
+    out = {name: integer(config[name], name, 1, high) for name, high in limits.items()}
+    if out["dim"] % out["heads"]:
+        raise ValueError(f"dim: {out['dim']} is not divisible by heads={out['heads']}")
+    return out

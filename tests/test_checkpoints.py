@@ -20,16 +20,7 @@ from pycsa.datasets.local import make_local_descriptors
 from pycsa.rerank.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state, writing
 from pycsa.rrt import train as train_rrt
 
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after(steps):
-    def cb(done, total):
-        if done > steps:
-            raise _Stop
-    return cb
+from _interrupt import Stop, stop_after_steps
 
 
 def _features(n=64, d=16, classes=8, seed=0):
@@ -50,8 +41,8 @@ def test_csa_resumed_mid_epoch_equals_the_uninterrupted_run_with_dropout(tmp_pat
                epochs=3)
     full = train_csa(X, y, **cfg)
     path = tmp_path / "csa.pt"
-    with pytest.raises(_Stop):  # killed in the middle of epoch 3: epochs 1-2 are saved
-        train_csa(X, y, checkpoint=path, progress=_stop_after(2 * 8 + 3), **cfg)
+    with pytest.raises(Stop):  # killed in the middle of epoch 3: epochs 1-2 are saved
+        train_csa(X, y, checkpoint=path, progress=stop_after_steps(2 * 8 + 3), **cfg)
     assert load_checkpoint(path, fmt="pycsa.csa", what="", how="")["epoch"] == 2
     random.random(), np.random.rand(), torch.rand(3)  # the resuming process's generators are elsewhere
     resumed = train_csa(X, y, resume=path, checkpoint=path, **cfg)
@@ -68,8 +59,8 @@ def test_rrt_resumes_and_equals_the_uninterrupted_run(tmp_path):
     cfg = dict(topk=20, dim=16, depth=2, heads=2, ffn=32, epochs=3, batch_size=8, lr=3e-3, dropout=0.2, seed=2)
     full = train_rrt(G, local, y, **cfg)
     path = tmp_path / "rrt.pt"
-    with pytest.raises(_Stop):
-        train_rrt(G, local, y, checkpoint=path, progress=_stop_after(9), **cfg)  # within epoch 2 or later
+    with pytest.raises(Stop):
+        train_rrt(G, local, y, checkpoint=path, progress=stop_after_steps(9), **cfg)  # within epoch 2 or later
     epoch = load_checkpoint(path, fmt="pycsa.rrt", what="", how="")["epoch"]
     assert 1 <= epoch < 3
     torch.rand(5)

@@ -16,6 +16,8 @@ from pycsa.evaluate import class_map, revisited
 from pycsa.rerank.csa.train import make_batch
 from pycsa.search import neighbours_without_self
 
+from _interrupt import Stop, stop_after_steps
+
 # small enough to train in seconds on 2 cores, large enough to learn (see test_learns_*)
 FAST = dict(dim=64, depth=2, heads=1, batch_size=16, lr=0.03, dropout=0.0, drop_path=0.0)
 
@@ -206,25 +208,13 @@ def test_checkpoint_roundtrip_and_resume_continues_exactly(tmp_path):
     cfg = dict(K=12, L=8, dim=32, depth=1, heads=1, batch_size=8, lr=0.1, dropout=0.0, drop_path=0.0, seed=3)
     full = train(X, y, epochs=3, **cfg)
     path = tmp_path / "run.pt"
-    with pytest.raises(_Stop):  # killed during epoch 3: epochs 1-2 are in the checkpoint
-        train(X, y, epochs=3, checkpoint=path, **cfg, progress=_stop_after(2 * 10))
+    with pytest.raises(Stop):  # killed during epoch 3: epochs 1-2 are in the checkpoint
+        train(X, y, epochs=3, checkpoint=path, **cfg, progress=stop_after_steps(2 * 10))
     resumed = train(X, y, epochs=3, resume=path, **cfg)
     assert len(resumed.history) == 3
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6)
     assert load_model(path).config == full.model.config
-
-
-class _Stop(Exception):
-    pass
-
-
-def _stop_after(steps):
-    def cb(done, total):
-        if done > steps:
-            raise _Stop
-
-    return lambda done, total: cb(done, total)
 
 
 @pytest.fixture

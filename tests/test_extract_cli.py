@@ -20,6 +20,8 @@ from pycsa.datasets import load_local_descriptors, load_retrieval_features
 from pycsa.extract import extract_to_file
 from pycsa.extract.backbones import BACKBONES
 
+from _interrupt import Stop, stop_after_calls
+
 Image = pytest.importorskip("PIL.Image")
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -141,20 +143,9 @@ def test_nothing_readable_is_an_error(tmp_path, capsys):
     assert "none of the 1 files could be read" in capsys.readouterr().err
 
 
-class _Stop(Exception):
-    pass
-
-
 def _interrupted_run(photos, out, after: int, **kw):
-    calls = []
-
-    def progress(done, total):
-        calls.append(done)
-        if len(calls) > after:  # the first call reports what was already done
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        extract_to_file(photos, out, progress=progress, report=lambda s: None, **kw)
+    with pytest.raises(Stop):
+        extract_to_file(photos, out, progress=stop_after_calls(after), report=lambda s: None, **kw)
 
 
 def test_an_interrupted_run_resumes_without_redoing_finished_chunks(tmp_path):
@@ -324,17 +315,8 @@ def test_resuming_needs_the_same_image_folder(tmp_path):
     for d in ("a", "b"):
         make_photos(tmp_path / d, classes=1, per_class=5, odd=False, seed=ord(d))
     kw = dict(backbone="resnet18", weights="random", size=96, workers=0, dtype="float32", chunk=2)
-    with pytest.raises(_Stop):
-        extract_to_file(tmp_path / "a", tmp_path / "f.npz", progress=_stopper(1), report=lambda s: None, **kw)
+    with pytest.raises(Stop):
+        extract_to_file(tmp_path / "a", tmp_path / "f.npz", progress=stop_after_calls(1), report=lambda s: None, **kw)
     with pytest.raises(ValueError, match=r"other settings \(root differ\)"):
         extract_to_file(tmp_path / "b", tmp_path / "f.npz", report=lambda s: None, **kw)
 
-
-def _stopper(after):
-    calls = []
-
-    def progress(done, total):
-        calls.append(done)
-        if len(calls) > after:
-            raise _Stop
-    return progress

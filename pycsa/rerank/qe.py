@@ -96,9 +96,8 @@ class AQEwD(_QueryExpansion):
     kind = "decay"
 
 
-@register("alpha_qe")
-class AlphaQE(_QueryExpansion):
-    """αQE: neighbours weighted by max(similarity, 0)^α (``alpha`` >= 0)."""
+class _AlphaWeights:
+    """The α of αQE and αDBA: neighbours weighted by max(similarity, 0)^α."""
 
     kind = "alpha"
 
@@ -109,6 +108,11 @@ class AlphaQE(_QueryExpansion):
     @property
     def _exponent(self) -> float:
         return self.alpha
+
+
+@register("alpha_qe")
+class AlphaQE(_AlphaWeights, _QueryExpansion):
+    """αQE: neighbours weighted by max(similarity, 0)^α (``alpha`` >= 0)."""
 
 
 class _DatabaseAugmentation(Reranker):
@@ -146,18 +150,8 @@ class DBA(_DatabaseAugmentation):
 
 
 @register("alpha_dba")
-class AlphaDBA(_DatabaseAugmentation):
+class AlphaDBA(_AlphaWeights, _DatabaseAugmentation):
     """αDBA: database rows expanded with weights max(similarity, 0)^α (``alpha`` >= 0)."""
-
-    kind = "alpha"
-
-    def __init__(self, k: int = 10, alpha: float = 3.0):
-        super().__init__(k)
-        self.alpha = finite_float(alpha, "alpha", low=0)
-
-    @property
-    def _exponent(self) -> float:
-        return self.alpha
 
 
 @register("alpha_qe_dba")

@@ -73,6 +73,15 @@ def _aggregate(v: torch.Tensor, own: torch.Tensor, w: torch.Tensor, j_nb: torch.
     return (own.squeeze(-1) * v + (w * v.gather(1, j_nb.reshape(b, M * Kn)).view(b, M, Kn)).sum(-1)) / den
 
 
+def _list_scores(F: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """F_b · q_b for each list b (b x M) from the lists F (b x M x d) and vectors q (b x d)."""
+    if F.device.type == "cpu":
+        # a matrix-vector product per list: MKL's batched GEMM with one column took 6.7x as
+        # long (4 lists of 400 x 1,280: 1.25 ms against 0.19 ms)
+        return torch.stack([torch.mv(F[i], q[i]) for i in range(F.shape[0])])
+    return matmul(F, q.unsqueeze(2)).squeeze(2)
+
+
 def _too_large(x: torch.Tensor) -> None:
     # with every scale brought near 1, only a denominator 1 + Σ β s_ij near 0 (similarities
     # of both signs that cancel) is left to make a refined descriptor, and a score, infinite
@@ -136,7 +145,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
             own = torch.ones((b, M, 1), dtype=torch.float64, device=F.device)
             w, j_nb = own.new_zeros((b, M, 0)), torch.zeros((b, M, 0), dtype=torch.long, device=F.device)
         den = own.squeeze(-1) + w.sum(-1)
-        s1 = _aggregate(matmul(F, q.unsqueeze(2)).squeeze(2).double(), own, w, j_nb, den)
+        s1 = _aggregate(_list_scores(F, q).double(), own, w, j_nb, den)
         _too_large(s1)  # before the top-k, which cannot rank NaN
         best = topk_lower_index(s1, r)[1]  # b x r
         rows = torch.arange(b, device=F.device).unsqueeze(1)
@@ -144,7 +153,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         summed = ob * F[rows, best] + (wb.unsqueeze(-1) * F[rows.unsqueeze(-1), jb]).sum(2)
         refined = (summed.double() / den[rows, best].unsqueeze(-1)).float()
         q2 = refined.amax(dim=1)
-        s2 = _aggregate(matmul(F, q2.unsqueeze(2)).squeeze(2).double(), own, w, j_nb, den)
+        s2 = _aggregate(_list_scores(F, q2).double(), own, w, j_nb, den)
         out[s:s + step] = (s1 * (pq * p) + s2 * (p * p)) / 2
     _too_large(out)
     return out

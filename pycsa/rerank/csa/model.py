@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import finite_float, integer
+from ..._checks import finite_float, transformer_sizes
 from ...ops import attention
 
 # Bounds on a configuration, generous for a re-ranker (the paper's is L=512, D=768, 2 layers,
@@ -109,9 +109,7 @@ class CSA(nn.Module):
     def check_config(config: dict) -> dict:
         """The configuration with plain Python values (what a checkpoint can store), or
         ValueError/TypeError naming the first entry outside :data:`LIMITS` or of a wrong type."""
-        out = {name: integer(config[name], name, 1, high) for name, high in LIMITS.items()}
-        if out["dim"] % out["heads"]:
-            raise ValueError(f"dim: {out['dim']} is not divisible by heads={out['heads']}")
+        out = transformer_sizes(config, LIMITS)
         return out | {name: finite_float(config[name], name, 0.0, 1.0) for name in ("dropout", "drop_path")}
 
     def forward(self, affinity: torch.Tensor, lengths: torch.Tensor | None = None, *,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import finite_float, integer
+from ..._checks import finite_float, transformer_sizes
 from ...ops import attention
 
 # Bounds on a configuration, generous (the paper's model is d=128, 6 layers, 4 heads, FFN
@@ -81,9 +81,7 @@ class RRT(nn.Module):
     def check_config(config: dict) -> dict:
         """The configuration with plain Python values (what a checkpoint can store), or
         ValueError/TypeError naming the first entry outside :data:`LIMITS` or of a wrong type."""
-        out = {name: integer(config[name], name, 1, high) for name, high in LIMITS.items()}
-        if out["dim"] % out["heads"]:
-            raise ValueError(f"dim: {out['dim']} is not divisible by heads={out['heads']}")
+        out = transformer_sizes(config, LIMITS)
         skip = config["global_skip"]
         return out | {"dropout": finite_float(config["dropout"], "dropout", 0.0, 1.0),
                       "global_skip": None if skip is None else finite_float(skip, "global_skip", 0.0, low_open=True)}
