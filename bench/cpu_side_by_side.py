@@ -18,7 +18,8 @@ csa                  CSA serving (``pycsa.csa.CSA``, L=512, D=768, 2 blocks, 12 
                      of mixed K in 128..1024 (``lengths`` vs ``src_key_padding_mask``).
 kreciprocal          ``pycsa.compat.re_ranking_features`` vs ``pycsa.compat.re_ranking`` given the
                      three distance matrices (their computation timed apart) vs torchreid's
-                     ``re_ranking`` (PyPI ``torchreid`` when installed, else the plain port in
+                     ``re_ranking`` (PyPI ``torchreid`` when installed, or its rerank.py file named by
+                     PYCSA_TORCHREID_RERANK, else the plain port in
                      bench/kreciprocal_numpy.py, which cites its repository and commit), at
                      Market-1501 size (3,368 x 15,913, d=256).
 alpha_dba            ``pycsa.create("alpha_dba", k=10, alpha=3)`` (fit + rerank) vs a per-item torch
@@ -425,6 +426,16 @@ def _torchreid_re_ranking():
             return importlib.import_module(module).re_ranking, "torchreid (PyPI)"
         except Exception:  # torchreid and everything it imports are optional
             continue
+    # `import torchreid` needs torchvision; its rerank.py needs numpy alone. PYCSA_TORCHREID_RERANK
+    # names that file in an unpacked PyPI sdist (pip download torchreid==0.2.5 --no-deps)
+    path = os.environ.get("PYCSA_TORCHREID_RERANK")
+    if path:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location("_torchreid_rerank", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.re_ranking, f"torchreid's published rerank.py ({path})"
     from kreciprocal_numpy import re_ranking_numpy
 
     return re_ranking_numpy, "bench/kreciprocal_numpy.py (port of torchreid/utils/rerank.py @ 08bb2cc)"
