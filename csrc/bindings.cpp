@@ -6,6 +6,7 @@
 #include <torch/version.h>
 
 #include "attention.h"
+#include "kreciprocal.h"
 #include "cpu/cpu_features.h"
 #include "cpu/isa.h"
 
@@ -38,4 +39,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("attention_cpu_uses_sdpa", &pycsa::attention_cpu_uses_sdpa, pybind11::arg("q"),
         pybind11::arg("lengths") = pybind11::none());
   m.def("set_attention_cpu_dense_to_sdpa", &pycsa::set_attention_cpu_dense_to_sdpa, pybind11::arg("on"));
+  m.def("set_k_reciprocal_heap_limit", &pycsa::set_k_reciprocal_heap_limit, pybind11::arg("bytes"));
 }

@@ -24,4 +24,8 @@ at::Tensor k_reciprocal_features_cpu(const at::Tensor& query, const at::Tensor& 
 // over the rows of feats (N x d), not over [feats; feats]; the result is N x N.
 at::Tensor k_reciprocal_self_cpu(const at::Tensor& feats, int64_t k1, int64_t k2, double lambda);
 
+// From features, pass 1 computes each pair once while the per-thread heaps it needs stay
+// under this many bytes (512 MB by default), else it stages full rows; tests lower it.
+void set_k_reciprocal_heap_limit(int64_t bytes);
+
 }  // namespace pycsa

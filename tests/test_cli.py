@@ -19,7 +19,8 @@ def test_demo_prints_a_table_and_writes_json(tmp_path, capsys):
     assert [r["method"] for r in rows][1:] == pycsa.available()
     assert "rrt: trained in" in text and "csa: trained in" in text
     medium = {r["method"]: float(r["medium mAP"]) for r in rows}
-    # RRT trained on other (synthetic) classes must beat the global ranking it re-ranks (76.18 vs 71.00 when written)
+    # RRT trained on other (synthetic) classes must beat the global ranking it re-ranks (76.18 vs 71.00 when
+    # written; 82.5-82.6 with 3 epochs under every ISA build of the kernels)
     assert medium["rrt"] > medium["cosine (initial search)"] + 2
     for r in rows:
         assert 0 <= float(r["medium mAP"]) <= 100

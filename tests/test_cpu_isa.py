@@ -140,3 +140,75 @@ def test_inner_product_topk_every_isa(capability, q, n, d, k):
     want_s, want_i = reference.inner_product_topk(Q, X, k)
     assert torch.equal(index, want_i), capability
     assert torch.equal(scores, want_s), capability
+
+
+# ------------------------------------------------------------------------------------------
+# k-reciprocal from features at sizes with several 256-row blocks: the symmetric pass sends
+# values past the diagonal block to their columns' heaps, pairs blocks into tasks for two
+# threads and merges per-thread heaps; leave-one-out writes the output both ways.
+
+def _clustered(n, dim=16, seed=0):
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((max(1, n // 6), dim))
+    X = centers[rng.integers(0, centers.shape[0], n)] + 0.6 * rng.standard_normal((n, dim))
+    return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _euclid(a, b):
+    import numpy as np
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return np.sqrt(np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T, 0))
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["symmetric", "staged"])
+def kreciprocal_pass(request):
+    """The symmetric pass, and the row-staging pass it falls back to when its heaps would be large."""
+    from pycsa import _C
+    if request.param == "staged":
+        _C.set_k_reciprocal_heap_limit(0)
+    yield request.param
+    _C.set_k_reciprocal_heap_limit(1 << 29)
+
+
+def test_k_reciprocal_features_several_blocks_every_isa(capability, two_threads, kreciprocal_pass):
+    import numpy as np
+    from _baselines import baselines
+    from pycsa.compat import re_ranking_features
+    X = _clustered(840, seed=11)
+    Q, G = X[:40], X[40:]
+    want = baselines.re_ranking_numpy(_euclid(Q, G), _euclid(Q, Q), _euclid(G, G), k1=20, k2=6, lambda_value=0.3)
+    np.testing.assert_allclose(re_ranking_features(Q, G), want, rtol=0, atol=1e-5)
+
+
+def test_k_reciprocal_self_several_blocks_every_isa(capability, two_threads, kreciprocal_pass):
+    import numpy as np
+    from _baselines import baselines
+    from pycsa.rerank.kreciprocal import k_reciprocal_self
+    X = _clustered(700, seed=12)
+    want = baselines.re_ranking_numpy_leave_one_out(_euclid(X, X), k1=20, k2=6, lambda_value=0.3)
+    np.testing.assert_allclose(k_reciprocal_self(X, 20, 6, 0.3), want, rtol=0, atol=1e-5)
+
+
+def test_k_reciprocal_threads_agree_with_duplicate_rows():
+    # duplicates tie exactly: every thread count must keep the lower index
+    X = _clustered(600, seed=13)
+    X[300:320] = X[:20]
+    from pycsa.rerank.kreciprocal import k_reciprocal_self
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            outs.append(k_reciprocal_self(X, 20, 6, 0.3))
+    finally:
+        torch.set_num_threads(before)
+    assert (outs[0] == outs[1]).all()

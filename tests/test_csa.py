@@ -419,3 +419,29 @@ def test_serving_in_another_dtype_leaves_the_model_untouched(ckpt):
     out16 = r16.rerank(X[:3], X, pycsa.Ranking(i, s))
     assert out16.indices.shape == i.shape
     assert all(torch.equal(a, b) and b.dtype == torch.float32 for a, b in zip(before, r.model.parameters()))
+
+
+def test_stochastic_depth_drops_whole_lists_in_a_ragged_batch():
+    from pycsa.rerank.csa.model import DropPath
+    torch.manual_seed(0)
+    d = DropPath(0.5).train()
+    sample = torch.tensor([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])  # packed tokens of 4 lists
+    out = d(torch.ones(10, 3), sample=sample, samples=4)
+    for b in range(4):
+        rows = out[sample == b]
+        assert (rows == rows[0]).all() and float(rows[0, 0]) in (0.0, 2.0)
+    # the model hands each packed token's list to its drop-path layers
+    m = CSA(num_anchors=8, dim=16, depth=2, heads=2, dropout=0.0, drop_path=0.5).train()
+    seen = []
+    real = DropPath.forward
+
+    def spy(self, x, sample=None, samples=None):
+        seen.append((None if sample is None else sample.tolist(), samples))
+        return real(self, x, sample, samples)
+
+    DropPath.forward = spy
+    try:
+        m(torch.randn(3, 6, 8), torch.tensor([6, 2, 4]))
+    finally:
+        DropPath.forward = real
+    assert seen and all(s == ([0] * 6 + [1] * 2 + [2] * 4, 3) for s in seen)

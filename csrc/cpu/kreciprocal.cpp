@@ -18,6 +18,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 #include <memory>
 #include <cmath>
@@ -29,6 +30,7 @@ namespace pycsa {
 namespace {
 
 constexpr int64_t kBlock = 256;  // columns of D staged together: long contiguous reads per row
+std::atomic<int64_t> symmetric_heap_limit{int64_t{1} << 29};  // bytes; tests lower it
 
 inline float squared(double v) { return static_cast<float>(v * v); }
 
@@ -390,8 +392,12 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   };
   at::Tensor out = at::empty({q, g}, at::kFloat);
   float* o = out.data_ptr<float>();
-  if constexpr (Distances::kSymmetric) {
-    rank_symmetric(D, m, colmax.data(), rank.data(), o);
+  // The symmetric pass keeps N x m heap entries per thread: beyond symmetric_heap_limit
+  // bytes of them (a large k1 on a large set) it stages full rows instead, O(m) per thread.
+  const bool symmetric = Distances::kSymmetric && static_cast<double>(at::get_num_threads()) * N * m * 12 <=
+                                                      static_cast<double>(symmetric_heap_limit.load());
+  if (symmetric) {
+    if constexpr (Distances::kSymmetric) rank_symmetric(D, m, colmax.data(), rank.data(), o);
   } else if constexpr (Distances::kScansRows) {
     // Columns of the query part are staged (their big part is a row of q_g); the
     // gallery columns are scanned row by row, so g_g is read once, contiguously.
@@ -405,7 +411,6 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   } else {
     rank_staged(0, N);
   }
-  (void)rank_staged;
   auto orig = [&](int64_t i, int64_t j) {  // normalised distance, row i (= column i of D)
     return colmax[i] > 0 ? D.d2(i, j) / colmax[i] : 0.f;
   };
@@ -484,11 +489,11 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   // Pass 3: Jaccard distance of each query to every item, through the inverted index.
   const float w_jac = static_cast<float>(1.0 - lambda), w_orig = lambda;
   at::parallel_for(0, (q + kBlock - 1) / kBlock, 1, [&](int64_t blo, int64_t bhi) {
-    std::vector<float> acc(N), stage(Distances::kSymmetric ? 0 : kBlock * N);
+    std::vector<float> acc(N), stage(symmetric ? 0 : kBlock * N);
     for (int64_t blk = blo; blk < bhi; ++blk) {
       const int64_t i0 = blk * kBlock, nb = std::min(kBlock, q - i0);
       // the original distances of these queries (from features: already in out, pass 1)
-      if constexpr (!Distances::kSymmetric) D.stage(i0, nb, stage.data());
+      if (!symmetric) D.stage(i0, nb, stage.data());
       for (int64_t ii = 0; ii < nb; ++ii) {
         const int64_t i = i0 + ii;
         std::fill(acc.begin(), acc.end(), 0.f);
@@ -497,7 +502,7 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
           const float v = V.vals[a];
           for (int64_t b = inv.ptr[l]; b < inv.ptr[l + 1]; ++b) acc[inv.cols[b]] += std::min(v, inv.vals[b]);
         }
-        const float* d2 = Distances::kSymmetric ? o + i * g : stage.data() + ii * N + goff;
+        const float* d2 = symmetric ? o + i * g : stage.data() + ii * N + goff;
         final_row(acc.data() + goff, d2, colmax[i], w_jac, w_orig, o + i * g, g);
       }
     }
@@ -506,6 +511,8 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
 }
 
 }  // namespace
+
+void set_k_reciprocal_heap_limit(int64_t bytes) { symmetric_heap_limit.store(bytes); }
 
 at::Tensor k_reciprocal_cpu(const at::Tensor& q_g, const at::Tensor& q_q, const at::Tensor& g_g,
                             int64_t k1, int64_t k2, double lambda) {

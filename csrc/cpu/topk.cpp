@@ -1,13 +1,13 @@
 // CPU exact inner-product top-k. Queries go through in blocks of kQueryBlock
 // rows; for each, the database in blocks of kDbBlock rows: one GEMM writes the
 // block's scores (kQueryBlock x kDbBlock, 4 MB in float32), then each query row
-// keeps its best k in a buffer of 4k, compacted with nth_element when full.
+// keeps its best k in a buffer of up to 4k (2k for large k), compacted with nth_element when full.
 // After the first compaction a score must beat the row's current k-th best to
 // enter, and 16 scores are skipped at once when none does: most of the q x n
 // scores cost one vector max. Scores equal to the k-th best lose: rows are
 // scanned in index order, so the earlier (lower) index keeps its place.
 // A NaN score ranks as -inf (last). Peak extra memory: the score block plus
-// q x 4k values and indices.
+// 256 query rows x (up to 4k) values and indices.
 #include "../topk.h"
 #include "isa.h"
 
@@ -40,12 +40,21 @@ PYCSA_ALWAYS_INLINE int64_t next_chunk_above_body(const float* s, int64_t j, int
 PYCSA_ISA_VARIANTS(, , int64_t, next_chunk_above, (const float* s, int64_t j, int64_t n, float kth), (s, j, n, kth))
 
 // The best k (score, index) pairs seen so far for one query row.
+// Scratch of compact() and write(), one per thread: no allocation per call, and no copy
+// per row (k may be large: the search's bfloat16 prefilter asks for up to n / 2).
+struct Scratch {
+  std::vector<int64_t> order;
+  std::vector<float> kept_score;
+  std::vector<int64_t> kept_index;
+};
+inline Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
 struct RowTopK {
   std::vector<float> score;
   std::vector<int64_t> index;
-  std::vector<int64_t> order;  // scratch of compact() and write(): no allocation per call
-  std::vector<float> kept_score;
-  std::vector<int64_t> kept_index;
   int64_t count = 0;
   int64_t k = 0;
   bool compacted = false;  // once true, kth holds the k-th best score so far
@@ -53,12 +62,11 @@ struct RowTopK {
 
   void reset(int64_t k_) {
     k = k_;
-    // room for 4k before a compaction: one nth_element per 3k entries that pass kth
-    score.resize(4 * k);
-    index.resize(4 * k);
-    order.resize(4 * k);
-    kept_score.resize(k);
-    kept_index.resize(k);
+    // room for up to 4k before a compaction (one nth_element per 3k entries that pass kth);
+    // 2k for large k, which bounds the memory of q rows at 2k pairs each, as before
+    const int64_t room = k + std::min(3 * k, std::max<int64_t>(k, 4096));
+    score.resize(room);
+    index.resize(room);
     count = 0;
     compacted = false;
     kth = -std::numeric_limits<float>::infinity();
@@ -71,6 +79,13 @@ struct RowTopK {
 
   // Keeps the best k of the buffer at its front.
   void compact() {
+    Scratch& sc = scratch();
+    auto& order = sc.order;
+    auto& kept_score = sc.kept_score;
+    auto& kept_index = sc.kept_index;
+    order.resize(count);
+    kept_score.resize(k);
+    kept_index.resize(k);
     for (int64_t i = 0; i < count; ++i) order[i] = i;
     std::nth_element(order.begin(), order.begin() + (k - 1), order.begin() + count,
                      [&](int64_t a, int64_t b) { return better(a, b); });
@@ -78,10 +93,10 @@ struct RowTopK {
       kept_score[i] = score[order[i]];
       kept_index[i] = index[order[i]];
     }
-    std::copy(kept_score.begin(), kept_score.end(), score.begin());
-    std::copy(kept_index.begin(), kept_index.end(), index.begin());
+    std::copy(kept_score.begin(), kept_score.begin() + k, score.begin());
+    std::copy(kept_index.begin(), kept_index.begin() + k, index.begin());
     count = k;
-    kth = *std::min_element(kept_score.begin(), kept_score.end());
+    kth = *std::min_element(kept_score.begin(), kept_score.begin() + k);
     compacted = true;
   }
 
@@ -131,6 +146,8 @@ struct RowTopK {
 
   // The best k, best first, into out_s / out_i.
   void write(float* out_s, int64_t* out_i) {
+    auto& order = scratch().order;
+    order.resize(count);
     for (int64_t i = 0; i < count; ++i) order[i] = i;
     std::sort(order.begin(), order.begin() + count, [&](int64_t a, int64_t b) { return better(a, b); });
     for (int64_t i = 0; i < k; ++i) {

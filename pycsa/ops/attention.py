@@ -27,7 +27,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lengths: ArrayL
 
     CPU: batches without padding go to PyTorch's SDPA (flash attention, as fast or faster
     there); ragged ones to our C++ kernel (blocked GEMMs and an online softmax, parallel over
-    blocks of queries), which skips the padding SDPA would compute.
+    blocks of queries), which skips the padding SDPA would compute. Without ``lengths`` on
+    the CPU the output is SDPA's own, in its (batch, tokens, heads, head_dim) memory layout:
+    ``.transpose(1, 2).reshape(batch, tokens, -1)`` is then free, ``.view`` of other shapes
+    may need ``.contiguous()`` first.
     CUDA: one kernel (tensor cores for the half types) for head_dim 32 and 64; other
     head dims, and the half types before compute capability 8.0, go to PyTorch's SDPA
     with a key mask. Differentiable: the

@@ -2,8 +2,9 @@
 
 The C++ kernels' vectorised loops exist in three builds (generic x86-64, AVX2+FMA,
 AVX-512) and run the best one this CPU has; ``PYCSA_CPU_CAPABILITY=default|avx2|avx512``
-in the environment, or :func:`set_cpu_capability`, picks a lower one (to compare them,
-or to reproduce an older CPU's results). BLAS calls inside the kernels choose their own
+in the environment, or :func:`set_cpu_capability`, picks a lower one (to compare them).
+The variants agree to rounding, not bit for bit: wider vectors sum in another order, and
+the AVX2 and AVX-512 builds fuse multiply-adds. BLAS calls inside the kernels choose their own
 code per CPU. Without the compiled extension there is nothing to choose: "reference".
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ def attention_cpu_path(q: torch.Tensor, lengths: torch.Tensor | None = None) -> 
     """What :func:`pycsa.ops.attention` runs for these CPU inputs: "sdpa" (every sequence
     full: PyTorch's flash attention is faster there), "pycsa" (the C++ kernel, which skips
     padding) or "reference" (float64, or no compiled kernels)."""
-    if q.dtype == torch.float64:
+    if q.dtype == torch.float64 or q.numel() == 0:
         return "reference"
     if lengths is None:
         return "sdpa"

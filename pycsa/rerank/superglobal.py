@@ -118,16 +118,23 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         # 7.2 s in 256 MB blocks); CUDA: large blocks keep the GPU busy.
         block_elems = 1 << 21 if Q.device.type == "cpu" else 1 << 26
     step = max(1, block_elems // max(1, M * d, 3 * M * M))  # the gathered rows, or the b x M x M route
-    # each database row's largest |value|, once: a list needs rescaling only when its rows'
-    # largest lies outside rescaled()'s window, and most lists' maxima are read from here
-    # instead of from a pass over the gathered b x M x d block
-    low, high = torch.aminmax(X, dim=1)
-    row_top = torch.maximum(-low, high).double()
+    # A list needs rescaling only when its rows' largest |value| lies outside rescaled()'s
+    # window. When the lists hold at least as many rows as the database, each row's largest
+    # is found once (a pass over X); else from each gathered block, never a pass over a
+    # database much larger than what is re-ranked.
+    row_top = None
+    if X.shape[0] <= B * M:
+        low, high = torch.aminmax(X, dim=1)
+        row_top = torch.maximum(-low, high).double()
     for s in range(0, B, step):
         t = top[s:s + step]
         b = t.shape[0]
         F = X.index_select(0, t.reshape(-1)).reshape(b, M * d).float()
-        list_top = row_top[t].amax(1)
+        if row_top is not None:
+            list_top = row_top[t].amax(1)
+        else:
+            low, high = torch.aminmax(F, dim=1)
+            list_top = torch.maximum(-low, high).double()
         if bool(((list_top == 0) | ((list_top >= 2.0 ** -16) & (list_top <= 2.0 ** 16))).all()):
             p = 1.0
         else:

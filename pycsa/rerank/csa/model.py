@@ -30,11 +30,14 @@ class DropPath(nn.Module):
         super().__init__()
         self.p = float(p)
 
-    def forward(self, x):
+    def forward(self, x, sample: torch.Tensor | None = None, samples: int | None = None):
+        """``x`` is samples x ...; or, with ``sample`` (each row's sample, of ``samples``), the
+        packed tokens of a ragged batch, whose rows are dropped a whole sample at a time."""
         if not self.training or self.p == 0.0:
             return x
-        keep = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
+        n = x.shape[0] if sample is None else samples
+        keep = torch.empty((n,) + (1,) * (x.dim() - 1), device=x.device, dtype=x.dtype).bernoulli_(1 - self.p)
+        return x * (keep if sample is None else keep[sample]) / (1 - self.p)
 
 
 class Block(nn.Module):
@@ -70,9 +73,11 @@ class Block(nn.Module):
         q, k, v = qkv.view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4).unbind(0)
         a = attention(q, k, v, lengths).transpose(1, 2).reshape(B * T, C)
         a = a if packed is None else a.index_select(0, packed[0])
-        x = x + self.drop_path(self.drop(self.proj(a.view_as(x))))
+        # stochastic depth drops whole lists, packed or not
+        by_list = {} if packed is None else {"sample": packed[0] // T, "samples": B}
+        x = x + self.drop_path(self.drop(self.proj(a.view_as(x))), **by_list)
         h = self.fc2(self.drop(F.gelu(self.fc1(self.norm2(x)))))
-        return x + self.drop_path(self.drop(h))
+        return x + self.drop_path(self.drop(h), **by_list)
 
 
 def valid_positions(lengths: torch.Tensor, T: int) -> torch.Tensor | None:
