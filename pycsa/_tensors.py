@@ -98,8 +98,7 @@ def rescaled(x: torch.Tensor, *, per_row: bool = False):
     if not x.numel():
         return x, 1.0
     if per_row:
-        low, high = torch.aminmax(x, dim=1, keepdim=True)  # no copy of x, unlike x.abs()
-        top = torch.maximum(-low, high).double()
+        top = row_abs_max(x).unsqueeze(1)
         inside = (top == 0) | ((top >= 2.0 ** -16) & (top <= 2.0 ** 16))
         if bool(inside.all()):
             return x, 1.0
@@ -108,6 +107,12 @@ def rescaled(x: torch.Tensor, *, per_row: bool = False):
         return w * torch.ldexp(one, -e).to(w.dtype), torch.ldexp(one, e)
     e = unit_exponent(x)
     return (x, 1.0) if e == 0 else (_wide(x) * 2.0 ** -e, 2.0 ** e)
+
+
+def row_abs_max(x: torch.Tensor) -> torch.Tensor:
+    """The largest |value| of each row of a 2-D ``x``, in float64."""
+    low, high = torch.aminmax(x, dim=1)  # no copy of x, unlike x.abs()
+    return torch.maximum(-low, high).double()
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:

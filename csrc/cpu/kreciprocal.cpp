@@ -9,7 +9,9 @@
 //
 // Memory beyond the inputs and the q x g output: the top-m ranks (N x m),
 // V and its local expansion in CSR (N x a few k1 each), and per thread a
-// 256 x N float32 staging block plus O(N) scratch (about 96 MB per thread at N = 94k). Ties in a row's ranking go to the
+// 256 x N float32 staging block plus O(N) scratch (about 96 MB per thread at N = 94k); from
+// features, pass 1 also holds N x m heap entries per thread (12 bytes each, at most 512 MB in
+// all, else it stages rows as from matrices). Ties in a row's ranking go to the
 // lower index (the original's argsort leaves them unspecified).
 #include "../kreciprocal.h"
 #include "isa.h"
@@ -165,13 +167,7 @@ struct FeatureDistances {
     const float* nr = norms.data_ptr<float>();
     for (int64_t ii = 0; ii < nb; ++ii) products_to_squared(out + ii * w, nr[i0 + ii], nr + c0, w);
   }
-  void stage(int64_t i0, int64_t nb, float* out) const {
-    const int64_t N = n();
-    at::Tensor dst = at::from_blob(out, {nb, N}, z.options());
-    at::mm_out(dst, z.narrow(0, i0, nb), z.t());
-    const float* nr = norms.data_ptr<float>();
-    for (int64_t ii = 0; ii < nb; ++ii) products_to_squared(out + ii * N, nr[i0 + ii], nr, N);
-  }
+  void stage(int64_t i0, int64_t nb, float* out) const { panel(i0, nb, 0, out); }
 };
 
 // Sparse rows: row r holds cols[ptr[r]..ptr[r+1]) ascending, with vals alongside.

@@ -18,7 +18,7 @@ import torch
 
 from .._checks import finite_float, positive_int
 from .._precision import matmul
-from .._tensors import as_tensor, check_distinct_rows, check_features, rescaled, to_caller
+from .._tensors import as_tensor, check_distinct_rows, check_features, rescaled, row_abs_max, to_caller
 from .._types import ArrayLike
 from ..ops import _extension, affinity, inner_product_topk
 from ..ranking import Progress, Ranking, Reranker, register, resort_top
@@ -124,8 +124,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
     # database much larger than what is re-ranked.
     row_top = None
     if X.shape[0] <= B * M:
-        low, high = torch.aminmax(X, dim=1)
-        row_top = torch.maximum(-low, high).double()
+        row_top = row_abs_max(X)
     for s in range(0, B, step):
         t = top[s:s + step]
         b = t.shape[0]
@@ -133,8 +132,7 @@ def superglobal_scores(Q: torch.Tensor, X: torch.Tensor, top: torch.Tensor, K: i
         if row_top is not None:
             list_top = row_top[t].amax(1)
         else:
-            low, high = torch.aminmax(F, dim=1)
-            list_top = torch.maximum(-low, high).double()
+            list_top = row_abs_max(F)
         if bool(((list_top == 0) | ((list_top >= 2.0 ** -16) & (list_top <= 2.0 ** 16))).all()):
             p = 1.0
         else:
