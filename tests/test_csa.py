@@ -40,7 +40,8 @@ def _features(n=60, d=16, classes=6, seed=0):
 
 def test_model_shapes_and_defaults():
     m = CSA()
-    assert m.config == dict(num_anchors=512, dim=768, depth=2, heads=12, dropout=0.1, drop_path=0.1)
+    assert m.config == dict(num_anchors=512, dim=768, depth=2, heads=12, dropout=0.1, drop_path=0.1, residual=False,
+                            standardize=False)
     y = _tiny_model()(torch.randn(3, 11, 8))
     assert y.shape == (3, 11, 32)
     y, rec = _tiny_model()(torch.randn(3, 11, 8), reconstruct=True)

@@ -37,8 +37,9 @@ def add_parser(sub) -> None:
                     help="train on one half of the classes only")
     tr.add_argument("--val-features", help="labelled features for the validation mAP after each epoch")
     tr.add_argument("--val-class-split", default="all", choices=["all", "first", "second"])
-    tr.add_argument("--K", type=int_arg(), default=None,
-                    help="ranking list length in training (default 512, or the training set's size when smaller)")
+    tr.add_argument("--K", type=int_list_arg, default=None,
+                    help="ranking list length in training (default 512, or the training set's size when smaller); "
+                         "csa: several, comma-separated (128,256,512), draw one per batch")
     tr.add_argument("--L", type=int_arg(), default=None, help="anchors (default 512, or the training set's size when smaller)")
     tr.add_argument("--dim", type=int_arg(), default=None, help="csa: hidden size (768)")
     tr.add_argument("--depth", type=int_arg(), default=None, help="blocks (csa 2, rrt 6)")
@@ -53,6 +54,15 @@ def add_parser(sub) -> None:
     tr.add_argument("--warmup-epochs", type=int_arg(0), default=None)
     tr.add_argument("--tau", type=float_arg(0.0, low_open=True), default=2.0)
     tr.add_argument("--lam", type=float_arg(0.0), default=0.2)
+    tr.add_argument("--loss", default="mass", choices=["mass", "positive"],
+                    help="csa: mass, the paper's (-log softmax mass of the relevant items); positive: every relevant "
+                         "item against the irrelevant ones (better for mAP)")
+    tr.add_argument("--residual", action="store_true",
+                    help="csa: the new score corrects the input ranking's, z(s_in) + g z(csa), g learned from 0")
+    tr.add_argument("--standardize", action="store_true",
+                    help="csa: scale each list's affinities by their mean and spread over the anchors")
+    tr.add_argument("--perturb", type=int_arg(0), default=0,
+                    help="csa: perturbed copies of each feature set (80%% of the images, 80%% of the dimensions)")
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bfloat16 autocast (default: on for CUDA)")
     tr.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
@@ -60,6 +70,15 @@ def add_parser(sub) -> None:
     tr.add_argument("--seed", type=int_arg(0), default=0)
     tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
     tr.set_defaults(run=run)
+
+
+def int_list_arg(text: str) -> list[int]:
+    """One positive int or several, comma-separated."""
+    parse = int_arg()
+    parts = [p.strip() for p in text.split(",")]
+    if not all(parts):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return [parse(p) for p in parts]
 
 
 _TRAIN_DEFAULTS = {
@@ -96,7 +115,9 @@ def run(args) -> int:
     print(f"pycsa {pycsa.__version__} train csa: {len(sets)} feature set(s) x {n} images (d={', '.join(str(fs.database.shape[1]) for fs in sets)}), "
           f"{np.unique(sets[0].db_labels).size} classes"
           + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))
-    print(f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}; lists K={args.K}; "
+    print(f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}"
+          + (" residual" if args.residual else "") + (" standardized" if args.standardize else "")
+          + f"; lists K={','.join(map(str, args.K)) if isinstance(args.K, list) else args.K}; loss {args.loss}; "
           f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f} (contrastive {r['contrastive']:.4f}, "  # noqa: E731
                      f"mse {r['mse']:.4f})  lr {r['lr']:.4g}"
@@ -105,11 +126,12 @@ def run(args) -> int:
         result = pycsa.csa.train(
             [fs.database for fs in sets], sets[0].db_labels,
             val_features=None if val is None else val.database, val_labels=None if val is None else val.db_labels,
-            K=args.K, L=args.L, dim=args.dim, depth=args.depth, heads=args.heads, dropout=args.dropout,
+            K=args.K[0] if isinstance(args.K, list) and len(args.K) == 1 else args.K, L=args.L, dim=args.dim, depth=args.depth, heads=args.heads, dropout=args.dropout,
             drop_path=args.drop_path, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
             weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
-            checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, progress=cb,
+            checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, loss=args.loss,
+            residual=args.residual, standardize=args.standardize, perturb=args.perturb, progress=cb,
             on_epoch=lambda r: echo(fmt(r)))
     if result.history:
         print(f"wrote {args.out}")
@@ -123,6 +145,11 @@ def run(args) -> int:
 def _run_train_rrt(args) -> int:
     from pycsa.datasets import load_local_descriptors
 
+    for flag, given in (("--loss", args.loss != "mass"), ("--residual", args.residual),
+                        ("--standardize", args.standardize), ("--perturb", args.perturb > 0),
+                        ("--K", args.K is not None)):
+        if given:
+            raise ValueError(f"{flag}: a CSA option; RRT does not use it")
     if len(args.features) != 1:
         raise ValueError("--features: RRT trains on one feature set (with --locals)")
     if not args.locals:

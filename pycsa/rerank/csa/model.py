@@ -6,6 +6,14 @@ anchors; the query is item 1). ``Linear(L→D)``, then ``depth`` pre-norm encode
 positional embedding, so K may differ between training and serving. The new score
 of item i is cos(y_1, y_i). Attention runs on :func:`pycsa.ops.attention`, whose
 ``lengths`` let one batch hold lists of different K without work on the padding.
+
+Two options that are not in the paper (issue #18), both off by default and stored in the
+configuration: ``standardize`` divides each list's affinities by their mean and spread over
+its anchor rows (the first L items, so the statistics do not depend on K), which makes the
+input scale-free across feature extractors; ``residual`` makes the new score a learned
+correction of the input ranking's, z(s_in) + g·z(cos(y_1, y_i)) with z the standardisation
+over the list and g a learned scalar that starts at 0, so that a model begins at the input
+order and moves from it only as far as training supports.
 """
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import finite_float, transformer_sizes
+from ..._checks import boolean, finite_float, transformer_sizes
 from ...ops import attention
 
 # Bounds on a configuration, generous for a re-ranker (the paper's is L=512, D=768, 2 layers,
@@ -97,12 +105,16 @@ class CSA(nn.Module):
     """
 
     def __init__(self, num_anchors: int = 512, dim: int = 768, depth: int = 2, heads: int = 12,
-                 dropout: float = 0.1, drop_path: float = 0.1):
+                 dropout: float = 0.1, drop_path: float = 0.1, residual: bool = False, standardize: bool = False):
         super().__init__()
         self.config = self.check_config(dict(num_anchors=num_anchors, dim=dim, depth=depth, heads=heads,
-                                             dropout=dropout, drop_path=drop_path))
-        num_anchors, dim, depth, heads, dropout, drop_path = self.config.values()
+                                             dropout=dropout, drop_path=drop_path, residual=residual,
+                                             standardize=standardize))
+        num_anchors, dim, depth, heads, dropout, drop_path, residual, standardize = self.config.values()
         self.num_anchors = num_anchors
+        self.residual, self.standardize = residual, standardize
+        # the weight of CSA's own score in a residual model; 0: the input order at the start
+        self.gate = nn.Parameter(torch.zeros(())) if residual else None
         self.embed = nn.Linear(num_anchors, dim)
         # stochastic depth grows linearly with depth, as in the ViT recipes the authors follow
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
@@ -115,7 +127,9 @@ class CSA(nn.Module):
         """The configuration with plain Python values (what a checkpoint can store), or
         ValueError/TypeError naming the first entry outside :data:`LIMITS` or of a wrong type."""
         out = transformer_sizes(config, LIMITS)
-        return out | {name: finite_float(config[name], name, 0.0, 1.0) for name in ("dropout", "drop_path")}
+        out |= {name: finite_float(config[name], name, 0.0, 1.0) for name in ("dropout", "drop_path")}
+        # absent from checkpoints written before these options existed: off
+        return out | {name: boolean(config.get(name, False), name) for name in ("residual", "standardize")}
 
     def forward(self, affinity: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 reconstruct: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -130,6 +144,8 @@ class CSA(nn.Module):
             if lengths.shape != (B,) or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
                 raise ValueError(f"lengths: expected {B} integer lengths (one per list), got "
                                  f"{lengths.dtype} of shape {tuple(lengths.shape)}")
+        if self.standardize:
+            affinity = standardized_affinity(affinity, self.num_anchors, lengths)
         positions = valid_positions(lengths, T)
         if positions is None:
             x = self.embed(affinity.to(self.embed.weight.dtype))
@@ -149,6 +165,44 @@ class CSA(nn.Module):
         """cos(y_1, y_i) for every item i of each list: B x K, in float32."""
         y = F.normalize(y.float(), dim=-1)
         return torch.einsum("bd,bkd->bk", y[:, 0], y)
+
+    def rescore(self, y: torch.Tensor, input_scores: torch.Tensor | None = None) -> torch.Tensor:
+        """The new scores of items 2..K (B x (K - 1), float32) from refined features ``y``:
+        cos(y_1, y_i), or for a residual model z(input_scores) + g·z(cos(y_1, y_i)), where
+        ``input_scores`` (B x (K - 1)) are the input ranking's scores of the same items."""
+        c = CSA.scores(y)[:, 1:]
+        if not self.residual:
+            return c
+        if input_scores is None:
+            raise ValueError("input_scores: a residual CSA model re-scores the input ranking's scores; "
+                             "pass the ranking's scores (a Ranking, not bare indices)")
+        if input_scores.shape != c.shape:
+            raise ValueError(f"input_scores: expected shape {tuple(c.shape)} (one per candidate), "
+                             f"got {tuple(input_scores.shape)}")
+        return _z(input_scores.float()) + self.gate.float() * _z(c)
+
+
+def _z(s: torch.Tensor) -> torch.Tensor:
+    """Each row standardised (mean 0, spread 1); a constant row becomes 0."""
+    s = s - s.mean(dim=1, keepdim=True)
+    return s / s.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-6)
+
+
+def standardized_affinity(A: torch.Tensor, num_anchors: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Each list's affinities minus their mean, over their spread, both taken over the anchor
+    rows (the first L items: the same whatever K, so a list served at K = 1,024 is scaled as
+    it was in training at K = 128); with ``lengths``, over the valid ones only."""
+    top = A[:, :num_anchors].float()
+    if lengths is None:
+        mean = top.mean(dim=(1, 2), keepdim=True)
+        spread = (top - mean).pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+    else:  # padding (possibly NaN) takes no part
+        valid = (torch.arange(top.shape[1], device=A.device)[None, :] < lengths[:, None])[:, :, None]
+        count = (valid.sum(dim=1, keepdim=True) * top.shape[2]).clamp_min(1)
+        top = torch.where(valid, top, 0.0)
+        mean = top.sum(dim=(1, 2), keepdim=True) / count
+        spread = (torch.where(valid, top - mean, 0.0).pow(2).sum(dim=(1, 2), keepdim=True) / count).sqrt()
+    return ((A.float() - mean) / spread.clamp_min(1e-6)).to(A.dtype)
 
 
 def _init(m: nn.Module) -> None:

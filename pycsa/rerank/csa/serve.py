@@ -55,13 +55,14 @@ class _GraphedModel:
 @torch.no_grad()
 def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor, k: int, *, batch_size: int = 64,
                dtype: torch.dtype | None = None, forward: Callable[..., torch.Tensor] | None = None,
-               progress: Progress = None) -> torch.Tensor:
+               progress: Progress = None, input_scores: torch.Tensor | None = None) -> torch.Tensor:
     """cos(y_query, y_i) for the first k - 1 candidates of each query's ranking: B x (k - 1).
 
     ``ranks``: B x R database indices, best first. Each list is the query followed by
     its candidates (K = k items); the anchors are the query and its top L - 1, so
     ranks must hold at least L - 1 columns even when k < L. ``dtype``: the precision
-    of the affinity features and the model.
+    of the affinity features and the model. ``input_scores`` (B x R, the ranking's
+    scores): needed by a residual model (see :meth:`CSA.rescore`).
     """
     if not isinstance(model, CSA):
         raise TypeError(f"model: expected a CSA, got {type(model).__name__}")
@@ -78,6 +79,17 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
         raise ValueError(f"ranking: has {R} candidates per query but the model uses L={L} anchors "
                          f"(the query and its top {L - 1}); rank at least {L - 1} items")
     m = min(k - 1, R)
+    if input_scores is not None:
+        input_scores = as_tensor(input_scores, "input_scores")[0]
+        if input_scores.shape != ranks.shape:
+            raise ValueError(f"input_scores: expected the ranking's shape {tuple(ranks.shape)}, "
+                             f"got {tuple(input_scores.shape)}")
+        if model.residual and not bool(torch.isfinite(input_scores[:, :m]).all()):
+            raise ValueError("input_scores: the ranking's scores of the re-scored candidates must be finite "
+                             "(a residual CSA model standardises them)")
+    elif model.residual:
+        raise ValueError("input_scores: a residual CSA model re-scores the input ranking's scores; pass them "
+                         "(a Ranking, not bare indices)")
     need = max(m, L - 1)  # k < L: affinity rows of the whole anchor list, of which the first k are kept
     forward = model if forward is None else forward
     dtype = dtype or X.dtype
@@ -85,7 +97,8 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
     Xd, Qd = X.to(dtype), Q.to(dtype)
     for s in range(0, B, batch_size):
         A = affinity(Xd, ranks[s:s + batch_size, :need], L, queries=Qd[s:s + batch_size])[:, :m + 1]
-        out[s:s + batch_size] = CSA.scores(forward(A))[:, 1:]
+        base = None if input_scores is None else input_scores[s:s + batch_size, :m].to(out.device)
+        out[s:s + batch_size] = model.rescore(forward(A), base)
         if progress is not None:
             progress(min(s + batch_size, B), B)
     return to_caller(out, was_numpy)
@@ -160,6 +173,9 @@ class CSAReranker(Reranker):
         if isinstance(ranking, Ranking) or (isinstance(ranking, tuple) and len(ranking) == 2):
             return super().rerank(queries, database, ranking, progress=progress)
         idx, _ = as_tensor(ranking, "ranks")
+        if self._model.residual:
+            raise ValueError("ranking: this CSA model is residual (it corrects the input ranking's scores); "
+                             "pass a Ranking (indices, scores), not bare indices")
         out = super().rerank(queries, database, Ranking(idx, torch.zeros(idx.shape, device=idx.device)),
                              progress=progress)
         return out.indices
@@ -170,5 +186,6 @@ class CSAReranker(Reranker):
         model, forward = self._model_on(device, dtype)
         idx = ranking.indices
         new_scores = csa_scores(model, Q.to(device), X.to(device), idx.to(device), self.k, batch_size=self.batch_size,
-                                dtype=dtype, forward=forward, progress=progress)
+                                dtype=dtype, forward=forward, progress=progress,
+                                input_scores=ranking.scores.to(device) if model.residual else None)
         return resort_top(ranking, new_scores.to(idx.device))

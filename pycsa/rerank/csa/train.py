@@ -34,31 +34,46 @@ class TrainResult:
 
 @dataclass
 class _SampleSet:
-    X: torch.Tensor  # N x d features of one extractor
+    X: torch.Tensor  # N x d features of one extractor (or a perturbed copy)
     ranks: torch.Tensor  # N x (max(K, L) - 1): each image's neighbours, itself left out
     relevant: torch.Tensor  # N x (max(K, L) - 1): same label as the image
 
 
-def build_samples(features: list, labels: torch.Tensor, K: int, L: int) -> list[_SampleSet]:
+def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, perturb: int = 0,
+                  gen: torch.Generator | None = None) -> list[_SampleSet]:
     """One sample per image and feature set: the image as query and its top-max(K, L)
-    list (itself first) in the same feature set."""
+    list (itself first) in the same feature set. ``perturb``: that many more sets per
+    feature set, each of a random 80% of the images with a random 20% of the feature
+    dimensions zeroed (new neighbours, new lists: on a small training set the model
+    otherwise learns its lists by heart)."""
     depth = max(K, L) - 1
     sets = []
     for X in features:
-        ranks = neighbours_without_self(X, depth)
-        # a negative label marks a distractor: relevant to nothing, not even another distractor
-        relevant = (labels[ranks] == labels.unsqueeze(1)) & (labels.unsqueeze(1) >= 0)
-        sets.append(_SampleSet(X, ranks, relevant))
+        views = [(X, labels)]
+        n, d = X.shape
+        keep_n = max(depth + 1, int(0.8 * n))
+        for _ in range(perturb):
+            keep = torch.randperm(n, generator=gen)[:keep_n].sort().values.to(X.device)
+            dims = (torch.rand(d, generator=gen) >= 0.2).to(X.device, X.dtype)
+            views.append((X[keep] * dims, labels[keep]))
+        for Xv, yv in views:
+            ranks = neighbours_without_self(Xv, depth)
+            # a negative label marks a distractor: relevant to nothing, not even another distractor
+            relevant = (yv[ranks] == yv.unsqueeze(1)) & (yv.unsqueeze(1) >= 0)
+            sets.append(_SampleSet(Xv, ranks, relevant))
     return sets
 
 
 def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: torch.Generator):
     """Affinity features (b x K x L) and relevance (b x K, the query counted relevant) of
-    samples ``ids`` (set * N + image), rows 2..K randomly permuted as the authors do."""
-    n = sets[0].X.shape[0]
+    samples ``ids`` (numbered set after set, image after image), rows 2..K randomly permuted
+    as the authors do."""
+    sizes = torch.tensor([sset.X.shape[0] for sset in sets])
+    starts = torch.cumsum(sizes, 0) - sizes
+    which = torch.searchsorted(torch.cumsum(sizes, 0), ids, right=True)
     A_parts, rel_parts = [], []
     for s, sset in enumerate(sets):
-        img = ids[(ids // n) == s] % n
+        img = ids[which == s] - starts[s]
         if img.numel() == 0:
             continue
         img = img.to(sset.X.device)
@@ -72,20 +87,38 @@ def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: t
     return A.gather(1, order.unsqueeze(-1).expand(-1, -1, A.shape[2])), rel.gather(1, order)
 
 
+LOSSES = ("mass", "positive")
+
+
 def csa_loss(y: torch.Tensor, rec: torch.Tensor, A: torch.Tensor, relevant: torch.Tensor, tau: float = 2.0,
-             lam: float = 0.2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L_C + λ·L_M (SPEC §2). L_C: −log of the softmax mass (temperature τ) of the relevant
-    items among items 2..K, by cosine to the query's refined feature; lists without a
-    relevant item are left out. L_M: squared distance between each affinity row and its
-    reconstruction from y, both L2-normalised, averaged over items."""
-    s = CSA.scores(y)[:, 1:] / tau
+             lam: float = 0.2, *, loss: str = "mass", scores: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L_C + λ·L_M (SPEC §2). L_C with ``loss="mass"`` (the paper's): −log of the softmax
+    mass (temperature τ) of the relevant items among items 2..K, by cosine to the query's
+    refined feature; lists without a relevant item are left out. ``loss="positive"``: the
+    mean over the relevant items of −log(e^{s_p} / (e^{s_p} + Σ_irrelevant e^{s_n})), so that
+    every relevant item must rise above the irrelevant ones; lists without a relevant or
+    without an irrelevant item are left out. The mass is already small once one relevant
+    item leads: it lets the others fall, which costs mAP (on MPEG-7 a residual model trained
+    with it lost 8 points while its loss fell; bench/results/*-csa-chain-mpeg7-*.md).
+    ``scores``: the scores to rank by (B x (K - 1)), default the cosines of ``y``.
+    L_M: squared distance between each affinity row and its reconstruction from y, both
+    L2-normalised, averaged over items."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    s = (CSA.scores(y)[:, 1:] if scores is None else scores) / tau
     pos = relevant[:, 1:]
-    has = pos.any(dim=1)
-    if has.any():
+    has = pos.any(dim=1) if loss == "mass" else pos.any(dim=1) & (~pos).any(dim=1)
+    if not has.any():
+        l_c = s.sum() * 0.0
+    elif loss == "mass":
         lse_pos = torch.logsumexp(s.masked_fill(~pos, float("-inf")), dim=1)
         l_c = (torch.logsumexp(s, dim=1) - lse_pos)[has].mean()
     else:
-        l_c = s.sum() * 0.0
+        s, pos = s[has], pos[has]
+        neg = torch.logsumexp(s.masked_fill(pos, float("-inf")), dim=1, keepdim=True)
+        per_item = torch.logaddexp(s, neg) - s
+        l_c = ((per_item * pos).sum(dim=1) / pos.sum(dim=1)).mean()
     l_m = (F.normalize(rec.float(), dim=-1) - F.normalize(A.float(), dim=-1)).pow(2).sum(-1).mean()
     return l_c + lam * l_m, l_c.detach(), l_m.detach()
 
@@ -96,11 +129,14 @@ def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, ba
     re-ranks each query's top-``k`` (query included)."""
     X = torch.as_tensor(X)
     top = neighbours_without_self(X, X.shape[0] - 1)
+    input_scores = None
+    if model.residual:  # the cosines of the ranking, a block of queries at a time
+        input_scores = torch.cat([(X[b:b + 256] @ X.T).gather(1, top[b:b + 256]) for b in range(0, X.shape[0], 256)])
     was_training = model.training
     model.eval()
     try:
         with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=serving_dtype(X.device) == torch.bfloat16):
-            s = csa_scores(model, X, X, top, k, batch_size=batch_size, dtype=X.dtype)
+            s = csa_scores(model, X, X, top, k, batch_size=batch_size, dtype=X.dtype, input_scores=input_scores)
     finally:
         model.train(was_training)
     return resorted_class_map(top, s, labels)
@@ -161,7 +197,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
           batch_size: int = 256, lr: float | None = None, warmup_epochs: int | None = None, momentum: float = 0.9,
           weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None,
           device: Device = None, checkpoint: PathLike | None = None, resume: PathLike | None = None, seed: int = 0,
-          val_k: int | None = None, optimizer: str = "sgd",
+          val_k: int | None = None, optimizer: str = "sgd", loss: str = "mass", residual: bool = False,
+          standardize: bool = False, perturb: int = 0,
           progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
 
@@ -172,6 +209,11 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     Optimiser: SGD (momentum, weight decay), lr = 0.1 x batch/256 unless given, as the
     paper; ``optimizer="adamw"`` (lr 1e-3 x batch/256 by default) converges in far fewer
     steps on small training sets. Both: linear warm-up for ``warmup_epochs`` then cosine decay to 0, stepped per batch.
+    ``K``: an int, or several (a list), one drawn per batch, so that the model meets the
+    list lengths it will serve. ``loss``: "mass" (the paper's) or "positive" (see
+    :func:`csa_loss`). ``residual``, ``standardize``: the model options of :class:`CSA`
+    (a residual model is trained on the cosine ranking's scores). ``perturb``: perturbed
+    copies of each feature set (see :func:`build_samples`).
     ``amp``: bfloat16 autocast (default on for CUDA GPUs of compute capability 8.0+). ``checkpoint``: path written after
     every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
     continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
@@ -183,9 +225,17 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     # misreported as divergence.
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         positive_int(v, name)
-    K = integer(K, "K", low=2, high_is="the query and at least one candidate")
+    Ks = list(K) if isinstance(K, (list, tuple)) else [K]
+    if not Ks:
+        raise ValueError("K: an empty list; give one list length or several")
+    Ks = [integer(k, "K", low=2, high_is="the query and at least one candidate") for k in Ks]
+    K = max(Ks)
     L = integer(L, "L", 1, LIMITS["num_anchors"])
-    CSA.check_config(dict(num_anchors=L, dim=dim, depth=depth, heads=heads, dropout=dropout, drop_path=drop_path))
+    CSA.check_config(dict(num_anchors=L, dim=dim, depth=depth, heads=heads, dropout=dropout, drop_path=drop_path,
+                          residual=residual, standardize=standardize))
+    if loss not in LOSSES:
+        raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
+    perturb = integer(perturb, "perturb", low=0)
     for name, v in (("dropout", dropout), ("drop_path", drop_path)):  # p = 1 drops everything: 0 / 0
         finite_float(v, name, 0.0, 1.0, high_open=True)
     if optimizer not in ("sgd", "adamw"):
@@ -227,15 +277,22 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     amp = serving_dtype(device) == torch.bfloat16 if amp is None else amp
 
     torch.manual_seed(seed)
-    model = CSA(L, dim, depth, heads, dropout, drop_path).to(device)
+    model = CSA(L, dim, depth, heads, dropout, drop_path, residual, standardize).to(device)
     if world > 1:
         torch.manual_seed(seed + 1_000_003 * rank)  # same initial weights, own dropout masks per rank
+    # A residual model's gate is one scalar that must travel to about 1-2 from 0: at the
+    # network's learning rate it would take thousands of steps, so it learns 100x faster,
+    # without weight decay (which would pull it back to the input order).
+    groups = [{"params": [p for name, p in model.named_parameters() if name != "gate"]}]
+    if residual:
+        groups.append({"params": [model.gate], "lr": 100 * lr, "weight_decay": 0.0})
     if optimizer == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+        opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
-        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sets = build_samples([X.to(device) for X in feats], y.to(device), K, L)
-    n_samples = len(sets) * n
+        opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    sets = build_samples([X.to(device) for X in feats], y.to(device), K, L, perturb=perturb,
+                         gen=torch.Generator().manual_seed(seed))
+    n_samples = sum(sset.X.shape[0] for sset in sets)
     steps = math.ceil(n_samples / batch_size)
     if n_samples % batch_size and n_samples % batch_size < world:
         steps -= 1  # every process needs a share of every batch
@@ -247,7 +304,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    train_config = dict(optimizer=optimizer, K=K, L=L, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+    train_config = dict(optimizer=optimizer, K=Ks if len(Ks) > 1 else K, L=L, loss=loss, perturb=perturb, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                         momentum=momentum, weight_decay=weight_decay, tau=tau, lam=lam, amp=amp, seed=seed,
                         feature_sets=len(feats), images=n)
     history, start = [], 0
@@ -255,7 +312,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         payload = load_checkpoint(resume)
         want = model.config
         got = payload["model_config"]
-        for key in ("num_anchors", "dim", "depth", "heads"):
+        for key in ("num_anchors", "dim", "depth", "heads", "residual", "standardize"):
             if got[key] != want[key]:
                 label = "L" if key == "num_anchors" else key
                 raise ValueError(f"resume: {resume} was trained with {label}={got[key]}, this run asks for "
@@ -283,18 +340,22 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
             sums = torch.zeros(3, dtype=torch.float64)
             for step in range(steps):
                 ids = order[step * batch_size:(step + 1) * batch_size][rank::world]
-                A, rel = make_batch(sets, ids, K, L, gen)
+                k = Ks[int(torch.randint(len(Ks), (1,), generator=gen))] if len(Ks) > 1 else K
+                A, rel = make_batch(sets, ids, k, L, gen)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out, rec = net(A, reconstruct=True)
-                loss, l_c, l_m = csa_loss(out, rec, A, rel, tau, lam)
-                if not torch.isfinite(loss):
+                # a residual model corrects the cosine ranking: its scores are the affinities to
+                # the query (anchor 1), column 0 of A
+                scores = model.rescore(out, A[:, 1:, 0].float()) if residual else None
+                total_loss, l_c, l_m = csa_loss(out, rec, A, rel, tau, lam, loss=loss, scores=scores)
+                if not torch.isfinite(total_loss):
                     raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step + 1} "
-                                             f"(loss {float(loss)}); lower lr (now {sched.get_last_lr()[0]:.3g})")
+                                             f"(loss {float(total_loss)}); lower lr (now {sched.get_last_lr()[0]:.3g})")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                total_loss.backward()
                 opt.step()
                 sched.step()
-                sums += torch.tensor([float(loss.detach()), float(l_c), float(l_m)], dtype=torch.float64)
+                sums += torch.tensor([float(total_loss.detach()), float(l_c), float(l_m)], dtype=torch.float64)
                 if progress is not None:
                     progress(epoch * steps + step + 1, total)
             if world > 1:
