@@ -32,7 +32,7 @@ from ._tensors import as_tensor
 from .ranking import Chain, Ranking, Reranker, available, check_params, create, registered
 
 __all__ = ["SEARCH_SPACES", "search_space", "Scorer", "tune_method", "tune", "create_from_config",
-           "load_config", "CONFIG_FORMAT"]
+           "load_config", "config_checkpoints", "CONFIG_FORMAT"]
 
 CONFIG_FORMAT = 1
 _SMALL = (1, 2, 3, 5, 7, 10, 15, 20)
@@ -51,6 +51,7 @@ SEARCH_SPACES: dict[str, dict[str, tuple]] = {
     "gnn": {"k1": (5, 10, 15, 20, 26, 35, 52, 80), "k2": (1, 2, 3, 5, 7, 10, 14), "lamb": (0.0, 0.1, 0.3)},
     "k_reciprocal": {"k1": (5, 10, 15, 20, 30, 40, 60), "k2": (1, 3, 6, 10), "lambda_value": (0.0, 0.1, 0.3, 0.5)},
     "superglobal": {"M": (50, 100, 200, 400), "K": (3, 5, 9, 15), "beta": (0.05, 0.15, 0.3)},
+    "csa": {"k": (128, 256, 512, 1024)},  # the serving list length; the model is trained elsewhere
 }
 # integer sizes that cannot exceed the database: larger values are not tried
 _SIZE_PARAMS = {"k", "k1", "k2", "dba_k", "query_k", "M", "K", "T"}
@@ -166,10 +167,12 @@ def _check_method(method, name: str) -> None:
 
 
 def _build(stages: list[tuple[str, dict]], learned: dict | None) -> Reranker:
+    """The chain of ``stages``; ``learned[name]``: constructor arguments of a learned stage,
+    or a callable that makes it from its parameters (tune's cross-fitted CSA)."""
     made = []
     for name, params in stages:
         extra = (learned or {}).get(name, {})
-        made.append(create(name, **extra, **params))
+        made.append(extra(**params) if callable(extra) else create(name, **extra, **params))
     return made[0] if len(made) == 1 else Chain(made)
 
 
@@ -398,11 +401,23 @@ def load_config(config: dict | PathLike) -> dict:
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"config: {where}: methods[{name!r}].{key} is {v!r}, not a finite number: "
                                  "its parameters were not tuned on a real score; rerun `pycsa tune`")
+    saved = cfg.get("checkpoints", {})
+    if not isinstance(saved, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in saved.items()):
+        raise ValueError(f"config: {where}: 'checkpoints' must map learned methods to checkpoint files, "
+                         f"got {reprlib.repr(saved)}")
     best = cfg.get("best")
     if best is not None and (not isinstance(best, str) or best not in cfg["methods"]):
         raise ValueError(f"config: {where}: 'best' is {best!r}, not one of its methods "
                          f"({', '.join(cfg['methods'])})")
     return cfg
+
+
+def config_checkpoints(config: dict | PathLike) -> dict:
+    """{method: path} of the models `pycsa tune --train` trained and saved beside the config;
+    a relative path is relative to the config file's folder."""
+    cfg = load_config(config)
+    base = Path(os.fspath(config)).parent if isinstance(config, (str, os.PathLike)) else Path(".")
+    return {name: str(base / path) for name, path in cfg.get("checkpoints", {}).items()}
 
 
 def tuned_stages(config: dict | PathLike, method: str) -> list[tuple[str, dict]] | None:
@@ -426,7 +441,8 @@ def tuned_stages(config: dict | PathLike, method: str) -> list[tuple[str, dict]]
 def create_from_config(config: dict | PathLike, method: str | None = None, **learned_kwargs) -> Reranker:
     """The re-ranker ``method`` (default: the config's best) with its tuned parameters.
     ``learned_kwargs``: constructor arguments of learned stages, e.g.
-    ``csa={"checkpoint": "csa.pt"}``."""
+    ``csa={"checkpoint": "csa.pt"}``; a learned stage that tune trained (``--train``) gets
+    the checkpoint saved with the config unless given one here."""
     cfg = load_config(config)
     for name, kwargs in learned_kwargs.items():
         if not isinstance(kwargs, dict):
@@ -442,6 +458,11 @@ def create_from_config(config: dict | PathLike, method: str | None = None, **lea
         raise ValueError(f"method: {method!r} was not tuned in this config (tuned: {', '.join(cfg['methods'])})")
     # a misspelt stage (cas= for csa=) would be dropped silently and the stage built without it
     names = [n for n, _ in stages]
+    for name, path in config_checkpoints(config).items():
+        given = learned_kwargs.get(name)
+        if name in names and (given is None or (isinstance(given, dict) and "checkpoint" not in given
+                                                and "model" not in given)):
+            learned_kwargs[name] = {**(given or {}), "checkpoint": path}
     for name, kwargs in learned_kwargs.items():
         if name not in names:
             raise TypeError(f"{name}: no stage of {method!r} is called {name!r} (its stages: {', '.join(names)})")

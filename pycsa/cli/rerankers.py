@@ -37,14 +37,25 @@ def learned_args(args) -> dict:
     locals_ = getattr(args, "locals", None)
     qlocals = getattr(args, "query_locals", None)
     config = getattr(args, "config", None)
+    found = checkpoints(getattr(args, "checkpoint", None))
+    from_config = set()
     if config is not None:
-        from pycsa.tune import load_config
+        from pycsa.tune import config_checkpoints, load_config
 
+        path = config
         try:
             config = load_config(config)
         except RecursionError:  # json's message names neither the option nor the file
             raise ValueError(f"--config: {config} is nested too deeply to be a `pycsa tune` result") from None
-    return {"checkpoints": checkpoints(getattr(args, "checkpoint", None)), "csa_k": getattr(args, "csa_k", None),
+        # models `pycsa tune --train` saved beside the config, unless --checkpoint names others
+        for method, saved in config_checkpoints(path).items():
+            if method not in found:
+                if not Path(saved).is_file():
+                    raise ValueError(f"--config: {path} names {method}'s checkpoint {saved}, which is missing "
+                                     "(it is written beside the config; move them together)")
+                found[method] = saved
+                from_config.add(method)
+    return {"checkpoints": found, "from_config": from_config, "csa_k": getattr(args, "csa_k", None),
             "config": config,
             "rrt_top": getattr(args, "rrt_top", None),
             "locals": None if locals_ is None else load_local_descriptors(locals_),
@@ -126,7 +137,8 @@ def refuse_unused(args, methods: list[str], learned: dict, option: str = "--meth
     """Options for a learned method that none of ``methods`` runs would be silently ignored:
     refused instead, naming the method that uses them."""
     parts = {p for m in methods for p in m.split("+")}
-    uses = [("--checkpoint", name, "") for name in learned["checkpoints"]] + [
+    uses = [("--checkpoint", name, "") for name in learned["checkpoints"]
+            if name not in learned.get("from_config", ())] + [
         ("--csa-k", "csa", "csa_k"), ("--rrt-top", "rrt", "rrt_top"), ("--locals", "rrt", "locals"),
         ("--query-locals", "rrt", "query_locals")]
     for opt, method, attr in uses:

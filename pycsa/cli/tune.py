@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pycsa
 from pycsa.datasets import load_gnd, load_retrieval_features
@@ -28,6 +29,11 @@ def add_parser(sub) -> None:
                          "learned ones given --checkpoint)")
     tu.add_argument("--checkpoint", action="append", help="METHOD=PATH of a trained model (a bare PATH is csa)")
     tu.add_argument("--csa-k", type=int_arg(), default=None, help="CSA list length K at serving (default 1024)")
+    tu.add_argument("--train", default=None, choices=["csa"],
+                    help="train this learned method here (pycsa.tune_learned.CSA_RECIPE), scored cross-fitted: "
+                         "a model trained on one half of the classes re-ranks the other half's queries. The "
+                         "model trained on all of them is written beside --out (NAME.csa.pt) and used by "
+                         "--config. With --method all, csa and the chains ending in it are tuned too")
     tu.add_argument("--budget", type=float, default=None,
                     help="seconds in all (shared between the methods); the best found so far is kept")
     tu.add_argument("--margin", type=float_arg(0.0), default=0.1,
@@ -48,7 +54,17 @@ def run(args) -> int:
     if any("rrt" in m.split("+") for m in parse_methods(args.method, set(checkpoints(args.checkpoint, False)))):
         raise ValueError("--method: rrt cannot be tuned yet (tune takes no local descriptors); leave it out")
     learned = learned_args(args)
-    methods = parse_methods(args.method, learned=set(learned["checkpoints"]))
+    if args.train is not None and args.train in learned["checkpoints"]:
+        raise ValueError(f"--train {args.train}: a checkpoint for it is given too (--checkpoint); "
+                         "give one or the other")
+    trainable = {args.train} if args.train else set()
+    methods = parse_methods(args.method, learned=set(learned["checkpoints"]) | trainable)
+    if args.train is not None:
+        if "all" in [m.strip() for m in args.method.split(",")]:
+            # the chains the paper and issue #18 ask about: CSA as the last stage
+            methods += [f"{m}+csa" for m in ("k_reciprocal", "gnn", "alpha_qe_dba") if f"{m}+csa" not in methods]
+        if not any(args.train in m.split("+") for m in methods):
+            raise ValueError(f"--train {args.train}: none of the methods uses it (--method {args.method})")
     refuse_unused(args, methods, learned)
     fs = load_retrieval_features(args.features)
     if args.class_split != "all":
@@ -72,6 +88,17 @@ def run(args) -> int:
         stage_kwargs[name] = {"checkpoint": path}
         if name == "csa" and learned.get("csa_k") is not None:
             stage_kwargs[name]["k"] = learned["csa_k"]
+    trained = None
+    if args.train is not None:
+        if mode != "classes":
+            raise ValueError(f"--train {args.train}: needs one labelled matrix (class labels, every item a query); "
+                             f"these features are scored by the {mode} protocol")
+        from pycsa.tune_learned import train_csa_for_tuning
+
+        trained = train_csa_for_tuning(fs.database, fs.db_labels, report=echo)
+        serve = {} if learned.get("csa_k") is None else {"k": learned["csa_k"]}
+        stage_kwargs["csa"] = trained.factory(**serve)
+        echo(f"csa: trained in {trained.seconds:.1f} s")
     scorer = Scorer(mode, fs, gnd)
     Q, X = fs.queries, fs.database
     print(f"pycsa {pycsa.__version__} tune: {args.features}"
@@ -91,6 +118,15 @@ def run(args) -> int:
                      "parameters": params})
     print("\n" + format_table(rows, ["method", "default", "tuned", "parameters"]))
     print(f"\n{scorer.metric} in percent on the validation set; best: {result.get('best')}")
+    if trained is not None:
+        from pycsa.csa import save_checkpoint
+        from pycsa.tune_learned import CSA_RECIPE
+
+        model_path = Path(str(out)[:-len(".json")] + ".csa.pt")
+        save_checkpoint(model_path, trained.final, train_config={**CSA_RECIPE, "K": list(CSA_RECIPE["K"]),
+                                                                 "trained_by": "pycsa tune --train csa"})
+        result["checkpoints"] = {"csa": model_path.name}  # beside the config: they move together
+        print(f"wrote {model_path}: CSA trained on all {X.shape[0]} items (--config uses it)")
     # NaN is no JSON and, as a score, would mean nothing was tuned; serialised before the file is made
     text = json.dumps(result, indent=2, allow_nan=False)
     with written(out) as tmp, open(tmp, "w") as f:  # removed again if the write fails

@@ -1,0 +1,122 @@
+"""Training CSA inside `pycsa tune` (``--train csa``), scored without looking at its own classes.
+
+A model scored on the classes it was trained on would look better than it is, and the
+tuner would pick it for that. So the validation set's classes are split in two halves A and
+B (cross-fitting): a model trained on A re-ranks the queries of B and one trained on B the
+queries of A, and the tuner scores that combined ranking, over the whole validation set,
+like every other method's. The model written for later use (``pycsa eval --config``) is
+trained on all of the validation set. The database of each query still holds the other
+half's items, which its model saw in training; they are irrelevant to it, and CSA scores
+lists by their affinity patterns, not by who the items are.
+
+The recipe is the one measured on MPEG-7 (bench/results/*-csa-residual-*.md): a residual
+model (it starts at the input order) on standardised affinities, the per-positive loss, training K of 128/256/512,
+two perturbed copies of the features, AdamW.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ._checks import integer
+from .ranking import Progress, Ranking, Reranker
+
+__all__ = ["CSA_RECIPE", "TrainedCSA", "train_csa_for_tuning", "CrossFitted"]
+
+# The recipe of `pycsa tune --train csa` (and of bench/csa_mpeg7_residual.sh)
+CSA_RECIPE = dict(K=(128, 256, 512), L=128, dim=64, depth=2, heads=1, dropout=0.0, drop_path=0.0, epochs=3,
+                  batch_size=16, optimizer="adamw", lr=3e-4, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive",
+                  residual=True, standardize=True, perturb=2)
+
+
+class CrossFitted(Reranker):
+    """Each query re-ranked by the re-ranker of its fold: ``rerankers[f]`` takes the queries
+    whose ``query_fold`` is f (trained on the other folds' classes)."""
+
+    def __init__(self, rerankers: list[Reranker], query_fold: np.ndarray):
+        self.rerankers = list(rerankers)
+        self.query_fold = np.asarray(query_fold)
+        if self.query_fold.min(initial=0) < 0 or self.query_fold.max(initial=0) >= len(self.rerankers):
+            raise ValueError(f"query_fold: folds must be 0..{len(self.rerankers) - 1}")
+
+    def fit(self, database, *, progress: Progress = None) -> "CrossFitted":
+        for r in self.rerankers:
+            r.fit(database, progress=progress)
+        return self
+
+    def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        if Q.shape[0] != self.query_fold.shape[0]:
+            raise ValueError(f"queries: {Q.shape[0]} rows, but the folds were made for {self.query_fold.shape[0]}")
+        indices, scores = ranking.indices.clone(), ranking.scores.clone()
+        for f, r in enumerate(self.rerankers):
+            rows = torch.from_numpy(np.nonzero(self.query_fold == f)[0]).to(Q.device)
+            if rows.numel() == 0:
+                continue
+            sub = r.rerank(Q[rows], X, Ranking(ranking.indices[rows], ranking.scores[rows]))
+            indices[rows] = torch.as_tensor(sub.indices).to(indices.device, indices.dtype)
+            scores[rows] = torch.as_tensor(sub.scores).to(scores.device, scores.dtype)
+        if progress is not None:
+            progress(Q.shape[0], Q.shape[0])
+        return Ranking(indices, scores)
+
+
+@dataclass
+class TrainedCSA:
+    folds: list  # [model trained without fold 0's classes, without fold 1's]
+    query_fold: np.ndarray  # each query's fold
+    final: object  # trained on every class: the model to keep
+    seconds: float
+
+    def factory(self, **serve) -> Callable[..., Reranker]:
+        """params -> the cross-fitted CSA re-ranker (what the tuner scores)."""
+        from .rerank.csa import CSAReranker
+
+        def make(**params):
+            return CrossFitted([CSAReranker(model=m, **serve, **params) for m in self.folds], self.query_fold)
+        return make
+
+
+def _recipe_for(n: int, recipe: dict) -> dict:
+    """The recipe with its list lengths and anchors fitted to n training images."""
+    out = dict(recipe)
+    out["L"] = min(out["L"], n - 1)
+    ks = sorted({min(k, n - 1) for k in out["K"]})
+    out["K"] = ks if len(ks) > 1 else ks[0]
+    return out
+
+
+def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0,
+                         report: Callable[[str], None] | None = None) -> TrainedCSA:
+    """Trains the two cross-fitted CSA models and the final one on labelled features (every
+    item a query against the others). Needs at least two classes with two items each."""
+    import time
+
+    from .rerank.csa import train
+
+    recipe = dict(CSA_RECIPE if recipe is None else recipe)
+    seed = integer(seed, "seed", 0, 2 ** 32 - 1)
+    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).float()
+    y = np.asarray(labels)
+    classes = np.unique(y[y >= 0])
+    if classes.size < 2:
+        raise ValueError(f"labels: training CSA inside tune needs at least 2 classes (found {classes.size}): "
+                         "the classes are split in two, a model per half")
+    # alternate classes between the folds: sorted ids often follow some order of the data
+    fold_of_class = {c: i % 2 for i, c in enumerate(classes)}
+    query_fold = np.array([fold_of_class.get(c, 0) for c in y])
+    t0 = time.monotonic()
+    folds = []
+    for f in (0, 1):
+        rows = np.nonzero((query_fold != f) & (y >= 0))[0]
+        if rows.size < 3:
+            raise ValueError(f"labels: one half of the classes has {rows.size} items; CSA needs lists of at least 3")
+        if report is not None:
+            report(f"csa: training the model for fold {f + 1} of 2 on {rows.size} items (the other half's classes)")
+        folds.append(train(X[rows], y[rows], seed=seed, **_recipe_for(rows.size, recipe)).model)
+    if report is not None:
+        report(f"csa: training the final model on all {X.shape[0]} items")
+    final = train(X, y, seed=seed, **_recipe_for(X.shape[0], recipe)).model
+    return TrainedCSA(folds, query_fold, final, time.monotonic() - t0)

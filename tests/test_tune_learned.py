@@ -1,0 +1,120 @@
+"""`pycsa tune --train csa`: CSA trained inside tune, scored cross-fitted (each query re-ranked by
+a model that never saw its class), the final model saved beside the config and used by --config."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import pycsa
+from pycsa.cli import main
+from pycsa.ranking import Ranking, Reranker
+from pycsa.tune import create_from_config, search_space
+from pycsa.tune_learned import CrossFitted, train_csa_for_tuning
+
+TINY = dict(K=(8, 12), L=8, dim=16, depth=1, heads=1, dropout=0.0, drop_path=0.0, epochs=1, batch_size=8,
+            optimizer="adamw", lr=1e-3, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive", residual=True, perturb=0)
+
+
+def _labelled(n=60, classes=6, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=g), dim=1)
+    y = torch.arange(n) % classes
+    X = torch.nn.functional.normalize(centres[y] + 0.5 * torch.randn(n, d, generator=g), dim=1)
+    return X.numpy(), y.numpy()
+
+
+class _Tag(Reranker):
+    """Puts its tag in every score, to see which re-ranker handled a query."""
+
+    def __init__(self, tag):
+        self.tag = tag
+
+    def _rerank(self, Q, X, ranking, progress):
+        return Ranking(ranking.indices, torch.full_like(ranking.scores, float(self.tag)))
+
+
+def test_cross_fitted_sends_each_query_to_its_folds_reranker():
+    X, _ = _labelled(n=10)
+    s, i = pycsa.search(X, X, 5)
+    fold = np.array([0, 1, 1, 0, 1, 0, 0, 1, 1, 0])
+    out = CrossFitted([_Tag(10), _Tag(20)], fold).rerank(X, X, Ranking(i, s))
+    assert np.array_equal(np.asarray(out.scores)[:, 0], np.where(fold == 0, 10.0, 20.0))
+    assert np.array_equal(np.asarray(out.indices), np.asarray(i))
+    with pytest.raises(ValueError, match="query_fold: folds must be 0..1"):
+        CrossFitted([_Tag(1), _Tag(2)], np.array([0, 2]))
+    with pytest.raises(ValueError, match="queries: 3 rows, but the folds were made for 10"):
+        CrossFitted([_Tag(1), _Tag(2)], fold).rerank(X[:3], X, Ranking(i[:3], s[:3]))
+
+
+def test_each_fold_model_is_trained_without_its_queries_classes(monkeypatch):
+    X, y = _labelled()
+    seen = []
+    real = pycsa.rerank.csa.train
+
+    def spy(features, labels, **kw):
+        seen.append(np.unique(np.asarray(labels)))
+        return real(features, labels, **kw)
+
+    monkeypatch.setattr(pycsa.rerank.csa, "train", spy)
+    trained = train_csa_for_tuning(X, y, recipe=TINY)
+    monkeypatch.undo()
+    assert len(seen) == 3 and np.array_equal(seen[2], np.unique(y))  # the last: every class
+    for f in (0, 1):
+        own = np.unique(y[trained.query_fold == f])
+        assert not set(own) & set(seen[f]), (f, own, seen[f])  # trained on the other half's classes only
+    assert set(np.unique(trained.query_fold)) == {0, 1}
+    assert all(m.residual for m in trained.folds) and trained.final.residual
+    with pytest.raises(ValueError, match="labels: training CSA inside tune needs at least 2 classes"):
+        train_csa_for_tuning(X, np.zeros(len(y), dtype=int), recipe=TINY)
+
+
+def test_csa_serving_k_is_searched():
+    assert search_space("csa", 300) == {"k": (128, 256)}
+
+
+def test_cli_tune_trains_csa_and_the_config_brings_its_model(tmp_path, capsys, monkeypatch):
+    import pycsa.tune_learned as tl
+
+    monkeypatch.setattr(tl, "CSA_RECIPE", TINY)  # a small model: the mechanics, not the accuracy
+    X, y = _labelled()
+    feats = tmp_path / "val.npz"
+    np.savez(feats, feats=X, labels=y)
+    out = tmp_path / "run" / "tuned.json"
+    assert main(["tune", "--features", str(feats), "--method", "csa,gnn+csa", "--train", "csa", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "training the model for fold 1 of 2" in text and "tuned.csa.pt" in text
+    cfg = json.loads(out.read_text())
+    assert cfg["checkpoints"] == {"csa": "tuned.csa.pt"} and set(cfg["methods"]) == {"csa", "gnn+csa"}
+    model = pycsa.csa.load_model(out.parent / "tuned.csa.pt")
+    assert model.residual
+    # the config brings its model: no --checkpoint needed, from another folder too
+    monkeypatch.chdir(tmp_path)
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "all"]) == 0
+    table = capsys.readouterr().out
+    assert "\ncsa " in table and "\ngnn+csa " in table
+    r = create_from_config(out, "csa")
+    assert isinstance(r, pycsa.csa.CSAReranker) and r.model.residual
+    # a method without csa takes no checkpoint and is not refused for it
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "gnn"]) == 0
+    capsys.readouterr()
+    # the model moved away from its config: named
+    (out.parent / "tuned.csa.pt").rename(tmp_path / "elsewhere.pt")
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "csa"]) == 2
+    assert "names csa's checkpoint" in capsys.readouterr().err
+
+
+def test_cli_tune_train_refusals(tmp_path, capsys):
+    X, y = _labelled()
+    feats = tmp_path / "val.npz"
+    np.savez(feats, feats=X, labels=y)
+    ck = tmp_path / "c.pt"
+    pycsa.csa.save_checkpoint(ck, pycsa.csa.CSA(num_anchors=8, dim=16, depth=1, heads=1))
+    out = str(tmp_path / "t.json")
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--train", "csa", "--checkpoint", str(ck),
+                 "--out", out]) == 2
+    assert "a checkpoint for it is given too" in capsys.readouterr().err
+    assert main(["tune", "--features", str(feats), "--method", "gnn", "--train", "csa", "--out", out]) == 2
+    assert "none of the methods uses it" in capsys.readouterr().err
