@@ -167,12 +167,13 @@ def _check_method(method, name: str) -> None:
 
 
 def _build(stages: list[tuple[str, dict]], learned: dict | None) -> Reranker:
-    """The chain of ``stages``; ``learned[name]``: constructor arguments of a learned stage,
-    or a callable that makes it from its parameters (tune's cross-fitted CSA)."""
+    """The chain of ``stages``; ``learned[name]``: constructor arguments of a learned stage
+    (they win over a tuned value of the same name: --csa-k pins CSA's k), or a callable that
+    makes it from its parameters (tune's cross-fitted CSA)."""
     made = []
     for name, params in stages:
         extra = (learned or {}).get(name, {})
-        made.append(extra(**params) if callable(extra) else create(name, **extra, **params))
+        made.append(extra(**params) if callable(extra) else create(name, **{**params, **extra}))
     return made[0] if len(made) == 1 else Chain(made)
 
 
@@ -214,7 +215,12 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     names = method.split("+")
     n = X.shape[0]
     current = [{} for _ in names]  # only what differs from the defaults
-    coords = [(s, p, vals) for s, name in enumerate(names) for p, vals in search_space(name, n).items()]
+    def pinned(name) -> dict:  # parameters the caller fixed (e.g. --csa-k): not searched, recorded as given
+        extra = (learned or {}).get(name, {})
+        return dict(getattr(extra, "pinned", {})) if callable(extra) else dict(extra)
+
+    coords = [(s, p, vals) for s, name in enumerate(names) for p, vals in search_space(name, n).items()
+              if p not in pinned(name)]
     defaults = [_defaults(name) for name in names]
     cache: dict = {}
     t0 = time.monotonic()
@@ -271,7 +277,7 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
                 break
         if stopped or not changed:
             break
-    stages = [(name, {**{p: defaults[s].get(p) for p in search_space(name, n)}, **current[s]})
+    stages = [(name, {**{p: pinned(name).get(p, defaults[s].get(p)) for p in search_space(name, n)}, **current[s]})
               for s, name in enumerate(names)]
     return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history)
 

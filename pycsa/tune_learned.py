@@ -9,12 +9,13 @@ trained on all of the validation set. The database of each query still holds the
 half's items, which its model saw in training; they are irrelevant to it, and CSA scores
 lists by their affinity patterns, not by who the items are.
 
-The recipe is the one measured on MPEG-7 (bench/results/*-csa-residual-*.md): a residual
+The recipe is the one measured on MPEG-7 (bench/csa_residual_mpeg7.sh, bench/results/*-csa-residual-mpeg7-*.md): a residual
 model (it starts at the input order) on standardised affinities, the per-positive loss, training K of 128/256/512,
 two perturbed copies of the features, AdamW.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,11 +23,12 @@ import numpy as np
 import torch
 
 from ._checks import integer
+from ._tensors import same_rows
 from .ranking import Progress, Ranking, Reranker
 
 __all__ = ["CSA_RECIPE", "TrainedCSA", "train_csa_for_tuning", "CrossFitted"]
 
-# The recipe of `pycsa tune --train csa` (and of bench/csa_mpeg7_residual.sh)
+# The recipe of `pycsa tune --train csa` (and of bench/csa_residual_mpeg7.sh)
 CSA_RECIPE = dict(K=(128, 256, 512), L=128, dim=64, depth=2, heads=1, dropout=0.0, drop_path=0.0, epochs=3,
                   batch_size=16, optimizer="adamw", lr=3e-4, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive",
                   residual=True, standardize=True, perturb=2)
@@ -38,7 +40,7 @@ class CrossFitted(Reranker):
 
     def __init__(self, rerankers: list[Reranker], query_fold: np.ndarray):
         self.rerankers = list(rerankers)
-        self.query_fold = np.asarray(query_fold)
+        self.query_fold = _numpy(query_fold)
         if self.query_fold.min(initial=0) < 0 or self.query_fold.max(initial=0) >= len(self.rerankers):
             raise ValueError(f"query_fold: folds must be 0..{len(self.rerankers) - 1}")
 
@@ -51,16 +53,27 @@ class CrossFitted(Reranker):
         if Q.shape[0] != self.query_fold.shape[0]:
             raise ValueError(f"queries: {Q.shape[0]} rows, but the folds were made for {self.query_fold.shape[0]}")
         indices, scores = ranking.indices.clone(), ranking.scores.clone()
+        # every item a query against the others: each fold's queries are some of the rows, so
+        # their own rows are named for the re-ranker's leave-one-out handling
+        loo = same_rows(Q, X)
         for f, r in enumerate(self.rerankers):
             rows = torch.from_numpy(np.nonzero(self.query_fold == f)[0]).to(Q.device)
             if rows.numel() == 0:
                 continue
-            sub = r.rerank(Q[rows], X, Ranking(ranking.indices[rows], ranking.scores[rows]))
+            sub_ranking = Ranking(ranking.indices[rows], ranking.scores[rows])
+            if loo and getattr(r, "leave_one_out", None) is not False and "own" in inspect.signature(r.rerank).parameters:
+                sub = r.rerank(Q[rows], X, sub_ranking, own=rows)
+            else:
+                sub = r.rerank(Q[rows], X, sub_ranking)
             indices[rows] = torch.as_tensor(sub.indices).to(indices.device, indices.dtype)
             scores[rows] = torch.as_tensor(sub.scores).to(scores.device, scores.dtype)
         if progress is not None:
             progress(Q.shape[0], Q.shape[0])
         return Ranking(indices, scores)
+
+
+def _numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
 
 @dataclass
@@ -69,13 +82,16 @@ class TrainedCSA:
     query_fold: np.ndarray  # each query's fold
     final: object  # trained on every class: the model to keep
     seconds: float
+    recipe: dict  # as used for the final model (K and L fitted to the data)
 
     def factory(self, **serve) -> Callable[..., Reranker]:
-        """params -> the cross-fitted CSA re-ranker (what the tuner scores)."""
+        """params -> the cross-fitted CSA re-ranker (what the tuner scores). ``serve``: fixed
+        constructor arguments (e.g. k from --csa-k); they are not searched (``make.pinned``)."""
         from .rerank.csa import CSAReranker
 
         def make(**params):
-            return CrossFitted([CSAReranker(model=m, **serve, **params) for m in self.folds], self.query_fold)
+            return CrossFitted([CSAReranker(model=m, **{**params, **serve}) for m in self.folds], self.query_fold)
+        make.pinned = dict(serve)
         return make
 
 
@@ -83,7 +99,7 @@ def _recipe_for(n: int, recipe: dict) -> dict:
     """The recipe with its list lengths and anchors fitted to n training images."""
     out = dict(recipe)
     out["L"] = min(out["L"], n - 1)
-    ks = sorted({min(k, n - 1) for k in out["K"]})
+    ks = sorted({min(k, n - 1) for k in (out["K"] if isinstance(out["K"], (list, tuple)) else [out["K"]])})
     out["K"] = ks if len(ks) > 1 else ks[0]
     return out
 
@@ -98,8 +114,10 @@ def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0
 
     recipe = dict(CSA_RECIPE if recipe is None else recipe)
     seed = integer(seed, "seed", 0, 2 ** 32 - 1)
-    X = torch.as_tensor(np.asarray(X) if not isinstance(X, torch.Tensor) else X).float()
-    y = np.asarray(labels)
+    X = torch.as_tensor(_numpy(X)).float()
+    y = _numpy(labels)
+    if y.shape != (X.shape[0],):
+        raise ValueError(f"labels: expected {X.shape[0]} labels (one per row of X), got shape {y.shape}")
     classes = np.unique(y[y >= 0])
     if classes.size < 2:
         raise ValueError(f"labels: training CSA inside tune needs at least 2 classes (found {classes.size}): "
@@ -118,5 +136,6 @@ def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0
         folds.append(train(X[rows], y[rows], seed=seed, **_recipe_for(rows.size, recipe)).model)
     if report is not None:
         report(f"csa: training the final model on all {X.shape[0]} items")
-    final = train(X, y, seed=seed, **_recipe_for(X.shape[0], recipe)).model
-    return TrainedCSA(folds, query_fold, final, time.monotonic() - t0)
+    used = _recipe_for(X.shape[0], recipe)
+    final = train(X, y, seed=seed, **used).model
+    return TrainedCSA(folds, query_fold, final, time.monotonic() - t0, used)

@@ -95,8 +95,16 @@ def test_residual_scores_are_standardised_input_plus_gate_times_standardised_csa
     z = lambda t: (t - t.mean(1, keepdim=True)) / t.std(1, unbiased=False, keepdim=True)  # noqa: E731
     want = z(s_in) + 0.7 * z(CSA.scores(y)[:, 1:])
     assert torch.allclose(m.rescore(y, s_in), want, atol=1e-5)
-    # a constant list (all scores equal) stays finite
-    assert torch.isfinite(m.rescore(torch.ones(1, 4, 32), torch.ones(1, 3))).all()
+    # a constant list (all scores equal) stays finite, and so do the gradients through it (the
+    # spread's square root at 0 once made them NaN, which spread into every weight)
+    y_const = torch.ones(1, 4, 32, requires_grad=True)
+    s_const = torch.ones(1, 3, requires_grad=True)
+    out = m.rescore(y_const, s_const)
+    out.sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(y_const.grad).all() and torch.isfinite(s_const.grad).all()
+    A = torch.ones(2, 6, 4, requires_grad=True)
+    standardized_affinity(A, 4).sum().backward()
+    assert torch.isfinite(A.grad).all()
 
 
 def test_residual_serving_needs_the_rankings_scores():
@@ -241,3 +249,52 @@ def test_cli_train_with_the_options(tmp_path, shared_data, capsys):
     assert "--K: expected positive integers separated by commas" in capsys.readouterr().err
     assert pycsa.cli.main(["train", "--method", "rrt", "--features", m, "--residual",
                            "--out", str(tmp_path / "y.pt")]) == 2
+
+
+# ------------------------------------------------------------------ review fixes
+
+
+def test_training_keeps_the_anchor_rows_first_so_standardising_sees_the_same_rows_as_serving():
+    X, y = _features(n=60)
+    sets = build_samples([X], y, K=20, L=6)
+    ids = torch.arange(5)
+    A, _ = make_batch(sets, ids, 20, 6, torch.Generator().manual_seed(1))
+    plain = pycsa.ops.affinity(X, sets[0].ranks[ids], 6, queries=X[ids])[:, :20]
+    for b in range(5):  # rows 2..L are the anchors' rows (permuted among themselves), then the rest
+        assert torch.equal(A[b, 0], plain[b, 0])
+        assert torch.equal(torch.sort(A[b, 1:6, 0]).values, torch.sort(plain[b, 1:6, 0]).values)
+        assert torch.equal(torch.sort(A[b, 6:, 0]).values, torch.sort(plain[b, 6:, 0]).values)
+    assert not torch.equal(A, plain)  # still permuted
+
+
+def test_leave_one_out_keeps_the_own_row_first_and_reranks_the_others_without_it():
+    X, _ = _features(n=50)
+    s, i = pycsa.search(X, X, 30)
+    model = _residual_model(gate=0.8)
+    r = CSAReranker(model=model, k=12)
+    got = r.rerank(X, X, pycsa.Ranking(i, s))  # detected: the queries are the database
+    assert torch.equal(torch.as_tensor(got.indices)[:, 0], torch.arange(50))
+    # the same as re-ranking the lists with the own row removed
+    rest = pycsa.Ranking(i[:, 1:], s[:, 1:])
+    want = CSAReranker(model=model, k=12, leave_one_out=False).rerank(X + 0, X, rest)
+    assert torch.equal(torch.as_tensor(got.indices)[:, 1:], torch.as_tensor(want.indices))
+    # some of the rows as queries, their own rows named
+    sub = r.rerank(X[[4, 9]], X, pycsa.Ranking(i[[4, 9]], s[[4, 9]]), own=[4, 9])
+    assert torch.equal(torch.as_tensor(sub.indices), torch.as_tensor(got.indices)[[4, 9]])
+    with pytest.raises(ValueError, match="own: expected one integer database row per query"):
+        r.rerank(X[[4, 9]], X, pycsa.Ranking(i[[4, 9]], s[[4, 9]]), own=[[4, 9]])
+    with pytest.raises(ValueError, match="own: 1 rows for 2 queries"):
+        r.rerank(X[[4, 9]], X, pycsa.Ranking(i[[4, 9]], s[[4, 9]]), own=[4])
+
+
+def test_resume_refuses_other_training_options(tmp_path):
+    X, y = _features(n=40)
+    path = tmp_path / "r.pt"
+    train(X, y, K=[8, 10], L=8, epochs=1, batch_size=8, loss="positive", checkpoint=path, **SMALL)
+    for change, match in ((dict(loss="mass", K=[8, 10]), "loss=positive, this run asks for loss=mass"),
+                          (dict(loss="positive", K=[8, 10], perturb=1), "perturb=0, this run asks for perturb=1"),
+                          (dict(loss="positive", K=8), r"K=\[8, 10\], this run asks for K=8")):
+        with pytest.raises(ValueError, match=match):
+            train(X, y, L=8, epochs=2, batch_size=8, resume=path, **change, **SMALL)
+    assert len(train(X, y, K=[8, 10], L=8, epochs=2, batch_size=8, loss="positive", resume=path,
+                     **SMALL).history) == 2

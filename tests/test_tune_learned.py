@@ -97,13 +97,57 @@ def test_cli_tune_trains_csa_and_the_config_brings_its_model(tmp_path, capsys, m
     assert "\ncsa " in table and "\ngnn+csa " in table
     r = create_from_config(out, "csa")
     assert isinstance(r, pycsa.csa.CSAReranker) and r.model.residual
-    # a method without csa takes no checkpoint and is not refused for it
+    # --csa-k wins over the tuned k
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "csa", "--csa-k", "20"]) == 0
+    capsys.readouterr()
+    # the model moved away from its config: named when a method needs it, not otherwise
+    (out.parent / "tuned.csa.pt").rename(tmp_path / "elsewhere.pt")
     assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "gnn"]) == 0
     capsys.readouterr()
-    # the model moved away from its config: named
-    (out.parent / "tuned.csa.pt").rename(tmp_path / "elsewhere.pt")
     assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "csa"]) == 2
     assert "names csa's checkpoint" in capsys.readouterr().err
+
+
+def test_cli_tune_csa_k_pins_the_searched_k(tmp_path, capsys, monkeypatch):
+    import pycsa.tune_learned as tl
+
+    monkeypatch.setattr(tl, "CSA_RECIPE", TINY)
+    X, y = _labelled(n=300, classes=10)
+    feats = tmp_path / "val.npz"
+    np.savez(feats, feats=X, labels=y)
+    out = tmp_path / "t.json"
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--train", "csa", "--csa-k", "64",
+                 "--out", str(out)]) == 0
+    entry = json.loads(out.read_text())["methods"]["csa"]
+    assert entry["stages"] == [["csa", {"k": 64}]] and entry["evaluations"] == 1
+    capsys.readouterr()
+    # unpinned, k is searched: the default 1,024 (the whole list here), then 128 and 256
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--train", "csa", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["methods"]["csa"]["evaluations"] == 3
+
+
+def test_tune_with_a_checkpoint_and_csa_k(tmp_path, capsys):
+    X, y = _labelled(n=300, classes=10)
+    feats = tmp_path / "val.npz"
+    np.savez(feats, feats=X, labels=y)
+    ck = tmp_path / "c.pt"
+    pycsa.csa.save_checkpoint(ck, pycsa.csa.CSA(num_anchors=8, dim=16, depth=1, heads=1))
+    out = tmp_path / "t.json"
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--checkpoint", str(ck), "--csa-k", "50",
+                 "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["methods"]["csa"]["stages"] == [["csa", {"k": 50}]]
+    capsys.readouterr()
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--checkpoint", str(ck), "--method", "csa",
+                 "--csa-k", "40"]) == 0
+
+
+def test_train_needs_one_labelled_matrix(tmp_path, capsys):
+    X, y = _labelled()
+    feats = tmp_path / "qd.npz"
+    np.savez(feats, queries=X[:10], database=X, query_labels=y[:10], db_labels=y)
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--train", "csa",
+                 "--out", str(tmp_path / "t.json")]) == 2
+    assert "needs one labelled matrix" in capsys.readouterr().err
 
 
 def test_cli_tune_train_refusals(tmp_path, capsys):

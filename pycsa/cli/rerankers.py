@@ -49,10 +49,7 @@ def learned_args(args) -> dict:
             raise ValueError(f"--config: {config} is nested too deeply to be a `pycsa tune` result") from None
         # models `pycsa tune --train` saved beside the config, unless --checkpoint names others
         for method, saved in config_checkpoints(path).items():
-            if method not in found:
-                if not Path(saved).is_file():
-                    raise ValueError(f"--config: {path} names {method}'s checkpoint {saved}, which is missing "
-                                     "(it is written beside the config; move them together)")
+            if method not in found:  # checked when a method needs it (build_reranker)
                 found[method] = saved
                 from_config.add(method)
     return {"checkpoints": found, "from_config": from_config, "csa_k": getattr(args, "csa_k", None),
@@ -78,6 +75,9 @@ def build_reranker(name: str, learned: dict | None = None):
             made.append(pycsa.create(part, **params))
             continue
         path = learned["checkpoints"].get(part)
+        if path is not None and part in learned.get("from_config", ()) and not Path(path).is_file():
+            raise ValueError(f"--config: names {part}'s checkpoint {path}, which is missing (`pycsa tune --train` "
+                             "writes it beside the config; move them together)")
         if path is None:
             raise ValueError(f"--checkpoint: {part!r} needs a trained model: --checkpoint {part}=PATH "
                              f"(train one with `pycsa train --method {part}`)")
@@ -90,7 +90,8 @@ def build_reranker(name: str, learned: dict | None = None):
             kwargs.update(locals=learned["locals"], query_locals=learned.get("query_locals"))
             if learned.get("rrt_top") is not None:
                 kwargs["top"] = learned["rrt_top"]
-        made.append(pycsa.create(part, checkpoint=path, **kwargs, **params))
+        # --csa-k (and the like) win over a tuned value of the same parameter
+        made.append(pycsa.create(part, checkpoint=path, **{**params, **kwargs}))
     return made[0] if len(made) == 1 else pycsa.Chain(made)
 
 

@@ -90,9 +90,10 @@ def run(args) -> int:
             stage_kwargs[name]["k"] = learned["csa_k"]
     trained = None
     if args.train is not None:
-        if mode != "classes":
-            raise ValueError(f"--train {args.train}: needs one labelled matrix (class labels, every item a query); "
-                             f"these features are scored by the {mode} protocol")
+        if mode != "classes" or not fs.queries_are_database:
+            raise ValueError(f"--train {args.train}: needs one labelled matrix (class labels, every item a query "
+                             f"against the others); {args.features} is scored by the {mode} protocol"
+                             + ("" if fs.queries_are_database else " with queries of its own"))
         from pycsa.tune_learned import train_csa_for_tuning
 
         trained = train_csa_for_tuning(fs.database, fs.db_labels, report=echo)
@@ -120,11 +121,11 @@ def run(args) -> int:
     print(f"\n{scorer.metric} in percent on the validation set; best: {result.get('best')}")
     if trained is not None:
         from pycsa.csa import save_checkpoint
-        from pycsa.tune_learned import CSA_RECIPE
 
         model_path = Path(str(out)[:-len(".json")] + ".csa.pt")
-        save_checkpoint(model_path, trained.final, train_config={**CSA_RECIPE, "K": list(CSA_RECIPE["K"]),
-                                                                 "trained_by": "pycsa tune --train csa"})
+        used = {**trained.recipe, "K": list(trained.recipe["K"]) if isinstance(trained.recipe["K"], (list, tuple))
+                else trained.recipe["K"]}
+        save_checkpoint(model_path, trained.final, train_config={**used, "trained_by": "pycsa tune --train csa"})
         result["checkpoints"] = {"csa": model_path.name}  # beside the config: they move together
         print(f"wrote {model_path}: CSA trained on all {X.shape[0]} items (--config uses it)")
     # NaN is no JSON and, as a score, would mean nothing was tuned; serialised before the file is made

@@ -185,7 +185,9 @@ class CSA(nn.Module):
 def _z(s: torch.Tensor) -> torch.Tensor:
     """Each row standardised (mean 0, spread 1); a constant row becomes 0."""
     s = s - s.mean(dim=1, keepdim=True)
-    return s / s.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(1e-6)
+    # clamped before the square root: sqrt's gradient at 0 is inf, and inf x 0 (from a clamp
+    # after it) is NaN, which a constant list in training would spread into every weight
+    return s / s.pow(2).mean(dim=1, keepdim=True).clamp_min(1e-12).sqrt()
 
 
 def standardized_affinity(A: torch.Tensor, num_anchors: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
@@ -195,14 +197,14 @@ def standardized_affinity(A: torch.Tensor, num_anchors: int, lengths: torch.Tens
     top = A[:, :num_anchors].float()
     if lengths is None:
         mean = top.mean(dim=(1, 2), keepdim=True)
-        spread = (top - mean).pow(2).mean(dim=(1, 2), keepdim=True).sqrt()
+        spread = (top - mean).pow(2).mean(dim=(1, 2), keepdim=True).clamp_min(1e-12).sqrt()
     else:  # padding (possibly NaN) takes no part
         valid = (torch.arange(top.shape[1], device=A.device)[None, :] < lengths[:, None])[:, :, None]
         count = (valid.sum(dim=1, keepdim=True) * top.shape[2]).clamp_min(1)
         top = torch.where(valid, top, 0.0)
         mean = top.sum(dim=(1, 2), keepdim=True) / count
-        spread = (torch.where(valid, top - mean, 0.0).pow(2).sum(dim=(1, 2), keepdim=True) / count).sqrt()
-    return ((A.float() - mean) / spread.clamp_min(1e-6)).to(A.dtype)
+        spread = (torch.where(valid, top - mean, 0.0).pow(2).sum(dim=(1, 2), keepdim=True) / count).clamp_min(1e-12).sqrt()
+    return ((A.float() - mean) / spread.clamp_min(1e-6)).to(A.dtype)  # spread: see _z
 
 
 def _init(m: nn.Module) -> None:

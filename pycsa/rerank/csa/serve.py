@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ..._checks import boolean, integer, optional_path, positive_int
-from ..._tensors import as_device, as_tensor, to_caller
+from ..._tensors import as_device, as_tensor, leave_one_out as leave_one_out_rows, to_caller
 from ..._types import ArrayLike, Device, PathLike
 from ...ops import affinity
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
@@ -111,6 +112,8 @@ class CSAReranker(Reranker):
 
     ``CSAReranker.load("csa.pt")`` or ``pycsa.create("csa", checkpoint="csa.pt")``.
     ``k`` is the list length K (query included), independent of the K used in
+    training; ``leave_one_out`` (None: detected, when the queries are the database's rows):
+    each query's own row is kept first and left out of the lists CSA re-scores, as in
     training; ``dtype`` defaults to bfloat16 on CUDA (compute capability 8.0+) and float32 elsewhere; on CUDA the
     model runs as CUDA graphs (``cuda_graphs``), one per batch shape.
     """
@@ -119,7 +122,7 @@ class CSAReranker(Reranker):
 
     def __init__(self, checkpoint: PathLike | None = None, *, model: CSA | None = None, k: int = 1024,
                  batch_size: int = 64, device: Device = None, dtype: torch.dtype | None = None,
-                 cuda_graphs: bool = True, num_anchors: int | None = None):
+                 cuda_graphs: bool = True, num_anchors: int | None = None, leave_one_out: bool | None = None):
         optional_path(checkpoint, "checkpoint")
         if num_anchors is not None:
             num_anchors = integer(num_anchors, "num_anchors", low=1)
@@ -127,6 +130,8 @@ class CSAReranker(Reranker):
             raise TypeError(f"model: expected a CSA (pycsa.csa.CSA), got {type(model).__name__}")
         dtype = serving_dtype_arg(dtype)
         cuda_graphs = boolean(cuda_graphs, "cuda_graphs")
+        self.leave_one_out = boolean(leave_one_out, "leave_one_out", allow_none=True)
+        self._own = None
         self.k = positive_int(k, "k")
         self.batch_size = positive_int(batch_size, "batch_size")
         if device is not None:
@@ -161,15 +166,27 @@ class CSAReranker(Reranker):
         return self._placed[key]
 
     def rerank(self, queries: ArrayLike, database: ArrayLike, ranking: Ranking | ArrayLike, *, k: int | None = None,
-               progress: Progress = None) -> Ranking:
+               progress: Progress = None, own: ArrayLike | None = None) -> Ranking:
         """Re-ranks; ``ranking`` is a :class:`Ranking` (indices, scores) or a plain B x R array
-        of database indices, in which case the new indices alone are returned."""
+        of database indices, in which case the new indices alone are returned. ``own``: each
+        query's own database row (leave-one-out for queries that are some of the database's
+        rows; when all are, in order, it is detected unless ``leave_one_out=False``)."""
         if k is not None:
             old, self.k = self.k, positive_int(k, "k")
             try:
-                return self.rerank(queries, database, ranking, progress=progress)
+                return self.rerank(queries, database, ranking, progress=progress, own=own)
             finally:
                 self.k = old
+        if own is not None:
+            own_t = as_tensor(np.asarray(own) if isinstance(own, (list, tuple)) else own, "own")[0]
+            if own_t.dim() != 1 or own_t.is_floating_point() or own_t.dtype == torch.bool:
+                raise ValueError(f"own: expected one integer database row per query, got {own_t.dtype} of shape "
+                                 f"{tuple(own_t.shape)}")
+            self._own = own_t.long()
+            try:
+                return self.rerank(queries, database, ranking, progress=progress)
+            finally:
+                self._own = None
         if isinstance(ranking, Ranking) or (isinstance(ranking, tuple) and len(ranking) == 2):
             return super().rerank(queries, database, ranking, progress=progress)
         idx, _ = as_tensor(ranking, "ranks")
@@ -181,6 +198,24 @@ class CSAReranker(Reranker):
         return out.indices
 
     def _rerank(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+        own = getattr(self, "_own", None)
+        if own is None and leave_one_out_rows(self.leave_one_out, Q, X):
+            own = torch.arange(Q.shape[0])
+        if own is None:
+            return self._rerank_lists(Q, X, ranking, progress)
+        if own.shape[0] != Q.shape[0]:
+            raise ValueError(f"own: {own.shape[0]} rows for {Q.shape[0]} queries")
+        # Leave-one-out: a query's own row is not its neighbour. Left in, it would be the first
+        # candidate and the second anchor, a copy of the query that training never shows (its
+        # lists leave each image out). It is put first and the rest re-ranked without it.
+        idx, sc = ranking.indices, ranking.scores
+        is_own = idx == own.to(idx.device)[:, None]
+        order = torch.sort((~is_own).to(torch.uint8), dim=1, stable=True).indices
+        idx, sc = idx.gather(1, order), sc.gather(1, order)
+        rest = self._rerank_lists(Q, X, Ranking(idx[:, 1:], sc[:, 1:]), progress)
+        return Ranking(torch.cat([idx[:, :1], rest.indices], 1), torch.cat([sc[:, :1], rest.scores], 1))
+
+    def _rerank_lists(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
         device = torch.device(self.device) if self.device is not None else X.device
         dtype = self.dtype or serving_dtype(device)
         model, forward = self._model_on(device, dtype)

@@ -82,8 +82,15 @@ def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: t
         rel_parts.append(torch.cat([torch.ones_like(rel[:, :1]), rel], dim=1))
     A, rel = torch.cat(A_parts), torch.cat(rel_parts)
     b = A.shape[0]
-    perm = torch.argsort(torch.rand(b, K - 1, generator=gen), dim=1).to(A.device) + 1
-    order = torch.cat([torch.zeros(b, 1, dtype=perm.dtype, device=A.device), perm], dim=1)
+    # Rows are permuted within the anchors (2..L) and within the rest (L+1..K), not across:
+    # a standardising model takes its statistics from the first L rows, which must stay the
+    # anchors' rows as at serving. (Without positional embeddings the permutation changes
+    # nothing else; it is kept as the authors' augmentation.)
+    split = min(L, K)
+    keys = torch.rand(b, K, generator=gen)
+    keys[:, 0] = -1.0  # the query stays first
+    keys[:, split:] += 2.0  # after every anchor
+    order = torch.argsort(keys, dim=1).to(A.device)
     return A.gather(1, order.unsqueeze(-1).expand(-1, -1, A.shape[2])), rel.gather(1, order)
 
 
@@ -284,8 +291,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     # network's learning rate it would take thousands of steps, so it learns 100x faster,
     # without weight decay (which would pull it back to the input order).
     groups = [{"params": [p for name, p in model.named_parameters() if name != "gate"]}]
-    if residual:
-        groups.append({"params": [model.gate], "lr": 100 * lr, "weight_decay": 0.0})
+    if residual:  # capped: SGD's default lr (0.1 x batch / 256) times 100 would throw it about
+        groups.append({"params": [model.gate], "lr": min(100 * lr, 0.1), "weight_decay": 0.0})
     if optimizer == "sgd":
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
@@ -320,6 +327,13 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         model.load_state_dict(model_from_checkpoint(payload, resume).state_dict())
         if "optimizer" not in payload:
             raise ValueError(f"resume: {resume} holds a model only (no optimiser state); start a new run from it")
+        # options that change the samples, the steps per epoch (so the schedule) or the loss
+        old = payload.get("train_config", {})
+        for key, now, before in (("loss", loss, old.get("loss", "mass")), ("perturb", perturb, old.get("perturb", 0)),
+                                 ("K", train_config["K"], old.get("K", train_config["K"]))):
+            if (list(now) if isinstance(now, (list, tuple)) else now) != \
+                    (list(before) if isinstance(before, (list, tuple)) else before):
+                raise ValueError(f"resume: {resume} was trained with {key}={before}, this run asks for {key}={now}")
         opt.load_state_dict(payload["optimizer"])
         sched.load_state_dict(payload["scheduler"])
         history, start = list(payload.get("history", [])), int(payload["epoch"])
@@ -336,11 +350,14 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         for epoch in range(start, epochs):
             model.train()
             gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)  # same order on every process
+            # the list length of each batch from a generator of its own: make_batch draws from
+            # ``gen`` as many numbers as a process's share of the batch, which may differ
+            k_gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7919)
             order = torch.randperm(n_samples, generator=gen)
             sums = torch.zeros(3, dtype=torch.float64)
             for step in range(steps):
                 ids = order[step * batch_size:(step + 1) * batch_size][rank::world]
-                k = Ks[int(torch.randint(len(Ks), (1,), generator=gen))] if len(Ks) > 1 else K
+                k = Ks[int(torch.randint(len(Ks), (1,), generator=k_gen))] if len(Ks) > 1 else K
                 A, rel = make_batch(sets, ids, k, L, gen)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out, rec = net(A, reconstruct=True)
