@@ -420,7 +420,8 @@ def load_config(config: dict | PathLike) -> dict:
 
 def config_checkpoints(config: dict | PathLike) -> dict:
     """{method: path} of the models `pycsa tune --train` trained and saved beside the config;
-    a relative path is relative to the config file's folder."""
+    a relative path is relative to the config file's folder (to the current folder when the
+    config is given as a dict: pass the file's path to keep them together)."""
     cfg = load_config(config)
     base = Path(os.fspath(config)).parent if isinstance(config, (str, os.PathLike)) else Path(".")
     return {name: str(base / path) for name, path in cfg.get("checkpoints", {}).items()}

@@ -19,6 +19,11 @@ SHAPES = [
     (2, 300, 131, 64, 131, False),
     (5, 50, 17, 8, 18, True),
     (0, 10, 4, 16, 2, False),
+    # several lists longer than the CPU's 256-row head, whose last chunk is partial: its rows were
+    # once gathered at the full chunk's stride, so every list but the first read garbage
+    (3, 400, 299, 24, 128, True),
+    (4, 700, 699, 16, 100, False),
+    (2, 600, 512, 8, 64, True),
 ]
 
 

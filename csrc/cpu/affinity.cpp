@@ -82,8 +82,10 @@ void affinity_cpu_impl(const at::Tensor& db, const at::Tensor& ranks, int64_t L,
       const int64_t c = c0 == 0 ? head : std::min(kChunk, K - c0);
       at::Tensor cand = head_rows;
       if (c0 > 0) {
-        if (!cand_buf.defined()) cand_buf = at::empty({G, kChunk, d}, acc_opts);
-        cand = cand_buf.narrow(0, 0, g).narrow(1, 0, c);
+        if (!cand_buf.defined()) cand_buf = at::empty({G * kChunk * d}, acc_opts);
+        // a dense g x c x d view: the gather writes the rows back to back, so a last chunk
+        // shorter than kChunk must not keep the buffer's kChunk-row stride between lists
+        cand = cand_buf.narrow(0, 0, g * c * d).view({g, c, d});
         gather_group(b0, g, c0, c, cand.data_ptr<acc_t>());
       }
       at::Tensor dst = out.narrow(0, b0, g).narrow(1, c0, c);

@@ -192,8 +192,9 @@ def _z(s: torch.Tensor) -> torch.Tensor:
 
 def standardized_affinity(A: torch.Tensor, num_anchors: int, lengths: torch.Tensor | None = None) -> torch.Tensor:
     """Each list's affinities minus their mean, over their spread, both taken over the anchor
-    rows (the first L items: the same whatever K, so a list served at K = 1,024 is scaled as
-    it was in training at K = 128); with ``lengths``, over the valid ones only."""
+    rows (the first L items: the same for any K >= L, so a list served at K = 1,024 is scaled
+    as it was in training at K = 128; for K < L, over the K rows there are); with ``lengths``,
+    over the valid ones only."""
     top = A[:, :num_anchors].float()
     if lengths is None:
         mean = top.mean(dim=(1, 2), keepdim=True)

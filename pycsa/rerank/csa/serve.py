@@ -115,7 +115,9 @@ class CSAReranker(Reranker):
     training; ``leave_one_out`` (None: detected, when the queries are the database's rows):
     each query's own row is kept first and left out of the lists CSA re-scores, as in
     training; ``dtype`` defaults to bfloat16 on CUDA (compute capability 8.0+) and float32 elsewhere; on CUDA the
-    model runs as CUDA graphs (``cuda_graphs``), one per batch shape.
+    model runs as CUDA graphs (``cuda_graphs``), one per batch shape. A residual model's new
+    top-K scores are standardised (about -3..3), on another scale than the input scores the
+    items past K keep: the order is right, scores across that boundary do not compare.
     """
 
     needs_checkpoint = True
