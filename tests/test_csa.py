@@ -16,6 +16,7 @@ from pycsa.evaluate import class_map, revisited
 from pycsa.rerank.csa.train import make_batch
 from pycsa.search import neighbours_without_self
 
+from _clusters import clustered_features
 from _interrupt import Stop, stop_after_steps
 
 # small enough to train in seconds on 2 cores, large enough to learn (see test_learns_*)
@@ -28,11 +29,7 @@ def _tiny_model(L=8, seed=0):
 
 
 def _features(n=60, d=16, classes=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=g), dim=1)
-    y = torch.arange(n) % classes
-    X = torch.nn.functional.normalize(centres[y] + 0.5 * torch.randn(n, d, generator=g), dim=1)
-    return X, y
+    return clustered_features(n, d, classes, seed)
 
 
 # ------------------------------------------------------------------ model

@@ -15,15 +15,13 @@ from pycsa.evaluate import class_map
 from pycsa.rerank.csa.model import standardized_affinity
 from pycsa.rerank.csa.train import make_batch
 
+from _clusters import clustered_features
+
 SMALL = dict(dim=32, depth=1, heads=1, dropout=0.0, drop_path=0.0)
 
 
 def _features(n=60, d=16, classes=6, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=g), dim=1)
-    y = torch.arange(n) % classes
-    X = torch.nn.functional.normalize(centres[y] + 0.5 * torch.randn(n, d, generator=g), dim=1)
-    return X, y
+    return clustered_features(n, d, classes, seed)
 
 
 def _residual_model(L=8, gate=0.0, seed=0):

@@ -14,15 +14,14 @@ from pycsa.ranking import Ranking, Reranker
 from pycsa.tune import create_from_config, search_space
 from pycsa.tune_learned import CrossFitted, train_csa_for_tuning
 
+from _clusters import clustered_features
+
 TINY = dict(K=(8, 12), L=8, dim=16, depth=1, heads=1, dropout=0.0, drop_path=0.0, epochs=1, batch_size=8,
             optimizer="adamw", lr=1e-3, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive", residual=True, perturb=0)
 
 
 def _labelled(n=60, classes=6, d=16, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    centres = torch.nn.functional.normalize(torch.randn(classes, d, generator=g), dim=1)
-    y = torch.arange(n) % classes
-    X = torch.nn.functional.normalize(centres[y] + 0.5 * torch.randn(n, d, generator=g), dim=1)
+    X, y = clustered_features(n, d, classes, seed)
     return X.numpy(), y.numpy()
 
 
