@@ -24,6 +24,9 @@ from pycsa.rerank.csa.model import CSA
 ap = argparse.ArgumentParser()
 ap.add_argument("--stage", default="cosine")
 ap.add_argument("--params", default="{}", help="JSON parameters of the stage")
+ap.add_argument("--aff-stage", default=None, help="the stage whose similarity gives the 'stage' affinity channel "
+                "(default: --stage itself)")
+ap.add_argument("--aff-params", default="{}", help="JSON parameters of --aff-stage")
 ap.add_argument("--channels", default="stage", help="comma list of: stage, cosine")
 ap.add_argument("--residual", action="store_true", help="score = z(s_in) + g z(csa)")
 ap.add_argument("--K", default="128", help="training K, comma list: one drawn per batch")
@@ -57,14 +60,16 @@ channels = args.channels.split(",")
 params = json.loads(args.params)
 
 
-def stage_matrix(X: torch.Tensor) -> torch.Tensor:
+def stage_matrix(X: torch.Tensor, stage=None, stage_params=None) -> torch.Tensor:
     """The stage's n x n similarity, every row a query against all rows."""
+    stage = args.stage if stage is None else stage
+    stage_params = params if stage_params is None else stage_params
     X = torch.nn.functional.normalize(X.float(), dim=1)
     n = X.shape[0]
-    if args.stage == "cosine":
+    if stage == "cosine":
         return X @ X.T
     s, i = pycsa.search(X, X, n)
-    r = pycsa.create(args.stage, **params).rerank(X, X, Ranking(i, s))
+    r = pycsa.create(stage, **stage_params).rerank(X, X, Ranking(i, s))
     S = torch.full((n, n), float("nan"))
     S.scatter_(1, torch.as_tensor(r.indices).long(), torch.as_tensor(r.scores).float())
     return S
@@ -77,6 +82,8 @@ class View:
         self.X = torch.nn.functional.normalize(torch.as_tensor(X).float(), dim=1)
         self.y = torch.as_tensor(y)
         self.S = stage_matrix(self.X)
+        self.SA = self.S if args.aff_stage is None else stage_matrix(self.X, args.aff_stage,
+                                                                     json.loads(args.aff_params))
         self.C = self.X @ self.X.T
         n = self.X.shape[0]
         key = self.S.clone()
@@ -91,7 +98,7 @@ class View:
         anchors = items[:, :L]
         parts = []
         for c in channels:
-            M = self.S if c == "stage" else self.C
+            M = self.SA if c == "stage" else self.C
             A = M[items[:, :K].unsqueeze(2), anchors.unsqueeze(1)]  # B x K x L
             if args.norm == "z":
                 A = (A - A.mean((1, 2), keepdim=True)) / (A.std((1, 2), keepdim=True) + 1e-6)

@@ -38,7 +38,7 @@ def _features(n=60, d=16, classes=6, seed=0):
 def test_model_shapes_and_defaults():
     m = CSA()
     assert m.config == dict(num_anchors=512, dim=768, depth=2, heads=12, dropout=0.1, drop_path=0.1, residual=False,
-                            standardize=False)
+                            standardize=False, stage=None, stage_params={}, stage_depth=None)
     y = _tiny_model()(torch.randn(3, 11, 8))
     assert y.shape == (3, 11, 32)
     y, rec = _tiny_model()(torch.randn(3, 11, 8), reconstruct=True)
@@ -141,13 +141,15 @@ def test_samples_leave_self_out_and_keep_the_query_first():
     assert ranks.shape == (60, 9)
     assert not (ranks == torch.arange(60).unsqueeze(1)).any()
     assert torch.equal(sets[0].relevant, y[ranks] == y.unsqueeze(1))
-    A, rel = make_batch(sets, torch.tensor([3, 7]), 10, 6, torch.Generator().manual_seed(0))
+    A, rel, base = make_batch(sets, torch.tensor([3, 7]), 10, 6, torch.Generator().manual_seed(0))
     unpermuted = pycsa.ops.affinity(X, ranks[[3, 7]], 6, queries=X[[3, 7]])
     assert torch.equal(A[:, 0], unpermuted[:, 0]) and bool(rel[:, 0].all())
     # the other rows are a permutation of the list's rows, and the labels moved with them
     for b in range(2):
         assert torch.equal(torch.sort(A[b, 1:, 1], dim=0).values, torch.sort(unpermuted[b, 1:, 1], dim=0).values)
     assert int(rel.sum()) == int(sets[0].relevant[[3, 7]].sum()) + 2
+    # the input scores (a residual model's) moved with the rows: each row's cosine to the query
+    assert torch.equal(base, A[:, 1:, 0].float())
 
 
 def test_negative_labels_are_distractors():
@@ -400,7 +402,7 @@ def test_pooled_feature_sets_double_the_samples():
     X2, _ = _features(n=40, seed=2)
     sets = build_samples([X1, X2], y, K=8, L=8)
     assert len(sets) == 2 and not torch.equal(sets[0].ranks, sets[1].ranks)
-    A, rel = make_batch(sets, torch.tensor([0, 40]), 8, 8, torch.Generator().manual_seed(0))
+    A, rel, _ = make_batch(sets, torch.tensor([0, 40]), 8, 8, torch.Generator().manual_seed(0))
     assert torch.allclose(A[0, 0, 0], X1[0] @ X1[0]) and torch.allclose(A[1, 0, 0], X2[0] @ X2[0])
     res = train([X1, X2], y, K=8, L=8, dim=32, depth=1, heads=1, epochs=1, batch_size=16)
     assert len(res.history) == 1

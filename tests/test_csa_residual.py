@@ -176,7 +176,7 @@ def test_training_K_list_draws_each_length_and_perturbed_copies_add_samples(monk
     assert len(sets) == 3 and [s.X.shape[0] for s in sets] == [40, 32, 32]
     assert not torch.equal(sets[1].X, X[:32])  # perturbed: other rows, dimensions zeroed
     # a sample id past the first set's 40 rows is row id - 40 of the second set
-    A, rel = make_batch(sets, torch.tensor([0, 40, 72]), 12, 8, torch.Generator().manual_seed(0))
+    A, rel, _ = make_batch(sets, torch.tensor([0, 40, 72]), 12, 8, torch.Generator().manual_seed(0))
     for b, (sset, img) in enumerate(((sets[0], 0), (sets[1], 0), (sets[2], 0))):
         assert torch.allclose(A[b, 0, 0], sset.X[img] @ sset.X[img])
     seen = []
@@ -256,7 +256,7 @@ def test_training_keeps_the_anchor_rows_first_so_standardising_sees_the_same_row
     X, y = _features(n=60)
     sets = build_samples([X], y, K=20, L=6)
     ids = torch.arange(5)
-    A, _ = make_batch(sets, ids, 20, 6, torch.Generator().manual_seed(1))
+    A, _, _ = make_batch(sets, ids, 20, 6, torch.Generator().manual_seed(1))
     plain = pycsa.ops.affinity(X, sets[0].ranks[ids], 6, queries=X[ids])[:, :20]
     for b in range(5):  # rows 2..L are the anchors' rows (permuted among themselves), then the rest
         assert torch.equal(A[b, 0], plain[b, 0])

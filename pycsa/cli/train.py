@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,11 @@ def add_parser(sub) -> None:
                     help="csa: scale each list's affinities by their mean and spread over the anchors")
     tr.add_argument("--perturb", type=int_arg(0), default=0,
                     help="csa: perturbed copies of each feature set (80%% of the images, 80%% of the dimensions)")
+    tr.add_argument("--stage", default=None,
+                    help="csa: train over this training-free re-ranker's ranking (its lists, scores and, as affinities, "
+                         "its scores between items); serve the model after it: --method k_reciprocal+csa")
+    tr.add_argument("--stage-params", type=json_dict_arg, default=None, metavar="JSON",
+                    help='csa: the stage\'s parameters, e.g. \'{"k1": 20, "k2": 6}\'')
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bfloat16 autocast (default: on for CUDA)")
     tr.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
@@ -70,6 +76,17 @@ def add_parser(sub) -> None:
     tr.add_argument("--seed", type=int_arg(0), default=0)
     tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
     tr.set_defaults(run=run)
+
+
+def json_dict_arg(text: str) -> dict:
+    """A JSON object of parameters."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"k1\": 20}}': {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"k1\": 20}}', got {text!r}")
+    return value
 
 
 def int_list_arg(text: str) -> list[int]:
@@ -117,6 +134,8 @@ def run(args) -> int:
           + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))
     print(f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}"
           + (" residual" if args.residual else "") + (" standardized" if args.standardize else "")
+          + (f"; over {args.stage}" + (f" {json.dumps(args.stage_params)}" if args.stage_params else "")
+             if args.stage else "")
           + f"; lists K={','.join(map(str, args.K)) if isinstance(args.K, list) else args.K}; loss {args.loss}; "
           f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f} (contrastive {r['contrastive']:.4f}, "  # noqa: E731
@@ -131,7 +150,8 @@ def run(args) -> int:
             weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
             checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, loss=args.loss,
-            residual=args.residual, standardize=args.standardize, perturb=args.perturb, progress=cb,
+            residual=args.residual, standardize=args.standardize, perturb=args.perturb, stage=args.stage,
+            stage_params=args.stage_params, progress=cb,
             on_epoch=lambda r: echo(fmt(r)))
     if result.history:
         print(f"wrote {args.out}")
@@ -147,6 +167,7 @@ def _run_train_rrt(args) -> int:
 
     for flag, given in (("--loss", args.loss != "mass"), ("--residual", args.residual),
                         ("--standardize", args.standardize), ("--perturb", args.perturb > 0),
+                        ("--stage", args.stage is not None), ("--stage-params", args.stage_params is not None),
                         ("--K", args.K is not None)):
         if given:
             raise ValueError(f"{flag}: a CSA option; RRT does not use it")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..._checks import boolean, finite_float, transformer_sizes
+from ..._checks import boolean, finite_float, integer, transformer_sizes
 from ...ops import attention
 
 # Bounds on a configuration, generous for a re-ranker (the paper's is L=512, D=768, 2 layers,
@@ -105,16 +105,23 @@ class CSA(nn.Module):
     """
 
     def __init__(self, num_anchors: int = 512, dim: int = 768, depth: int = 2, heads: int = 12,
-                 dropout: float = 0.1, drop_path: float = 0.1, residual: bool = False, standardize: bool = False):
+                 dropout: float = 0.1, drop_path: float = 0.1, residual: bool = False, standardize: bool = False,
+                 stage: str | None = None, stage_params: dict | None = None, stage_depth: int | None = None):
         super().__init__()
         self.config = self.check_config(dict(num_anchors=num_anchors, dim=dim, depth=depth, heads=heads,
                                              dropout=dropout, drop_path=drop_path, residual=residual,
-                                             standardize=standardize))
-        num_anchors, dim, depth, heads, dropout, drop_path, residual, standardize = self.config.values()
+                                             standardize=standardize, stage=stage, stage_params=stage_params,
+                                             stage_depth=stage_depth))
+        c = self.config
+        num_anchors, dim, depth, heads, dropout, drop_path = (c[k] for k in ("num_anchors", "dim", "depth", "heads",
+                                                                             "dropout", "drop_path"))
         self.num_anchors = num_anchors
-        self.residual, self.standardize = residual, standardize
+        self.residual, self.standardize = c["residual"], c["standardize"]
+        # the re-ranker whose lists and scores the model was trained on (None: the features'
+        # inner products): its affinities come from that stage's scores (see stage.py)
+        self.stage, self.stage_params, self.stage_depth = c["stage"], c["stage_params"], c["stage_depth"]
         # the weight of CSA's own score in a residual model; 0: the input order at the start
-        self.gate = nn.Parameter(torch.zeros(())) if residual else None
+        self.gate = nn.Parameter(torch.zeros(())) if self.residual else None
         self.embed = nn.Linear(num_anchors, dim)
         # stochastic depth grows linearly with depth, as in the ViT recipes the authors follow
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
@@ -129,7 +136,22 @@ class CSA(nn.Module):
         out = transformer_sizes(config, LIMITS)
         out |= {name: finite_float(config[name], name, 0.0, 1.0) for name in ("dropout", "drop_path")}
         # absent from checkpoints written before these options existed: off
-        return out | {name: boolean(config.get(name, False), name) for name in ("residual", "standardize")}
+        out |= {name: boolean(config.get(name, False), name) for name in ("residual", "standardize")}
+        stage, params, depth = config.get("stage"), config.get("stage_params"), config.get("stage_depth")
+        if stage is None:
+            if params or depth is not None:
+                raise ValueError("stage_params, stage_depth: given without a stage")
+            return out | {"stage": None, "stage_params": {}, "stage_depth": None}
+        if not isinstance(stage, str) or not stage or "+" in stage:
+            raise ValueError(f"stage: expected one re-ranker's name, got {stage!r}")
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"stage_params: expected a dict, got {type(params).__name__}")
+        params = dict(params or {})
+        for key, v in params.items():
+            if not isinstance(key, str) or not (v is None or isinstance(v, (bool, int, float, str))):
+                raise TypeError(f"stage_params: {key!r}: expected plain values (a checkpoint stores them), got {v!r}")
+        depth = integer(depth, "stage_depth", low=1) if depth is not None else out["num_anchors"]
+        return out | {"stage": stage, "stage_params": params, "stage_depth": depth}
 
     def forward(self, affinity: torch.Tensor, lengths: torch.Tensor | None = None, *,
                 reconstruct: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

@@ -7,13 +7,14 @@ import numpy as np
 import torch
 
 from ..._checks import boolean, integer, optional_path, positive_int
-from ..._tensors import as_device, as_tensor, leave_one_out as leave_one_out_rows, to_caller
+from ..._tensors import as_device, as_tensor, fingerprint, leave_one_out as leave_one_out_rows, to_caller
 from ..._types import ArrayLike, Device, PathLike
 from ...ops import affinity
 from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..placement import placed, serving_dtype, serving_dtype_arg
 from .checkpoint import load_model
 from .model import CSA
+from .stage import StageTable, stage_affinity, stage_table
 
 
 class _GraphedModel:
@@ -56,14 +57,18 @@ class _GraphedModel:
 @torch.no_grad()
 def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor, k: int, *, batch_size: int = 64,
                dtype: torch.dtype | None = None, forward: Callable[..., torch.Tensor] | None = None,
-               progress: Progress = None, input_scores: torch.Tensor | None = None) -> torch.Tensor:
+               progress: Progress = None, input_scores: torch.Tensor | None = None,
+               stage_table: StageTable | None = None, own: torch.Tensor | None = None) -> torch.Tensor:
     """cos(y_query, y_i) for the first k - 1 candidates of each query's ranking: B x (k - 1).
 
     ``ranks``: B x R database indices, best first. Each list is the query followed by
     its candidates (K = k items); the anchors are the query and its top L - 1, so
     ranks must hold at least L - 1 columns even when k < L. ``dtype``: the precision
     of the affinity features and the model. ``input_scores`` (B x R, the ranking's
-    scores): needed by a residual model (see :meth:`CSA.rescore`).
+    scores): needed by a residual model (see :meth:`CSA.rescore`). ``stage_table``: for a
+    stage-trained model, the stage's ranking of the database (:func:`stage.stage_table`), from
+    which the affinities come; ``own``: each query's database row, -1 for a query that is not
+    one (its affinities then come from ``input_scores``).
     """
     if not isinstance(model, CSA):
         raise TypeError(f"model: expected a CSA, got {type(model).__name__}")
@@ -91,13 +96,26 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
     elif model.residual:
         raise ValueError("input_scores: a residual CSA model re-scores the input ranking's scores; pass them "
                          "(a Ranking, not bare indices)")
+    if (stage_table is None) != (model.stage is None):
+        raise ValueError(f"stage_table: the model was trained over {model.stage or 'the features'}' similarities"
+                         + ("; pass the stage's table" if stage_table is None else ", not a stage's"))
+    if stage_table is not None:
+        if input_scores is None:
+            raise ValueError("input_scores: a stage-trained CSA model needs the stage's scores of the ranking")
+        own = torch.full((B,), -1, dtype=torch.long) if own is None else torch.as_tensor(own).long()
+        if own.shape != (B,):
+            raise ValueError(f"own: expected one database row (or -1) per query, got shape {tuple(own.shape)}")
     need = max(m, L - 1)  # k < L: affinity rows of the whole anchor list, of which the first k are kept
     forward = model if forward is None else forward
     dtype = dtype or X.dtype
     out = torch.empty((B, m), dtype=torch.float32, device=X.device)
     Xd, Qd = X.to(dtype), Q.to(dtype)
     for s in range(0, B, batch_size):
-        A = affinity(Xd, ranks[s:s + batch_size, :need], L, queries=Qd[s:s + batch_size])[:, :m + 1]
+        if stage_table is None:
+            A = affinity(Xd, ranks[s:s + batch_size, :need], L, queries=Qd[s:s + batch_size])[:, :m + 1]
+        else:
+            A = stage_affinity(stage_table, own[s:s + batch_size].to(ranks.device), ranks[s:s + batch_size, :need].long(),
+                               L, input_scores[s:s + batch_size, :need].to(ranks.device))[:, :m + 1].to(dtype)
         base = None if input_scores is None else input_scores[s:s + batch_size, :m].to(out.device)
         out[s:s + batch_size] = model.rescore(forward(A), base)
         if progress is not None:
@@ -118,6 +136,10 @@ class CSAReranker(Reranker):
     model runs as CUDA graphs (``cuda_graphs``), one per batch shape. A residual model's new
     top-K scores are standardised (about -3..3), on another scale than the input scores the
     items past K keep: the order is right, scores across that boundary do not compare.
+    A model trained over a stage (``pycsa train --stage k_reciprocal``) re-ranks that stage's
+    ranking, so it goes last in a chain after it (``create("k_reciprocal+csa", ...)``); its
+    affinities come from the stage's ranking of the database against itself, computed at the
+    first re-rank (or ``fit``) and kept: N x depth (the model's ``stage_depth``) indices and scores.
     """
 
     needs_checkpoint = True
@@ -149,6 +171,21 @@ class CSAReranker(Reranker):
         self.device, self.dtype, self.cuda_graphs = device, dtype, cuda_graphs
         self._model = model.eval()
         self._placed = {}
+        self._table = None  # (fingerprint of the database, StageTable) of a stage-trained model
+
+    def fit(self, database: ArrayLike, *, progress: Progress = None) -> "CSAReranker":
+        super().fit(database, progress=progress)
+        if self._model.stage is not None:
+            self._stage_table(as_tensor(database, "database")[0].detach())
+        return self
+
+    def _stage_table(self, X: torch.Tensor) -> StageTable:
+        """The stage's ranking of database ``X``, computed once per database."""
+        key = fingerprint(X)
+        if self._table is None or self._table[0].differs(key):
+            m = self._model
+            self._table = (key, stage_table(X, m.stage, m.stage_params, m.stage_depth))
+        return self._table[1]
 
     @classmethod
     def load(cls, path, **kwargs) -> "CSAReranker":
@@ -204,7 +241,7 @@ class CSAReranker(Reranker):
         if own is None and leave_one_out_rows(self.leave_one_out, Q, X):
             own = torch.arange(Q.shape[0])
         if own is None:
-            return self._rerank_lists(Q, X, ranking, progress)
+            return self._rerank_lists(Q, X, ranking, progress, None)
         if own.shape[0] != Q.shape[0]:
             raise ValueError(f"own: {own.shape[0]} rows for {Q.shape[0]} queries")
         # Leave-one-out: a query's own row is not its neighbour. Left in, it would be the first
@@ -214,15 +251,20 @@ class CSAReranker(Reranker):
         is_own = idx == own.to(idx.device)[:, None]
         order = torch.sort((~is_own).to(torch.uint8), dim=1, stable=True).indices
         idx, sc = idx.gather(1, order), sc.gather(1, order)
-        rest = self._rerank_lists(Q, X, Ranking(idx[:, 1:], sc[:, 1:]), progress)
+        rest = self._rerank_lists(Q, X, Ranking(idx[:, 1:], sc[:, 1:]), progress, own)
         return Ranking(torch.cat([idx[:, :1], rest.indices], 1), torch.cat([sc[:, :1], rest.scores], 1))
 
-    def _rerank_lists(self, Q, X, ranking: Ranking, progress: Progress) -> Ranking:
+    def _rerank_lists(self, Q, X, ranking: Ranking, progress: Progress, own: torch.Tensor | None) -> Ranking:
         device = torch.device(self.device) if self.device is not None else X.device
         dtype = self.dtype or serving_dtype(device)
         model, forward = self._model_on(device, dtype)
         idx = ranking.indices
+        table = None
+        if model.stage is not None:
+            table = self._stage_table(X)
+            table = StageTable(table.indices.to(device), table.scores.to(device), table.self_score)
         new_scores = csa_scores(model, Q.to(device), X.to(device), idx.to(device), self.k, batch_size=self.batch_size,
                                 dtype=dtype, forward=forward, progress=progress,
-                                input_scores=ranking.scores.to(device) if model.residual else None)
+                                input_scores=ranking.scores.to(device) if model.residual or table is not None else None,
+                                stage_table=table, own=None if own is None else own.to(device))
         return resort_top(ranking, new_scores.to(idx.device))

@@ -22,6 +22,7 @@ from ..validation import resorted_class_map
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import CSA, LIMITS
 from .serve import csa_scores
+from .stage import StageTable, check_stage, stage_affinity, stage_table
 
 
 @dataclass
@@ -37,12 +38,16 @@ class _SampleSet:
     X: torch.Tensor  # N x d features of one extractor (or a perturbed copy)
     ranks: torch.Tensor  # N x (max(K, L) - 1): each image's neighbours, itself left out
     relevant: torch.Tensor  # N x (max(K, L) - 1): same label as the image
+    table: StageTable | None = None  # a stage-trained model's: the stage's ranking of X (see stage.py)
+    scores: torch.Tensor | None = None  # N x (max(K, L) - 1): the stage's scores of ``ranks``
 
 
 def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, perturb: int = 0,
-                  gen: torch.Generator | None = None) -> list[_SampleSet]:
+                  gen: torch.Generator | None = None, stage: tuple[str, dict] | None = None,
+                  stage_depth: int | None = None) -> list[_SampleSet]:
     """One sample per image and feature set: the image as query and its top-max(K, L)
-    list (itself first) in the same feature set. ``perturb``: that many more sets per
+    list (itself first) in the same feature set; with ``stage`` (name, params), the list is the
+    stage's leave-one-out ranking of the set, kept to ``stage_depth``. ``perturb``: that many more sets per
     feature set, each of a random 80% of the images with a random 20% of the feature
     dimensions zeroed (new neighbours, new lists: on a small training set the model
     otherwise learns its lists by heart)."""
@@ -57,30 +62,42 @@ def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, pertu
             dims = (torch.rand(d, generator=gen) >= 0.2).to(X.device, X.dtype)
             views.append((X[keep] * dims, labels[keep]))
         for Xv, yv in views:
-            ranks = neighbours_without_self(Xv, depth)
+            table = scores = None
+            if stage is None:
+                ranks = neighbours_without_self(Xv, depth)
+            else:
+                table = stage_table(Xv, stage[0], stage[1], max(stage_depth or depth, depth))
+                ranks, scores = table.without_self(depth)
             # a negative label marks a distractor: relevant to nothing, not even another distractor
             relevant = (yv[ranks] == yv.unsqueeze(1)) & (yv.unsqueeze(1) >= 0)
-            sets.append(_SampleSet(Xv, ranks, relevant))
+            sets.append(_SampleSet(Xv, ranks, relevant, table, scores))
     return sets
 
 
 def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: torch.Generator):
-    """Affinity features (b x K x L) and relevance (b x K, the query counted relevant) of
+    """Affinity features (b x K x L), relevance (b x K, the query counted relevant) and the
+    input ranking's scores of items 2..K (b x (K - 1): the cosines, or the stage's scores) of
     samples ``ids`` (numbered set after set, image after image), rows 2..K randomly permuted
     as the authors do."""
     sizes = torch.tensor([sset.X.shape[0] for sset in sets])
     starts = torch.cumsum(sizes, 0) - sizes
     which = torch.searchsorted(torch.cumsum(sizes, 0), ids, right=True)
-    A_parts, rel_parts = [], []
+    A_parts, rel_parts, base_parts = [], [], []
     for s, sset in enumerate(sets):
         img = ids[which == s] - starts[s]
         if img.numel() == 0:
             continue
         img = img.to(sset.X.device)
-        A_parts.append(affinity(sset.X, sset.ranks[img], L, queries=sset.X[img])[:, :K])
+        if sset.table is None:
+            A_s = affinity(sset.X, sset.ranks[img], L, queries=sset.X[img])[:, :K]
+            base_parts.append(A_s[:, 1:, 0].float())  # the candidates' affinity to the query: their cosine
+        else:
+            A_s = stage_affinity(sset.table, img, sset.ranks[img][:, :max(K, L) - 1], L)[:, :K]
+            base_parts.append(sset.scores[img][:, :K - 1])
+        A_parts.append(A_s)
         rel = sset.relevant[img][:, :K - 1]
         rel_parts.append(torch.cat([torch.ones_like(rel[:, :1]), rel], dim=1))
-    A, rel = torch.cat(A_parts), torch.cat(rel_parts)
+    A, rel, base = torch.cat(A_parts), torch.cat(rel_parts), torch.cat(base_parts)
     b = A.shape[0]
     # Rows are permuted within the anchors (2..L) and within the rest (L+1..K), not across:
     # a standardising model takes its statistics from the first L rows, which must stay the
@@ -91,7 +108,8 @@ def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: t
     keys[:, 0] = -1.0  # the query stays first
     keys[:, split:] += 2.0  # after every anchor
     order = torch.argsort(keys, dim=1).to(A.device)
-    return A.gather(1, order.unsqueeze(-1).expand(-1, -1, A.shape[2])), rel.gather(1, order)
+    return (A.gather(1, order.unsqueeze(-1).expand(-1, -1, A.shape[2])), rel.gather(1, order),
+            base.gather(1, order[:, 1:] - 1))
 
 
 LOSSES = ("mass", "positive")
@@ -135,15 +153,21 @@ def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, ba
     """Class mAP on a labelled set, every image a query against the others, after CSA
     re-ranks each query's top-``k`` (query included)."""
     X = torch.as_tensor(X)
-    top = neighbours_without_self(X, X.shape[0] - 1)
-    input_scores = None
-    if model.residual:  # the cosines of the ranking, a block of queries at a time
-        input_scores = torch.cat([(X[b:b + 256] @ X.T).gather(1, top[b:b + 256]) for b in range(0, X.shape[0], 256)])
+    table = None
+    if model.stage is None:
+        top = neighbours_without_self(X, X.shape[0] - 1)
+        input_scores = None
+        if model.residual:  # the cosines of the ranking, a block of queries at a time
+            input_scores = torch.cat([(X[b:b + 256] @ X.T).gather(1, top[b:b + 256]) for b in range(0, X.shape[0], 256)])
+    else:  # the stage's ranking, whole; its table to the model's depth
+        top, input_scores = stage_table(X, model.stage, model.stage_params, X.shape[0] - 1).without_self(X.shape[0] - 1)
+        table = stage_table(X, model.stage, model.stage_params, model.stage_depth)
     was_training = model.training
     model.eval()
     try:
         with torch.autocast(X.device.type, dtype=torch.bfloat16, enabled=serving_dtype(X.device) == torch.bfloat16):
-            s = csa_scores(model, X, X, top, k, batch_size=batch_size, dtype=X.dtype, input_scores=input_scores)
+            s = csa_scores(model, X, X, top, k, batch_size=batch_size, dtype=X.dtype, input_scores=input_scores,
+                           stage_table=table, own=None if table is None else torch.arange(X.shape[0]))
     finally:
         model.train(was_training)
     return resorted_class_map(top, s, labels)
@@ -205,7 +229,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
           weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None,
           device: Device = None, checkpoint: PathLike | None = None, resume: PathLike | None = None, seed: int = 0,
           val_k: int | None = None, optimizer: str = "sgd", loss: str = "mass", residual: bool = False,
-          standardize: bool = False, perturb: int = 0,
+          standardize: bool = False, perturb: int = 0, stage: str | None = None, stage_params: dict | None = None,
           progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
 
@@ -220,7 +244,11 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     list lengths it will serve. ``loss``: "mass" (the paper's) or "positive" (see
     :func:`csa_loss`). ``residual``, ``standardize``: the model options of :class:`CSA`
     (a residual model is trained on the cosine ranking's scores). ``perturb``: perturbed
-    copies of each feature set (see :func:`build_samples`).
+    copies of each feature set (see :func:`build_samples`). ``stage`` (a training-free
+    re-ranker's name, with ``stage_params``): the model is trained over that re-ranker's
+    leave-one-out ranking of each set, its lists, scores (for a residual model) and, as
+    affinities, its scores between the items (see :mod:`.stage`); it is served after the same
+    stage (``create("k_reciprocal+csa", checkpoint=...)``).
     ``amp``: bfloat16 autocast (default on for CUDA GPUs of compute capability 8.0+). ``checkpoint``: path written after
     every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
     continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
@@ -243,6 +271,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     if loss not in LOSSES:
         raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
     perturb = integer(perturb, "perturb", low=0)
+    stage, stage_params = check_stage(stage, stage_params)
     for name, v in (("dropout", dropout), ("drop_path", drop_path)):  # p = 1 drops everything: 0 / 0
         finite_float(v, name, 0.0, 1.0, high_open=True)
     if optimizer not in ("sgd", "adamw"):
@@ -284,7 +313,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     amp = serving_dtype(device) == torch.bfloat16 if amp is None else amp
 
     torch.manual_seed(seed)
-    model = CSA(L, dim, depth, heads, dropout, drop_path, residual, standardize).to(device)
+    model = CSA(L, dim, depth, heads, dropout, drop_path, residual, standardize, stage, stage_params,
+                max(K, L) if stage else None).to(device)
     if world > 1:
         torch.manual_seed(seed + 1_000_003 * rank)  # same initial weights, own dropout masks per rank
     # A residual model's gate is one scalar that must travel to about 1-2 from 0: at the
@@ -298,7 +328,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     else:
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     sets = build_samples([X.to(device) for X in feats], y.to(device), K, L, perturb=perturb,
-                         gen=torch.Generator().manual_seed(seed))
+                         gen=torch.Generator().manual_seed(seed), stage=None if stage is None else (stage, stage_params),
+                         stage_depth=model.stage_depth)
     n_samples = sum(sset.X.shape[0] for sset in sets)
     steps = math.ceil(n_samples / batch_size)
     if n_samples % batch_size and n_samples % batch_size < world:
@@ -319,8 +350,9 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         payload = load_checkpoint(resume)
         want = model.config
         got = payload["model_config"]
-        for key in ("num_anchors", "dim", "depth", "heads", "residual", "standardize"):
-            if got[key] != want[key]:
+        for key in ("num_anchors", "dim", "depth", "heads", "residual", "standardize", "stage", "stage_params",
+                    "stage_depth"):
+            if CSA.check_config(got)[key] != want[key]:
                 label = "L" if key == "num_anchors" else key
                 raise ValueError(f"resume: {resume} was trained with {label}={got[key]}, this run asks for "
                                  f"{label}={want[key]}")
@@ -358,12 +390,11 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
             for step in range(steps):
                 ids = order[step * batch_size:(step + 1) * batch_size][rank::world]
                 k = Ks[int(torch.randint(len(Ks), (1,), generator=k_gen))] if len(Ks) > 1 else K
-                A, rel = make_batch(sets, ids, k, L, gen)
+                A, rel, base = make_batch(sets, ids, k, L, gen)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out, rec = net(A, reconstruct=True)
-                # a residual model corrects the cosine ranking: its scores are the affinities to
-                # the query (anchor 1), column 0 of A
-                scores = model.rescore(out, A[:, 1:, 0].float()) if residual else None
+                # a residual model corrects the input ranking: the cosines, or the stage's scores
+                scores = model.rescore(out, base) if residual else None
                 total_loss, l_c, l_m = csa_loss(out, rec, A, rel, tau, lam, loss=loss, scores=scores)
                 if not torch.isfinite(total_loss):
                     raise FloatingPointError(f"training diverged at epoch {epoch + 1}, step {step + 1} "

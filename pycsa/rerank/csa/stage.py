@@ -1,0 +1,112 @@
+"""CSA over a first-stage re-ranker's similarities (issue #18).
+
+A stage-trained CSA model (``train(..., stage="k_reciprocal")``) sees lists ranked by the
+stage and affinities taken from the stage's own scores between database items, not from
+the features' inner products: after k-reciprocal re-ranking the raw cosines describe the
+lists worse than the stage does (on MPEG-7, a residual CSA over k-reciprocal lists gained
+0.2-0.7 mAP with the stage's affinities and lost 0.5 with cosine ones;
+bench/results/2026-11-29-csa-experiments-mpeg7.md).
+
+The stage's scores between database items come from its leave-one-out re-ranking of the
+database against itself, kept to the top ``depth`` of each row (N x depth, never N x N);
+a pair outside an item's top ``depth`` gets that item's lowest kept score, a bound.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...ranking import Ranking, create, registered
+from ...search import search
+
+
+@dataclass
+class StageTable:
+    """Each database item's top-``depth`` items (itself included, wherever the stage put it)
+    by the stage's score, and those scores, best first."""
+    indices: torch.Tensor  # N x depth, int64
+    scores: torch.Tensor  # N x depth, float32
+    self_score: float  # the stage's typical score of an item with itself: a new query's own affinity
+
+    def without_self(self, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's first ``depth`` other items and their scores (its own index removed)."""
+        n = self.indices.shape[0]
+        is_self = self.indices == torch.arange(n, device=self.indices.device).unsqueeze(1)
+        order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
+        return self.indices.gather(1, order)[:, :depth], self.scores.gather(1, order)[:, :depth]
+
+
+def check_stage(stage, stage_params) -> tuple[str | None, dict]:
+    """(name, params) of a stage a CSA model can be trained over, or ValueError/TypeError."""
+    if stage is None:
+        if stage_params:
+            raise ValueError("stage_params: given without a stage")
+        return None, {}
+    if not isinstance(stage, str):
+        raise TypeError(f"stage: expected a re-ranker name (str), got {type(stage).__name__}")
+    if "+" in stage:
+        raise ValueError(f"stage: one re-ranker, not a chain ({stage!r})")
+    cls = registered(stage)
+    if getattr(cls, "needs_checkpoint", False):
+        raise ValueError(f"stage: {stage} is a learned re-ranker; a stage must be training-free")
+    params = dict(stage_params or {})
+    create(stage, **params)  # its own checks, now rather than after minutes of training
+    return stage, params
+
+
+@torch.no_grad()
+def stage_table(X: torch.Tensor, stage: str, params: dict, depth: int) -> StageTable:
+    """The stage's leave-one-out ranking of ``X``'s rows against ``X`` (top ``depth`` + 1 of the
+    initial search re-ranked, so ``depth`` others besides the item itself)."""
+    n = X.shape[0]
+    m = min(depth + 1, n)
+    s, i = search(X, X, m)
+    r = create(stage, **params).rerank(X, X, Ranking(torch.as_tensor(i), torch.as_tensor(s)))
+    idx, sc = torch.as_tensor(r.indices).long(), torch.as_tensor(r.scores).float()
+    own = idx == torch.arange(n, device=idx.device).unsqueeze(1)
+    self_score = float(sc[own].median()) if bool(own.any()) else float(sc[:, 0].median())
+    return StageTable(idx, sc, self_score)
+
+
+def stage_affinity(table: StageTable, own: torch.Tensor, ranks: torch.Tensor, L: int,
+                   input_scores: torch.Tensor | None = None, *, chunk: int = 1 << 22) -> torch.Tensor:
+    """B x (R + 1) x L affinities of each list (the query, then ``ranks``' R items) to its anchors
+    (the list's first L) from the stage's scores. ``own``: each query's database row, or -1 for a
+    query that is not in the database; its row and column then come from ``input_scores``
+    (B x R, the stage's scores of the query's candidates) and the stage's self score."""
+    B, R = ranks.shape
+    L = min(L, R + 1)
+    items = torch.cat([own.view(B, 1).to(ranks), ranks], dim=1)  # B x (R + 1)
+    anchors = items[:, :L]
+    sorted_anchors, perm = anchors.sort(dim=1)
+    depth = table.indices.shape[1]
+    A = torch.empty(B, R + 1, L, dtype=torch.float32, device=ranks.device)
+    step = max(1, chunk // max(1, (R + 1) * depth))
+    for s in range(0, B, step):
+        it = items[s:s + step]
+        b = it.shape[0]
+        known = it >= 0
+        rows = it.clamp_min(0)
+        nb_idx = table.indices[rows]  # b x (R+1) x depth
+        nb_sc = table.scores[rows]
+        block = nb_sc[:, :, -1:].expand(b, R + 1, L).clone()  # outside the top depth: the lowest kept
+        flat = nb_idx.reshape(b, -1)
+        sa = sorted_anchors[s:s + b]
+        pos = torch.searchsorted(sa, flat).clamp_max(L - 1)
+        hit = (sa.gather(1, pos) == flat) & known.repeat_interleave(depth, dim=1)
+        slot = perm[s:s + b].gather(1, pos)
+        where = hit.nonzero(as_tuple=True)
+        row_of = torch.div(where[1], depth, rounding_mode="floor")
+        block[where[0], row_of, slot[where]] = nb_sc.reshape(b, -1)[where]
+        A[s:s + b] = block
+    new = own < 0
+    if bool(new.any()):
+        if input_scores is None:
+            raise ValueError("input_scores: needed for queries that are not database rows (own = -1)")
+        q = new.nonzero(as_tuple=True)[0]
+        sc = input_scores[q].float()
+        A[q, 1:, 0] = sc  # the candidates' affinity to the query: the stage's score of the pair
+        A[q, 0, 1:] = sc[:, :L - 1]
+        A[q, 0, 0] = table.self_score
+    return A

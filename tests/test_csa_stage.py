@@ -1,0 +1,202 @@
+"""CSA trained and served over a first stage (issue #18): the stage's leave-one-out ranking of
+the database gives the lists, the residual's input scores and, as affinities, the stage's
+scores between items (pycsa/rerank/csa/stage.py)."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+import pycsa
+import pycsa.cli
+from pycsa.csa import CSA, CSAReranker, csa_scores, load_model, train
+from pycsa.rerank.csa.stage import StageTable, stage_affinity, stage_table
+from pycsa.rerank.csa.train import build_samples, make_batch
+
+from _clusters import clustered_features
+
+SMALL = dict(dim=32, depth=1, heads=1, dropout=0.0, drop_path=0.0)
+TRAIN = dict(K=[12, 20], L=8, epochs=2, batch_size=16, optimizer="adamw", lr=3e-3, warmup_epochs=0, tau=0.5, lam=0.0,
+             loss="positive", residual=True, **SMALL)
+
+
+def _dense_stage(X, stage="k_reciprocal", params=None):
+    """The stage's n x n scores, every row a query against all rows (the whole ranking)."""
+    n = X.shape[0]
+    s, i = pycsa.search(X, X, n)
+    r = pycsa.create(stage, **(params or {})).rerank(X, X, pycsa.Ranking(i, s))
+    S = torch.full((n, n), float("nan"))
+    S.scatter_(1, torch.as_tensor(r.indices).long(), torch.as_tensor(r.scores).float())
+    return S
+
+
+def _reference_affinity(table: StageTable, own, ranks, L, input_scores):
+    """stage_affinity by loops: A[b, i, j] = the stage's score of item i's row at anchor j, the
+    row's lowest kept score when anchor j is not in it; a new query (own -1) from its scores."""
+    B, R = ranks.shape
+    A = torch.empty(B, R + 1, L)
+    for b in range(B):
+        items = [int(own[b])] + ranks[b].tolist()
+        for i, item in enumerate(items):
+            for j in range(L):
+                anchor = items[j]
+                if item < 0 or anchor < 0:
+                    continue
+                row = table.indices[item].tolist()
+                A[b, i, j] = table.scores[item, row.index(anchor)] if anchor in row else table.scores[item, -1]
+        if own[b] < 0:
+            A[b, 0, 0] = table.self_score
+            A[b, 1:, 0] = input_scores[b]
+            A[b, 0, 1:] = input_scores[b, :L - 1]
+    return A
+
+
+@pytest.mark.parametrize("depth", [59, 13, 1])  # whole rows; rows shorter than the lists (the bound); one item
+@pytest.mark.parametrize("stage", ["k_reciprocal", "gnn", "dba"])
+def test_stage_affinity_is_the_stage_score_of_each_pair(stage, depth):
+    X, _ = clustered_features(60, 16, 6)
+    table = stage_table(X, stage, {}, depth)
+    assert table.indices.shape == (60, min(depth + 1, 60))
+    g = torch.Generator().manual_seed(1)
+    own = torch.tensor([3, -1, 17, -1, 59])
+    ranks = torch.stack([torch.randperm(60, generator=g)[:11] for _ in range(5)])
+    ranks[0][ranks[0] == 3] = 4 if 4 not in ranks[0] else 5  # a query's own row is not its candidate
+    ranks[2][ranks[2] == 17] = 18 if 18 not in ranks[2] else 19
+    scores = torch.randn(5, 11, generator=g)
+    got = stage_affinity(table, own, ranks, 8, scores, chunk=200)  # several blocks
+    assert torch.equal(got, _reference_affinity(table, own, ranks, 8, scores))
+
+
+def test_a_whole_table_gives_the_stage_matrix_and_its_lists():
+    """With rows as deep as the set, the affinities are the stage's n x n scores themselves and
+    the training lists are the stage's leave-one-out ranking."""
+    X, _ = clustered_features(40, 16, 5)
+    S = _dense_stage(X)
+    table = stage_table(X, "k_reciprocal", {}, 39)
+    ranks, scores = table.without_self(39)
+    assert not (ranks == torch.arange(40)[:, None]).any()
+    assert torch.allclose(scores, S.gather(1, ranks))
+    own = torch.arange(40)
+    A = stage_affinity(table, own, ranks[:, :15], 6)
+    items = torch.cat([own[:, None], ranks[:, :15]], 1)
+    assert torch.allclose(A, S[items[:, :, None], items[:, None, :6]])
+
+
+def test_stage_training_batches_hold_the_stage_lists_scores_and_affinities():
+    X, y = clustered_features(40, 16, 5)
+    sets = build_samples([X], y, 12, 6, stage=("k_reciprocal", {}), stage_depth=39)
+    S = _dense_stage(X)
+    A, rel, base = make_batch(sets, torch.arange(40), 12, 6, torch.Generator().manual_seed(0))
+    # permuted rows: every candidate's input score is its stage score, and its affinity row is
+    # the stage's scores of it against the (permuted) anchors
+    q = 7
+    items = sets[0].ranks[q, :11].tolist()
+    for i in range(1, 12):
+        row = A[q, i]
+        cand = [c for c in items if torch.allclose(S[c, q], row[0])]
+        assert cand, "a candidate row's query column is its stage score"
+    assert torch.allclose(torch.sort(base[q]).values, torch.sort(S[q, sets[0].ranks[q, :11]]).values)
+    assert rel[:, 0].all() and rel.shape == (40, 12)
+
+
+def test_train_over_a_stage_serves_after_it_and_beats_nothing_silently(tmp_path):
+    X, y = clustered_features(80, 16, 8)
+    path = tmp_path / "kr.pt"
+    result = train(X, y, stage="k_reciprocal", stage_params={"k1": 10, "k2": 3}, checkpoint=path, **TRAIN)
+    m = load_model(path)
+    assert (m.stage, m.stage_params, m.stage_depth) == ("k_reciprocal", {"k1": 10, "k2": 3}, 20)
+    assert torch.equal(m.gate, result.model.gate)
+    chain = pycsa.create("k_reciprocal", k1=10, k2=3)
+    s, i = pycsa.search(X, X, 80)
+    first = chain.rerank(X, X, pycsa.Ranking(i, s))
+    csa = CSAReranker(path, k=20)
+    new = csa.rerank(X, X, first)
+    assert torch.equal(torch.sort(new.indices, 1).values, torch.sort(first.indices, 1).values)
+    assert torch.equal(new.indices[:, 0], torch.arange(80))  # leave-one-out: each row's own first
+    assert not torch.equal(new.indices[:, 1:20], first.indices[:, 1:20])
+    assert torch.equal(new.indices[:, 20:], first.indices[:, 20:])
+    # the same with the query rows given as own, and with the queries as new items
+    again = CSAReranker(path, k=20, leave_one_out=False).rerank(X, X, first, own=torch.arange(80))
+    assert torch.equal(again.indices, new.indices)
+    # a query that is not a database row: its own row and column from the ranking's scores
+    Xd = X[10:]
+    s2, i2 = pycsa.search(X[:10], Xd, 70)
+    first2 = pycsa.create("k_reciprocal", k1=10, k2=3).rerank(X[:10], Xd, pycsa.Ranking(i2, s2))
+    out2 = CSAReranker(path, k=20).rerank(X[:10], Xd, first2)
+    assert torch.isfinite(out2.scores).all()
+    # the chain by name, and the model's table kept for its database
+    via = pycsa.Chain([pycsa.create("k_reciprocal", k1=10, k2=3), csa]).rerank(X, X, pycsa.Ranking(i, s))
+    assert torch.equal(via.indices, new.indices)
+
+
+def test_validation_of_a_stage_model_ranks_by_the_stage(tmp_path):
+    X, y = clustered_features(80, 16, 8)
+    result = train(X[:40], y[:40], val_features=X[40:], val_labels=y[40:], stage="k_reciprocal", **TRAIN)
+    assert all(0.0 < r["val_map"] <= 1.0 for r in result.history)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(stage="k_reciprocal+gnn"), "one re-ranker"),
+    (dict(stage="csa"), "training-free"),
+    (dict(stage="nope"), "unknown re-ranker"),
+    (dict(stage="k_reciprocal", stage_params={"k1": 0}), "k1"),
+    (dict(stage="k_reciprocal", stage_params={"bogus": 1}), "bogus"),
+    (dict(stage_params={"k1": 5}), "without a stage"),
+])
+def test_bad_stages_are_refused_before_training(kwargs, match):
+    X, y = clustered_features(40, 16, 5)
+    with pytest.raises((ValueError, TypeError), match=match):
+        train(X, y, **(TRAIN | kwargs))
+
+
+def test_serving_a_stage_model_without_its_table_or_scores_is_refused():
+    X, _ = clustered_features(30, 16, 5)
+    m = CSA(6, stage="k_reciprocal", stage_depth=10, **SMALL).eval()
+    ranks = torch.stack([torch.randperm(30)[:10] for _ in range(3)])
+    with pytest.raises(ValueError, match="stage_table"):
+        csa_scores(m, X[:3], X, ranks, 8)
+    table = stage_table(X, "k_reciprocal", {}, 10)
+    with pytest.raises(ValueError, match="input_scores"):
+        csa_scores(m, X[:3], X, ranks, 8, stage_table=table)
+    plain = CSA(6, **SMALL).eval()
+    with pytest.raises(ValueError, match="stage_table"):
+        csa_scores(plain, X[:3], X, ranks, 8, stage_table=table)
+    with pytest.raises(ValueError, match="without a stage"):
+        CSA(6, stage_params={"k1": 3}, **SMALL)
+    with pytest.raises(TypeError, match="stage_params"):
+        CSA(6, stage="k_reciprocal", stage_params={"k1": [1]}, **SMALL)
+
+
+def test_resume_refuses_another_stage(tmp_path):
+    X, y = clustered_features(60, 16, 6)
+    path = tmp_path / "a.pt"
+    train(X, y, stage="k_reciprocal", checkpoint=path, **(TRAIN | {"epochs": 1}))
+    with pytest.raises(ValueError, match="stage"):
+        train(X, y, stage="gnn", resume=path, **(TRAIN | {"epochs": 2}))
+
+
+def test_cli_trains_over_a_stage_and_eval_serves_it_last(tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    X, y = clustered_features(80, 16, 8)
+    data = tmp_path / "f.npz"
+    np.savez(data, feats=X.numpy(), labels=y.numpy())
+    out = tmp_path / "m.pt"
+    argv = ["pycsa", "train", "--features", str(data), "--K", "12,20", "--L", "8", "--dim", "32", "--depth", "1",
+            "--heads", "1", "--epochs", "1", "--batch-size", "16", "--optimizer", "adamw", "--loss", "positive",
+            "--residual", "--stage", "k_reciprocal", "--stage-params", json.dumps({"k1": 10, "k2": 3}),
+            "--out", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    assert pycsa.cli.main() == 0
+    assert "over k_reciprocal" in capsys.readouterr().out
+    assert load_model(out).stage_params == {"k1": 10, "k2": 3}
+    monkeypatch.setattr(sys, "argv", ["pycsa", "eval", "--features", str(data), "--checkpoint", str(out),
+                                      "--csa-k", "20", "--method", "k_reciprocal+csa"])
+    assert pycsa.cli.main() == 0
+    assert "k_reciprocal+csa" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", argv[:-2] + ["--stage-params", "[1]", "--out", str(out)])
+    with pytest.raises(SystemExit) as exc:
+        pycsa.cli.main()
+    assert exc.value.code == 2
