@@ -12,6 +12,7 @@ import torch
 import pycsa
 import pycsa.cli
 from pycsa.csa import CSA, CSAReranker, csa_scores, load_model, train
+from pycsa.ranking import resort_top
 from pycsa.rerank.csa.stage import StageTable, stage_affinity, stage_table
 from pycsa.rerank.csa.train import build_samples, make_batch
 
@@ -141,6 +142,8 @@ def test_validation_of_a_stage_model_ranks_by_the_stage(tmp_path):
     (dict(stage="k_reciprocal+gnn"), "one re-ranker"),
     (dict(stage="csa"), "training-free"),
     (dict(stage="nope"), "unknown re-ranker"),
+    (dict(stage="superglobal"), "scores a pair by the list"),
+    (dict(stage="k_reciprocal", stage_params=[1]), "stage_params"),
     (dict(stage="k_reciprocal", stage_params={"k1": 0}), "k1"),
     (dict(stage="k_reciprocal", stage_params={"bogus": 1}), "bogus"),
     (dict(stage_params={"k1": 5}), "without a stage"),
@@ -200,3 +203,71 @@ def test_cli_trains_over_a_stage_and_eval_serves_it_last(tmp_path, monkeypatch, 
     with pytest.raises(SystemExit) as exc:
         pycsa.cli.main()
     assert exc.value.code == 2
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A small model trained over k-reciprocal (k1=10, k2=3), its features and that stage's ranking."""
+    X, y = clustered_features(80, 16, 8)
+    path = tmp_path_factory.mktemp("stage") / "kr.pt"
+    train(X, y, stage="k_reciprocal", stage_params={"k1": 10, "k2": 3}, checkpoint=path, seed=1, **TRAIN)
+    s, i = pycsa.search(X, X, 80)
+    first = pycsa.create("k_reciprocal", k1=10, k2=3).rerank(X, X, pycsa.Ranking(i, s))
+    return X, path, first
+
+
+def test_serving_is_csa_scores_on_the_stage_table_of_the_model_depth(served):
+    """The re-ranker's output is the model's scores on affinities from the stage's table at the
+    model's stage_depth, the ranking's scores as input: leave-one-out with each query's own row
+    (its row of the table), and as new queries (own -1: their row and column from the scores)."""
+    X, path, first = served
+    m = load_model(path)
+    table = stage_table(X, m.stage, m.stage_params, m.stage_depth)
+    assert torch.equal(first.indices[:, 0], torch.arange(80))  # each row's own first (k-reciprocal: distance 0)
+    rest = pycsa.Ranking(first.indices[:, 1:], first.scores[:, 1:])
+    want = resort_top(rest, csa_scores(m, X, X, rest.indices, 20, input_scores=rest.scores, stage_table=table,
+                                       own=torch.arange(80)))
+    got = CSAReranker(path, k=20).rerank(X, X, first)
+    assert torch.equal(got.indices[:, 1:], want.indices) and torch.allclose(got.scores[:, 1:], want.scores)
+    new_q = resort_top(first, csa_scores(m, X, X, first.indices, 20, input_scores=first.scores, stage_table=table))
+    as_new = CSAReranker(path, k=20, leave_one_out=False).rerank(X, X, first)
+    assert torch.equal(as_new.indices, new_q.indices)
+    assert not torch.equal(as_new.indices[:, 1:], got.indices[:, 1:])  # the own row matters
+
+
+def test_one_reranker_serves_two_databases_of_the_same_shape(served):
+    X, path, first = served
+    X2, _ = clustered_features(80, 16, 8, seed=5)
+    s2, i2 = pycsa.search(X2, X2, 80)
+    first2 = pycsa.create("k_reciprocal", k1=10, k2=3).rerank(X2, X2, pycsa.Ranking(i2, s2))
+    r = CSAReranker(path, k=20)
+    r.rerank(X, X, first)
+    assert torch.equal(r.rerank(X2, X2, first2).indices, CSAReranker(path, k=20).rerank(X2, X2, first2).indices)
+    assert torch.equal(r.rerank(X, X, first).indices, CSAReranker(path, k=20).rerank(X, X, first).indices)
+
+
+def test_a_ranking_from_another_stage_or_other_parameters_is_refused(served):
+    X, path, first = served
+    s, i = pycsa.search(X, X, 80)
+    defaults = pycsa.create("k_reciprocal").rerank(X, X, pycsa.Ranking(i, s))  # k1=20, k2=6
+    for ranking in (defaults, pycsa.Ranking(i, s)):
+        with pytest.raises(ValueError, match="not those of this CSA model's stage, k_reciprocal"):
+            CSAReranker(path, k=20).rerank(X, X, ranking)
+    with pytest.raises(ValueError, match="bare indices"):
+        CSAReranker(path, k=20).rerank(X, X, first.indices)
+    with pytest.raises(IndexError, match="own"):
+        CSAReranker(path, k=20).rerank(X[:3], X, pycsa.Ranking(first.indices[:3], first.scores[:3]),
+                                       own=torch.tensor([0, 1, 80]))
+
+
+def test_cli_runs_a_stage_model_only_after_its_stage(served, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    X, path, _ = served
+    data = tmp_path / "f.npz"
+    np.savez(data, feats=X.numpy(), labels=(torch.arange(80) % 8).numpy())
+    for method in ("csa", "gnn+csa"):
+        monkeypatch.setattr(sys, "argv", ["pycsa", "eval", "--features", str(data), "--checkpoint", str(path),
+                                          "--method", method])
+        assert pycsa.cli.main() == 2
+        assert "right after that stage" in capsys.readouterr().err

@@ -92,6 +92,21 @@ def build_reranker(name: str, learned: dict | None = None):
                 kwargs["top"] = learned["rrt_top"]
         # --csa-k (and the like) win over a tuned value of the same parameter
         made.append(pycsa.create(part, checkpoint=path, **{**params, **kwargs}))
+    parts = name.split("+")
+    for i, r in enumerate(made):
+        stage = getattr(getattr(r, "model", None), "stage", None)
+        if stage is None:
+            continue
+        # a CSA trained over a stage reads that stage's scores: it must follow it, built as in training
+        path = learned["checkpoints"].get(parts[i])
+        if i == 0 or parts[i - 1] != stage:
+            raise ValueError(f"--method: {name}: the CSA model {path} was trained over {stage}'s ranking; run it "
+                             f"right after that stage: {'+'.join(parts[:i] + [stage] + parts[i:]) if i == 0 else stage + '+' + parts[i]}")
+        want = r.model.stage_params
+        if tuned is not None and tuned[i - 1][1] and tuned[i - 1][1] != want:
+            raise ValueError(f"--config: {name}: {stage} tuned to {tuned[i - 1][1]}, but the CSA model {path} was "
+                             f"trained over {stage} with {want or 'its defaults'}")
+        made[i - 1] = pycsa.create(stage, **want)
     return made[0] if len(made) == 1 else pycsa.Chain(made)
 
 

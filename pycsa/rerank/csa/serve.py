@@ -14,7 +14,7 @@ from ...ranking import Progress, Ranking, Reranker, register, resort_top
 from ..placement import placed, serving_dtype, serving_dtype_arg
 from .checkpoint import load_model
 from .model import CSA
-from .stage import StageTable, stage_affinity, stage_table
+from .stage import StageTable, check_stage_scores, stage_affinity, stage_table
 
 
 class _GraphedModel:
@@ -97,7 +97,7 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
         raise ValueError("input_scores: a residual CSA model re-scores the input ranking's scores; pass them "
                          "(a Ranking, not bare indices)")
     if (stage_table is None) != (model.stage is None):
-        raise ValueError(f"stage_table: the model was trained over {model.stage or 'the features'}' similarities"
+        raise ValueError(f"stage_table: the model was trained over {model.stage or 'the features'} similarities"
                          + ("; pass the stage's table" if stage_table is None else ", not a stage's"))
     if stage_table is not None:
         if input_scores is None:
@@ -105,6 +105,8 @@ def csa_scores(model: CSA, Q: torch.Tensor, X: torch.Tensor, ranks: torch.Tensor
         own = torch.full((B,), -1, dtype=torch.long) if own is None else torch.as_tensor(own).long()
         if own.shape != (B,):
             raise ValueError(f"own: expected one database row (or -1) per query, got shape {tuple(own.shape)}")
+        if own.numel() and (int(own.min()) < -1 or int(own.max()) >= stage_table.indices.shape[0]):
+            raise IndexError(f"own: database rows lie in [0, {stage_table.indices.shape[0]}) (-1: not one)")
     need = max(m, L - 1)  # k < L: affinity rows of the whole anchor list, of which the first k are kept
     forward = model if forward is None else forward
     dtype = dtype or X.dtype
@@ -137,7 +139,9 @@ class CSAReranker(Reranker):
     top-K scores are standardised (about -3..3), on another scale than the input scores the
     items past K keep: the order is right, scores across that boundary do not compare.
     A model trained over a stage (``pycsa train --stage k_reciprocal``) re-ranks that stage's
-    ranking, so it goes last in a chain after it (``create("k_reciprocal+csa", ...)``); its
+    ranking, so it goes last in a chain right after it, with the same parameters
+    (``Chain([create("k_reciprocal"), CSAReranker("csa-kr.pt")])``, ``--method k_reciprocal+csa``:
+    for leave-one-out queries the ranking's scores are checked against the stage's); its
     affinities come from the stage's ranking of the database against itself, computed at the
     first re-rank (or ``fit``) and kept: N x depth (the model's ``stage_depth``) indices and scores.
     """
@@ -175,18 +179,20 @@ class CSAReranker(Reranker):
 
     def fit(self, database: ArrayLike, *, progress: Progress = None) -> "CSAReranker":
         super().fit(database, progress=progress)
-        if self._model.stage is not None:
-            self._stage_table(as_tensor(database, "database")[0].detach())
+        self._prepare(database)
         return self
 
-    def _stage_table(self, X: torch.Tensor) -> StageTable:
-        """The stage's ranking of database ``X``, computed once per database."""
-        key = fingerprint(X)
+    def _prepare(self, database) -> None:
+        """A stage-trained model's table of the stage's ranking of ``database``: computed once per
+        database (told apart by the caller's array, as fit's are: a converted copy is new each call)."""
+        super()._prepare(database)
+        if self._model.stage is None:
+            return
+        key = fingerprint(database)
         if self._table is None or self._table[0].differs(key):
             m = self._model
+            X = as_tensor(database, "database")[0].detach().float()
             self._table = (key, stage_table(X, m.stage, m.stage_params, m.stage_depth))
-        return self._table[1]
-
     @classmethod
     def load(cls, path, **kwargs) -> "CSAReranker":
         return cls(path, **kwargs)
@@ -229,6 +235,9 @@ class CSAReranker(Reranker):
         if isinstance(ranking, Ranking) or (isinstance(ranking, tuple) and len(ranking) == 2):
             return super().rerank(queries, database, ranking, progress=progress)
         idx, _ = as_tensor(ranking, "ranks")
+        if self._model.stage is not None:
+            raise ValueError(f"ranking: this CSA model was trained over {self._model.stage}'s ranking and reads its "
+                             "scores; pass that Ranking (indices, scores), not bare indices")
         if self._model.residual:
             raise ValueError("ranking: this CSA model is residual (it corrects the input ranking's scores); "
                              "pass a Ranking (indices, scores), not bare indices")
@@ -244,6 +253,8 @@ class CSAReranker(Reranker):
             return self._rerank_lists(Q, X, ranking, progress, None)
         if own.shape[0] != Q.shape[0]:
             raise ValueError(f"own: {own.shape[0]} rows for {Q.shape[0]} queries")
+        if own.numel() and (int(own.min()) < 0 or int(own.max()) >= X.shape[0]):
+            raise IndexError(f"own: each query's database row must lie in [0, {X.shape[0]})")
         # Leave-one-out: a query's own row is not its neighbour. Left in, it would be the first
         # candidate and the second anchor, a copy of the query that training never shows (its
         # lists leave each image out). It is put first and the rest re-ranked without it.
@@ -261,8 +272,13 @@ class CSAReranker(Reranker):
         idx = ranking.indices
         table = None
         if model.stage is not None:
-            table = self._stage_table(X)
+            if self._table is None:  # _rerank called without rerank's _prepare
+                self._prepare(X)
+            table = self._table[1]
             table = StageTable(table.indices.to(device), table.scores.to(device), table.self_score)
+            if own is not None:
+                check_stage_scores(table, own.to(device), idx.to(device), ranking.scores.to(device), model.stage,
+                                   model.stage_params)
         new_scores = csa_scores(model, Q.to(device), X.to(device), idx.to(device), self.k, batch_size=self.batch_size,
                                 dtype=dtype, forward=forward, progress=progress,
                                 input_scores=ranking.scores.to(device) if model.residual or table is not None else None,

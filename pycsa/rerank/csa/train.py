@@ -149,9 +149,12 @@ def csa_loss(y: torch.Tensor, rec: torch.Tensor, A: torch.Tensor, relevant: torc
 
 
 @torch.no_grad()
-def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, batch_size: int = 64) -> float:
+def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, batch_size: int = 64,
+                   stage_ranking: StageTable | None = None) -> float:
     """Class mAP on a labelled set, every image a query against the others, after CSA
-    re-ranks each query's top-``k`` (query included)."""
+    re-ranks each query's top-``k`` (query included). A stage-trained model re-ranks the
+    stage's ranking; ``stage_ranking``: that ranking, whole (``stage_table(X, ..., n - 1)``),
+    if already computed (training computes it once, not every epoch)."""
     X = torch.as_tensor(X)
     table = None
     if model.stage is None:
@@ -159,9 +162,11 @@ def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, ba
         input_scores = None
         if model.residual:  # the cosines of the ranking, a block of queries at a time
             input_scores = torch.cat([(X[b:b + 256] @ X.T).gather(1, top[b:b + 256]) for b in range(0, X.shape[0], 256)])
-    else:  # the stage's ranking, whole; its table to the model's depth
-        top, input_scores = stage_table(X, model.stage, model.stage_params, X.shape[0] - 1).without_self(X.shape[0] - 1)
-        table = stage_table(X, model.stage, model.stage_params, model.stage_depth)
+    else:  # the stage's ranking, whole; its table to the model's depth is its first columns (STAGES)
+        full = stage_ranking or stage_table(X, model.stage, model.stage_params, X.shape[0] - 1)
+        top, input_scores = full.without_self(X.shape[0] - 1)
+        table = StageTable(full.indices[:, :model.stage_depth + 1], full.scores[:, :model.stage_depth + 1],
+                           full.self_score)
     was_training = model.training
     model.eval()
     try:
@@ -248,7 +253,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     re-ranker's name, with ``stage_params``): the model is trained over that re-ranker's
     leave-one-out ranking of each set, its lists, scores (for a residual model) and, as
     affinities, its scores between the items (see :mod:`.stage`); it is served after the same
-    stage (``create("k_reciprocal+csa", checkpoint=...)``).
+    stage (``Chain([create("k_reciprocal"), CSAReranker(path)])``, ``--method k_reciprocal+csa``).
     ``amp``: bfloat16 autocast (default on for CUDA GPUs of compute capability 8.0+). ``checkpoint``: path written after
     every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
     continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
@@ -377,6 +382,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     val_X = None if val_X is None else val_X.to(device)
     val_k = max(K, L) if val_k is None else val_k
+    val_stage = None if val_X is None or stage is None else \
+        stage_table(val_X, stage, stage_params, val_X.shape[0] - 1)
 
     with writing(checkpoint if rank == 0 else None):
         for epoch in range(start, epochs):
@@ -417,7 +424,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
                       "lr": sched.get_last_lr()[0], "val_map": None}
             if rank == 0:
                 if val_X is not None:
-                    record["val_map"] = validation_map(model, val_X, val_y, val_k)
+                    record["val_map"] = validation_map(model, val_X, val_y, val_k, stage_ranking=val_stage)
                 history.append(record)
                 if checkpoint is not None:
                     save_checkpoint(checkpoint, model, optimizer=opt.state_dict(), scheduler=sched.state_dict(),
