@@ -16,15 +16,8 @@ DIR=$(mktemp -d)
 RECIPE=(--K 128,256,512 --L 128 --dim 64 --depth 2 --heads 1 --epochs 3 --batch-size 16 --dropout 0 --drop-path 0
         --optimizer adamw --lr 3e-4 --warmup-epochs 0 --tau 1 --lam 0 --loss positive --residual --standardize --perturb 2)
 PAPER=(--K 128 --L 128 --dim 64 --heads 1 --epochs 6 --batch-size 16 --dropout 0 --drop-path 0 --optimizer adamw --lr 3e-4)
-run() { echo '```'; echo "\$ $*"; "$@" 2>/dev/null | tr '\r' '\n' | grep -v -E '^(csa: training|tune|.*: (offline|re-rank)):'; echo '```'; echo; }
-python - "$DIR/coil.npz" <<'EOF'
-import sys
-import numpy as np
-sys.path.insert(0, "bench")
-from diffusion_truncated_side_by_side import coil_like
-X, y = coil_like()
-np.savez(sys.argv[1], feats=X, labels=y)
-EOF
+source bench/csa_common.sh
+write_coil "$DIR/coil.npz"
 {
   echo "# Residual CSA on MPEG-7 and on unseen data (commit $C)"
   echo

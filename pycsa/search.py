@@ -365,12 +365,15 @@ def _search_torch(Q, X, k, block_elems, progress):
     return scores, indices
 
 
+def own_last(idx: torch.Tensor) -> torch.Tensor:
+    """The column order that moves each row's own index (row i's i, wherever it ranks) to the
+    end of the row and keeps the others in order (a stable sort)."""
+    is_self = idx == torch.arange(idx.shape[0], device=idx.device).unsqueeze(1)
+    return torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
+
+
 def neighbours_without_self(X: torch.Tensor, depth: int) -> torch.Tensor:
     """Each row's top-``depth`` other rows (its own index removed wherever it ranks)."""
-    n = X.shape[0]
-    _, idx = search(X, X, min(depth + 1, n))
+    _, idx = search(X, X, min(depth + 1, X.shape[0]))
     idx = torch.as_tensor(idx, device=X.device)
-    is_self = idx == torch.arange(n, device=X.device).unsqueeze(1)
-    # a stable sort moves each row's own index to the end and keeps the others in order
-    order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
-    return idx.gather(1, order)[:, :depth]
+    return idx.gather(1, own_last(idx))[:, :depth]

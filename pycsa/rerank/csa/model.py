@@ -23,6 +23,7 @@ from torch import nn
 
 from ..._checks import boolean, finite_float, integer, transformer_sizes
 from ...ops import attention
+from .stage import check_stage
 
 # Bounds on a configuration, generous for a re-ranker (the paper's is L=512, D=768, 2 layers,
 # 12 heads) and checked before any layer is built: a damaged checkpoint asking for 20,000
@@ -142,11 +143,7 @@ class CSA(nn.Module):
             if params or depth is not None:
                 raise ValueError("stage_params, stage_depth: given without a stage")
             return out | {"stage": None, "stage_params": {}, "stage_depth": None}
-        if not isinstance(stage, str) or not stage or "+" in stage:
-            raise ValueError(f"stage: expected one re-ranker's name, got {stage!r}")
-        if params is not None and not isinstance(params, dict):
-            raise TypeError(f"stage_params: expected a dict, got {type(params).__name__}")
-        params = dict(params or {})
+        stage, params = check_stage(stage, params)
         for key, v in params.items():
             if not isinstance(key, str) or not (v is None or isinstance(v, (bool, int, float, str))):
                 raise TypeError(f"stage_params: {key!r}: expected plain values (a checkpoint stores them), got {v!r}")

@@ -193,6 +193,7 @@ class CSAReranker(Reranker):
             m = self._model
             X = as_tensor(database, "database")[0].detach().float()
             self._table = (key, stage_table(X, m.stage, m.stage_params, m.stage_depth))
+
     @classmethod
     def load(cls, path, **kwargs) -> "CSAReranker":
         return cls(path, **kwargs)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from ...ranking import Ranking, create, registered
-from ...search import search
+from ...search import own_last, search
 
 
 @dataclass
@@ -31,9 +31,7 @@ class StageTable:
 
     def without_self(self, depth: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's first ``depth`` other items and their scores (its own index removed)."""
-        n = self.indices.shape[0]
-        is_self = self.indices == torch.arange(n, device=self.indices.device).unsqueeze(1)
-        order = torch.sort(is_self.to(torch.uint8), dim=1, stable=True).indices
+        order = own_last(self.indices)
         return self.indices.gather(1, order)[:, :depth], self.scores.gather(1, order)[:, :depth]
 
 
@@ -63,7 +61,10 @@ def check_stage(stage, stage_params) -> tuple[str | None, dict]:
     if stage_params is not None and not isinstance(stage_params, dict):
         raise TypeError(f"stage_params: expected a dict of {stage}'s parameters, got {type(stage_params).__name__}")
     params = dict(stage_params or {})
-    create(stage, **params)  # its own checks, now rather than after minutes of training
+    try:  # its own checks, now rather than after minutes of training
+        create(stage, **params)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"stage_params: {exc}") from None
     return stage, params
 
 

@@ -163,7 +163,8 @@ def validation_map(model: CSA, X: torch.Tensor, labels: ArrayLike, k: int, *, ba
         if model.residual:  # the cosines of the ranking, a block of queries at a time
             input_scores = torch.cat([(X[b:b + 256] @ X.T).gather(1, top[b:b + 256]) for b in range(0, X.shape[0], 256)])
     else:  # the stage's ranking, whole; its table to the model's depth is its first columns (STAGES)
-        full = stage_ranking or stage_table(X, model.stage, model.stage_params, X.shape[0] - 1)
+        full = stage_ranking if stage_ranking is not None else \
+            stage_table(X, model.stage, model.stage_params, X.shape[0] - 1)
         top, input_scores = full.without_self(X.shape[0] - 1)
         table = StageTable(full.indices[:, :model.stage_depth + 1], full.scores[:, :model.stage_depth + 1],
                            full.self_score)
