@@ -166,13 +166,26 @@ def _check_method(method, name: str) -> None:
             raise ValueError(f"{name}: {str(exc).removeprefix('name: ')}") from None
 
 
+def learned_for(learned: dict | None, names: list[str], s: int):
+    """What ``learned`` holds for stage ``s`` of the chain ``names``: the entry under the chain
+    up to that stage ('k_reciprocal+csa': a CSA trained over k-reciprocal) when there is one,
+    else the entry under the stage's own name ('csa'); {} when neither."""
+    learned = learned or {}
+    prefix = "+".join(names[:s + 1])
+    if s > 0 and prefix in learned:
+        return learned[prefix]
+    return learned.get(names[s], {})
+
+
 def _build(stages: list[tuple[str, dict]], learned: dict | None) -> Reranker:
-    """The chain of ``stages``; ``learned[name]``: constructor arguments of a learned stage
-    (they win over a tuned value of the same name: --csa-k pins CSA's k), or a callable that
-    makes it from its parameters (tune's cross-fitted CSA)."""
+    """The chain of ``stages``; ``learned[name]`` (or ``learned['a+name']`` for that chain
+    only, see :func:`learned_for`): constructor arguments of a learned stage (they win over a
+    tuned value of the same name: --csa-k pins CSA's k), or a callable that makes it from its
+    parameters (tune's cross-fitted CSA)."""
+    names = [name for name, _ in stages]
     made = []
-    for name, params in stages:
-        extra = (learned or {}).get(name, {})
+    for s, (name, params) in enumerate(stages):
+        extra = learned_for(learned, names, s)
         made.append(extra(**params) if callable(extra) else create(name, **{**params, **extra}))
     return made[0] if len(made) == 1 else Chain(made)
 
@@ -201,7 +214,9 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
                 on_eval: Callable[[int], None] | None = None) -> TuneResult:
     """Coordinate search over the parameters of ``method`` (a name or a chain 'a+b'), each
     stage's parameters in turn. ``learned``: constructor arguments of learned stages
-    ({"csa": {"checkpoint": ...}}). ``deadline``: time.monotonic() after which the search
+    ({"csa": {"checkpoint": ...}}; under a chain's name, 'k_reciprocal+csa', for that chain
+    only). A factory with a ``stage`` attribute, (name, params), is a CSA trained over that
+    stage: the stage before it keeps those parameters. ``deadline``: time.monotonic() after which the search
     stops with the best found so far."""
     _check_method(method, "method")
     margin = finite_float(margin, "margin", low=0.0)
@@ -215,12 +230,18 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     names = method.split("+")
     n = X.shape[0]
     current = [{} for _ in names]  # only what differs from the defaults
-    def pinned(name) -> dict:  # parameters the caller fixed (e.g. --csa-k): not searched, recorded as given
-        extra = (learned or {}).get(name, {})
-        return dict(getattr(extra, "pinned", {})) if callable(extra) else dict(extra)
+    # parameters the caller fixed (e.g. --csa-k): not searched, recorded as given
+    extras = [learned_for(learned, names, s) for s in range(len(names))]
+    pins = [dict(getattr(e, "pinned", {})) if callable(e) else dict(e) for e in extras]
+    for s, e in enumerate(extras):
+        # a CSA trained over a stage serves after that stage as it was trained: its parameters are fixed
+        before = getattr(e, "stage", None)
+        if s > 0 and before is not None and before[0] == names[s - 1]:
+            pins[s - 1].update(before[1])
+    fixed = [{} if extras[s] else pins[s] for s in range(len(names))]  # passed to a training-free stage
 
     coords = [(s, p, vals) for s, name in enumerate(names) for p, vals in search_space(name, n).items()
-              if p not in pinned(name)]
+              if p not in pins[s]]
     defaults = [_defaults(name) for name in names]
     cache: dict = {}
     t0 = time.monotonic()
@@ -232,7 +253,7 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     def evaluate(params):
         k = key(params)
         if k not in cache:
-            reranker = _build(list(zip(names, params)), learned)
+            reranker = _build([(name, {**fixed[s], **p}) for s, (name, p) in enumerate(zip(names, params))], learned)
             new = reranker.fit(X).rerank(Q, X, ranking)
             out = scorer.evaluate(new) if hasattr(scorer, "evaluate") else (scorer(new), None)
             cache[k] = (_score(out[0]), out[1])
@@ -277,7 +298,7 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
                 break
         if stopped or not changed:
             break
-    stages = [(name, {**{p: pinned(name).get(p, defaults[s].get(p)) for p in search_space(name, n)}, **current[s]})
+    stages = [(name, {**{p: pins[s].get(p, defaults[s].get(p)) for p in search_space(name, n)}, **current[s]})
               for s, name in enumerate(names)]
     return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history)
 
@@ -465,10 +486,13 @@ def create_from_config(config: dict | PathLike, method: str | None = None, **lea
         raise ValueError(f"method: {method!r} was not tuned in this config (tuned: {', '.join(cfg['methods'])})")
     # a misspelt stage (cas= for csa=) would be dropped silently and the stage built without it
     names = [n for n, _ in stages]
-    for name, path in config_checkpoints(config).items():
+    saved = config_checkpoints(config)
+    for s, name in enumerate(names):
+        # a model saved for this chain ('k_reciprocal+csa': trained over k-reciprocal) before the stage's own
+        path = learned_for(saved, names, s) or None
         given = learned_kwargs.get(name)
-        if name in names and (given is None or (isinstance(given, dict) and "checkpoint" not in given
-                                                and "model" not in given)):
+        if path is not None and (given is None or (isinstance(given, dict) and "checkpoint" not in given
+                                                   and "model" not in given)):
             learned_kwargs[name] = {**(given or {}), "checkpoint": path}
     for name, kwargs in learned_kwargs.items():
         if name not in names:

@@ -11,7 +11,8 @@ lists by their affinity patterns, not by who the items are.
 
 The recipe is the one measured on MPEG-7 (bench/csa_residual_mpeg7.sh, bench/results/*-csa-residual-mpeg7-*.md): a residual
 model (it starts at the input order) on standardised affinities, the per-positive loss, training K of 128/256/512,
-two perturbed copies of the features, AdamW.
+two perturbed copies of the features, AdamW. A second model, trained the same way over k-reciprocal's ranking
+with eight perturbed copies (bench/csa_stage_mpeg7.sh), serves the chain 'k_reciprocal+csa'.
 """
 from __future__ import annotations
 
@@ -26,12 +27,15 @@ from ._checks import integer
 from ._tensors import same_rows
 from .ranking import Progress, Ranking, Reranker
 
-__all__ = ["CSA_RECIPE", "TrainedCSA", "train_csa_for_tuning", "CrossFitted"]
+__all__ = ["CSA_RECIPE", "STAGE_RECIPES", "TrainedCSA", "train_csa_for_tuning", "CrossFitted"]
 
 # The recipe of `pycsa tune --train csa` (and of bench/csa_residual_mpeg7.sh)
 CSA_RECIPE = dict(K=(128, 256, 512), L=128, dim=64, depth=2, heads=1, dropout=0.0, drop_path=0.0, epochs=3,
                   batch_size=16, optimizer="adamw", lr=3e-4, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive",
                   residual=True, standardize=True, perturb=2)
+# The chains whose CSA tune trains over the stage before it, and their recipes (bench/csa_stage_mpeg7.sh):
+# over k-reciprocal it beat every training-free re-ranker on MPEG-7; over GNN and alpha-QE+alpha-DBA it did not
+STAGE_RECIPES = {"k_reciprocal+csa": dict(CSA_RECIPE, perturb=8, stage="k_reciprocal")}
 
 
 class CrossFitted(Reranker):
@@ -92,6 +96,13 @@ class TrainedCSA:
         def make(**params):
             return CrossFitted([CSAReranker(model=m, **{**params, **serve}) for m in self.folds], self.query_fold)
         make.pinned = dict(serve)
+        stage = getattr(self.final, "stage", None)
+        if stage is not None:  # the stage before it runs with the parameters the models were trained over
+            from .tune import _defaults, search_space
+
+            sp = dict(self.final.stage_params or {})
+            defaults = _defaults(stage)
+            make.stage = (stage, {**{p: defaults[p] for p in search_space(stage) if p in defaults}, **sp})
         return make
 
 

@@ -161,3 +161,49 @@ def test_cli_tune_train_refusals(tmp_path, capsys):
     assert "a checkpoint for it is given too" in capsys.readouterr().err
     assert main(["tune", "--features", str(feats), "--method", "gnn", "--train", "csa", "--out", out]) == 2
     assert "none of the methods uses it" in capsys.readouterr().err
+
+
+def test_cli_tune_trains_a_model_over_k_reciprocal_for_its_chain(tmp_path, capsys, monkeypatch):
+    import pycsa.tune_learned as tl
+
+    monkeypatch.setattr(tl, "CSA_RECIPE", TINY)
+    # a stage parameter away from its default: the chain must keep it, not search it
+    monkeypatch.setattr(tl, "STAGE_RECIPES", {"k_reciprocal+csa": dict(TINY, stage="k_reciprocal",
+                                                                       stage_params={"k1": 7})})
+    X, y = _labelled()
+    feats = tmp_path / "val.npz"
+    np.savez(feats, feats=X, labels=y)
+    out = tmp_path / "tuned.json"
+    assert main(["tune", "--features", str(feats), "--method", "csa,k_reciprocal+csa", "--train", "csa",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tuned.k_reciprocal+csa.pt" in text and "over k_reciprocal" in text
+    cfg = json.loads(out.read_text())
+    assert cfg["checkpoints"] == {"csa": "tuned.csa.pt", "k_reciprocal+csa": "tuned.k_reciprocal+csa.pt"}
+    entry = cfg["methods"]["k_reciprocal+csa"]
+    assert entry["stages"][0] == ["k_reciprocal", {"k1": 7, "k2": 6, "lambda_value": 0.3}]
+    # only CSA's k was searched: its default and the values tried
+    assert entry["evaluations"] == len({1024, *search_space("csa", X.shape[0])["k"]})
+    assert pycsa.csa.load_model(tmp_path / "tuned.csa.pt").stage is None
+    assert pycsa.csa.load_model(tmp_path / "tuned.k_reciprocal+csa.pt").stage == "k_reciprocal"
+    # each method gets its model from the config: the chain its own, csa the plain one
+    chain = create_from_config(out, "k_reciprocal+csa")
+    first, last = chain.rerankers
+    assert last.model.stage == "k_reciprocal" and last.checkpoint.endswith("tuned.k_reciprocal+csa.pt")
+    assert first.k1 == 7
+    assert create_from_config(out, "csa").model.stage is None
+    s, i = pycsa.search(X, X, X.shape[0])
+    expect = chain.fit(X).rerank(X, X, Ranking(i, s))
+    # the CLI serves the same chain, with the same model, and scores it as the tuner did (on all classes)
+    assert main(["rerank", "--features", str(feats), "--config", str(out), "--method", "k_reciprocal+csa",
+                 "--out", str(tmp_path / "r.npz")]) == 0
+    got = np.load(tmp_path / "r.npz")
+    assert np.array_equal(got["indices"], np.asarray(expect.indices))
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "all"]) == 0
+    table = capsys.readouterr().out
+    assert "\nk_reciprocal+csa " in table and "\ncsa " in table
+    # a hand-edited config whose stage differs from the model's is refused, naming both
+    cfg["methods"]["k_reciprocal+csa"]["stages"][0][1]["k1"] = 9
+    out.write_text(json.dumps(cfg))
+    assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "k_reciprocal+csa"]) == 2
+    assert "k_reciprocal tuned to" in capsys.readouterr().err

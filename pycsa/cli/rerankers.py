@@ -74,8 +74,11 @@ def build_reranker(name: str, learned: dict | None = None):
         if not needs_checkpoint(part):
             made.append(pycsa.create(part, **params))
             continue
-        path = learned["checkpoints"].get(part)
-        if path is not None and part in learned.get("from_config", ()) and not Path(path).is_file():
+        # a model saved for this chain ('k_reciprocal+csa', by `pycsa tune --train`) before the part's own
+        key = "+".join(name.split("+")[:i + 1])
+        key = key if i > 0 and key in learned["checkpoints"] else part
+        path = learned["checkpoints"].get(key)
+        if path is not None and key in learned.get("from_config", ()) and not Path(path).is_file():
             raise ValueError(f"--config: names {part}'s checkpoint {path}, which is missing (`pycsa tune --train` "
                              "writes it beside the config; move them together)")
         if path is None:
@@ -98,16 +101,23 @@ def build_reranker(name: str, learned: dict | None = None):
         if stage is None:
             continue
         # a CSA trained over a stage reads that stage's scores: it must follow it, built as in training
-        path = learned["checkpoints"].get(parts[i])
+        path = getattr(r, "checkpoint", None) or learned["checkpoints"].get(parts[i])
         if i == 0 or parts[i - 1] != stage:
             raise ValueError(f"--method: {name}: the CSA model {path} was trained over {stage}'s ranking; run it "
                              f"right after that stage: {'+'.join(parts[:i] + [stage] + parts[i:]) if i == 0 else stage + '+' + parts[i]}")
         want = r.model.stage_params
-        if tuned is not None and tuned[i - 1][1] and tuned[i - 1][1] != want:
+        # compared as the stage runs: a config lists every searched parameter, defaults included
+        if tuned is not None and tuned[i - 1][1] and _with_defaults(stage, tuned[i - 1][1]) != _with_defaults(stage, want):
             raise ValueError(f"--config: {name}: {stage} tuned to {tuned[i - 1][1]}, but the CSA model {path} was "
                              f"trained over {stage} with {want or 'its defaults'}")
         made[i - 1] = pycsa.create(stage, **want)
     return made[0] if len(made) == 1 else pycsa.Chain(made)
+
+
+def _with_defaults(name: str, params: dict) -> dict:
+    from pycsa.tune import _defaults
+
+    return {**_defaults(name), **params}
 
 
 def run_reranker(name: str, Q, X, ranking, learned: dict | None = None):

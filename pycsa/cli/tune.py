@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
                     help="train this learned method here (pycsa.tune_learned.CSA_RECIPE), scored cross-fitted: "
                          "a model trained on one half of the classes re-ranks the other half's queries. The "
                          "model trained on all of them is written beside --out (NAME.csa.pt) and used by "
-                         "--config. With --method all, csa and the chains ending in it are tuned too")
+                         "--config. With --method all, csa and the chains ending in it are tuned too; "
+                         "k_reciprocal+csa gets a model trained over k-reciprocal (NAME.k_reciprocal+csa.pt)")
     tu.add_argument("--budget", type=float, default=None,
                     help="seconds in all (shared between the methods); the best found so far is kept")
     tu.add_argument("--margin", type=float_arg(0.0), default=0.1,
@@ -94,12 +95,17 @@ def run(args) -> int:
             raise ValueError(f"--train {args.train}: needs one labelled matrix (class labels, every item a query "
                              f"against the others); {args.features} is scored by the {mode} protocol"
                              + ("" if fs.queries_are_database else " with queries of its own"))
-        from pycsa.tune_learned import train_csa_for_tuning
+        from pycsa.tune_learned import STAGE_RECIPES, train_csa_for_tuning
 
-        trained = train_csa_for_tuning(fs.database, fs.db_labels, report=echo)
         serve = {} if learned.get("csa_k") is None else {"k": learned["csa_k"]}
-        stage_kwargs["csa"] = trained.factory(**serve)
-        echo(f"csa: trained in {trained.seconds:.1f} s")
+        trained = {}
+        # the plain model serves csa and every chain but those with a model of their own
+        for key in ["csa"] + [chain for chain in STAGE_RECIPES if chain in methods]:
+            recipe = STAGE_RECIPES.get(key)
+            trained[key] = train_csa_for_tuning(fs.database, fs.db_labels, recipe=recipe,
+                                                report=lambda m, key=key: echo(m.replace("csa:", f"{key}:", 1)))
+            stage_kwargs[key] = trained[key].factory(**serve)
+            echo(f"{key}: trained in {trained[key].seconds:.1f} s")
     scorer = Scorer(mode, fs, gnd)
     Q, X = fs.queries, fs.database
     print(f"pycsa {pycsa.__version__} tune: {args.features}"
@@ -122,12 +128,15 @@ def run(args) -> int:
     if trained is not None:
         from pycsa.csa import save_checkpoint
 
-        model_path = Path(str(out)[:-len(".json")] + ".csa.pt")
-        used = {**trained.recipe, "K": list(trained.recipe["K"]) if isinstance(trained.recipe["K"], (list, tuple))
-                else trained.recipe["K"]}
-        save_checkpoint(model_path, trained.final, train_config={**used, "trained_by": "pycsa tune --train csa"})
-        result["checkpoints"] = {"csa": model_path.name}  # beside the config: they move together
-        print(f"wrote {model_path}: CSA trained on all {X.shape[0]} items (--config uses it)")
+        result["checkpoints"] = {}
+        for key, model in trained.items():
+            model_path = Path(str(out)[:-len(".json")] + f".{key}.pt")
+            used = {**model.recipe, "K": list(model.recipe["K"]) if isinstance(model.recipe["K"], (list, tuple))
+                    else model.recipe["K"]}
+            save_checkpoint(model_path, model.final, train_config={**used, "trained_by": "pycsa tune --train csa"})
+            result["checkpoints"][key] = model_path.name  # beside the config: they move together
+            print(f"wrote {model_path}: CSA trained on all {X.shape[0]} items"
+                  + (f" over {model.final.stage} (for {key})" if model.final.stage else "") + " (--config uses it)")
     # NaN is no JSON and, as a score, would mean nothing was tuned; serialised before the file is made
     text = json.dumps(result, indent=2, allow_nan=False)
     with written(out) as tmp, open(tmp, "w") as f:  # removed again if the write fails
