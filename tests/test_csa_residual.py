@@ -235,18 +235,21 @@ def test_cli_train_with_the_options(tmp_path, shared_data, capsys):
     rc = pycsa.cli.main(["train", "--features", m, "--class-split", "first", "--K", "64,96", "--L", "64",
                          "--dim", "32", "--heads", "1", "--depth", "1", "--epochs", "1", "--batch-size", "32",
                          "--optimizer", "adamw", "--loss", "positive", "--residual", "--perturb", "1",
-                         "--out", str(out)])
+                         "--dense", "1", "--out", str(out)])
     assert rc == 0
     text = capsys.readouterr().out
-    assert "residual" in text and "K=64,96" in text and "loss positive" in text
+    assert "residual" in text and "K=64,96, 1 perturbed, 1 dense copies" in text and "loss positive" in text
     model = load_model(out)
     assert model.residual
+    assert torch.load(out, weights_only=False)["train_config"]["dense"] == 1
     with pytest.raises(SystemExit) as exit_:
         pycsa.cli.main(["train", "--features", m, "--K", "64,,96", "--out", str(tmp_path / "x.pt")])
     assert exit_.value.code == 2
     assert "--K: expected positive integers separated by commas" in capsys.readouterr().err
-    assert pycsa.cli.main(["train", "--method", "rrt", "--features", m, "--residual",
-                           "--out", str(tmp_path / "y.pt")]) == 2
+    for flag in (["--residual"], ["--dense", "1"]):
+        assert pycsa.cli.main(["train", "--method", "rrt", "--features", m, *flag,
+                               "--out", str(tmp_path / "y.pt")]) == 2
+        assert f"{flag[0]}: a CSA option; RRT does not use it" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ review fixes
@@ -291,8 +294,45 @@ def test_resume_refuses_other_training_options(tmp_path):
     train(X, y, K=[8, 10], L=8, epochs=1, batch_size=8, loss="positive", checkpoint=path, **SMALL)
     for change, match in ((dict(loss="mass", K=[8, 10]), "loss=positive, this run asks for loss=mass"),
                           (dict(loss="positive", K=[8, 10], perturb=1), "perturb=0, this run asks for perturb=1"),
+                          (dict(loss="positive", K=[8, 10], dense=1), "dense=0, this run asks for dense=1"),
                           (dict(loss="positive", K=8), r"K=\[8, 10\], this run asks for K=8")):
         with pytest.raises(ValueError, match=match):
             train(X, y, L=8, epochs=2, batch_size=8, resume=path, **change, **SMALL)
     assert len(train(X, y, K=[8, 10], L=8, epochs=2, batch_size=8, loss="positive", resume=path,
                      **SMALL).history) == 2
+
+
+def test_dense_views_grow_a_quarter_of_the_classes_fourfold_on_their_segments():
+    from pycsa.rerank.csa.train import DENSE_GROWTH, dense_view
+
+    # 8 classes of 2 items, each item a basis vector: a point between two of a class's items
+    # has weight on those two dimensions only, both non-negative
+    X = torch.eye(16)
+    y = torch.arange(16) // 2
+    y[-2:] = -1  # distractors: in no dense class
+    gen = torch.Generator().manual_seed(0)
+    Xd, yd = dense_view(X, y, min_size=4, gen=gen)
+    assert DENSE_GROWTH == 4
+    classes = torch.unique(yd)
+    assert classes.numel() == 2 and (classes >= 0).all()  # max(2, 7 // 4) classes
+    assert Xd.shape == (2 * 2 * DENSE_GROWTH, 16)
+    for c in classes.tolist():
+        rows = Xd[yd == c]
+        own = torch.zeros(16, dtype=torch.bool)
+        own[2 * c:2 * c + 2] = True
+        assert torch.equal(rows[:2], X[2 * c:2 * c + 2])  # the class's own items first
+        assert torch.all(rows[:, ~own] == 0) and torch.all(rows[:, own] >= 0)
+        assert torch.allclose(rows.norm(dim=1), torch.ones(rows.shape[0]))
+    # classes are added until the lists fit
+    Xd, yd = dense_view(X, y, min_size=20, gen=gen)
+    assert Xd.shape[0] >= 20 and torch.unique(yd).numel() == 3
+    with pytest.raises(ValueError, match="dense: the grown classes hold 56 items, fewer than the lists' 60"):
+        dense_view(X, y, min_size=60, gen=gen)
+    # in training: one more sample set per dense copy, and the option is checked and kept
+    X, y = _features(n=40)
+    sets = build_samples([X], y, K=12, L=8, perturb=1, dense=2, gen=torch.Generator().manual_seed(0))
+    assert len(sets) == 4 and all(s.X.shape[0] >= 12 for s in sets[2:])
+    with pytest.raises(ValueError, match="dense"):
+        train(X, y, K=8, L=8, epochs=1, dense=-1, **SMALL)
+    res = train(X, y, K=8, L=8, epochs=1, batch_size=8, dense=1, **SMALL)
+    assert res.history and np.isfinite(res.history[0]["loss"])

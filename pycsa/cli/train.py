@@ -64,6 +64,10 @@ def add_parser(sub) -> None:
                     help="csa: scale each list's affinities by their mean and spread over the anchors")
     tr.add_argument("--perturb", type=int_arg(0), default=0,
                     help="csa: perturbed copies of each feature set (80%% of the images, 80%% of the dimensions)")
+    tr.add_argument("--dense", type=int_arg(0), default=0,
+                    help="csa: dense copies of each feature set (a quarter of the classes, each grown fourfold "
+                         "by points between two of its items): lists with many relevant items, where the input "
+                         "ranking is already good")
     tr.add_argument("--stage", default=None,
                     help="csa: train over this training-free re-ranker's ranking (its lists, scores and, as affinities, "
                          "its scores between items); serve the model after it: --method k_reciprocal+csa")
@@ -136,7 +140,10 @@ def run(args) -> int:
           + (" residual" if args.residual else "") + (" standardized" if args.standardize else "")
           + (f"; over {args.stage}" + (f" {json.dumps(args.stage_params)}" if args.stage_params else "")
              if args.stage else "")
-          + f"; lists K={','.join(map(str, args.K)) if isinstance(args.K, list) else args.K}; loss {args.loss}; "
+          + f"; lists K={','.join(map(str, args.K)) if isinstance(args.K, list) else args.K}"
+          + (f", {args.perturb} perturbed" if args.perturb else "") + (f", {args.dense} dense" if args.dense else "")
+          + f" cop{'ies' if args.perturb + args.dense > 1 else 'y'}" * bool(args.perturb or args.dense)
+          + f"; loss {args.loss}; "
           f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f} (contrastive {r['contrastive']:.4f}, "  # noqa: E731
                      f"mse {r['mse']:.4f})  lr {r['lr']:.4g}"
@@ -150,8 +157,8 @@ def run(args) -> int:
             weight_decay=args.weight_decay,
             warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
             checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, loss=args.loss,
-            residual=args.residual, standardize=args.standardize, perturb=args.perturb, stage=args.stage,
-            stage_params=args.stage_params, progress=cb,
+            residual=args.residual, standardize=args.standardize, perturb=args.perturb, dense=args.dense,
+            stage=args.stage, stage_params=args.stage_params, progress=cb,
             on_epoch=lambda r: echo(fmt(r)))
     if result.history:
         print(f"wrote {args.out}")
@@ -167,6 +174,7 @@ def _run_train_rrt(args) -> int:
 
     for flag, given in (("--loss", args.loss != "mass"), ("--residual", args.residual),
                         ("--standardize", args.standardize), ("--perturb", args.perturb > 0),
+                        ("--dense", args.dense > 0),
                         ("--stage", args.stage is not None), ("--stage-params", args.stage_params is not None),
                         ("--K", args.K is not None)):
         if given:

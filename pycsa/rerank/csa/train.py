@@ -42,7 +42,7 @@ class _SampleSet:
     scores: torch.Tensor | None = None  # N x (max(K, L) - 1): the stage's scores of ``ranks``
 
 
-def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, perturb: int = 0,
+def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, perturb: int = 0, dense: int = 0,
                   gen: torch.Generator | None = None, stage: tuple[str, dict] | None = None,
                   stage_depth: int | None = None) -> list[_SampleSet]:
     """One sample per image and feature set: the image as query and its top-max(K, L)
@@ -61,6 +61,8 @@ def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, pertu
             keep = torch.randperm(n, generator=gen)[:keep_n].sort().values.to(X.device)
             dims = (torch.rand(d, generator=gen) >= 0.2).to(X.device, X.dtype)
             views.append((X[keep] * dims, labels[keep]))
+        for _ in range(dense):
+            views.append(dense_view(X, labels, depth + 1, gen))
         for Xv, yv in views:
             table = scores = None
             if stage is None:
@@ -72,6 +74,37 @@ def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, pertu
             relevant = (yv[ranks] == yv.unsqueeze(1)) & (yv.unsqueeze(1) >= 0)
             sets.append(_SampleSet(Xv, ranks, relevant, table, scores))
     return sets
+
+
+DENSE_GROWTH = 4
+
+
+def dense_view(X: torch.Tensor, labels: torch.Tensor, min_size: int, gen: torch.Generator | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A set of a random quarter of the classes, each grown fourfold by points on the segments
+    between two of its items (normalised): lists with four times the relevant items, as in data
+    with many views per object, where the cosine ranking is already good and a model trained
+    only on small classes over-corrects it. Classes are added until the set has ``min_size``
+    items; distractors (negative labels) are left out."""
+    classes = torch.unique(labels[labels >= 0]).cpu()
+    order = classes[torch.randperm(classes.numel(), generator=gen)]
+    parts, part_labels, size = [], [], 0
+    for i, c in enumerate(order.tolist()):
+        if i >= max(2, classes.numel() // DENSE_GROWTH) and size >= min_size:
+            break
+        members = torch.nonzero(labels.cpu() == c).squeeze(1)
+        m = members.numel()
+        extra = (DENSE_GROWTH - 1) * m
+        a = members[torch.randint(m, (extra,), generator=gen)].to(X.device)
+        b = members[torch.randint(m, (extra,), generator=gen)].to(X.device)
+        lam = torch.rand(extra, 1, generator=gen).to(X.device, X.dtype)
+        mixed = torch.nn.functional.normalize(lam * X[a] + (1 - lam) * X[b], dim=1)
+        parts += [X[members.to(X.device)], mixed]
+        part_labels.append(torch.full((m + extra,), c, dtype=labels.dtype, device=labels.device))
+        size += m + extra
+    if size < min_size:
+        raise ValueError(f"dense: the grown classes hold {size} items, fewer than the lists' {min_size}")
+    return torch.cat(parts), torch.cat(part_labels)
 
 
 def make_batch(sets: list[_SampleSet], ids: torch.Tensor, K: int, L: int, gen: torch.Generator):
@@ -235,8 +268,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
           weight_decay: float = 1e-5, tau: float = 2.0, lam: float = 0.2, amp: bool | None = None,
           device: Device = None, checkpoint: PathLike | None = None, resume: PathLike | None = None, seed: int = 0,
           val_k: int | None = None, optimizer: str = "sgd", loss: str = "mass", residual: bool = False,
-          standardize: bool = False, perturb: int = 0, stage: str | None = None, stage_params: dict | None = None,
-          progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          standardize: bool = False, perturb: int = 0, dense: int = 0, stage: str | None = None,
+          stage_params: dict | None = None, progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
 
     ``features``: one N x d matrix, or a list of matrices of the same N images from
@@ -277,6 +310,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     if loss not in LOSSES:
         raise ValueError(f"loss: expected one of {', '.join(LOSSES)}, got {loss!r}")
     perturb = integer(perturb, "perturb", low=0)
+    dense = integer(dense, "dense", low=0)
     stage, stage_params = check_stage(stage, stage_params)
     for name, v in (("dropout", dropout), ("drop_path", drop_path)):  # p = 1 drops everything: 0 / 0
         finite_float(v, name, 0.0, 1.0, high_open=True)
@@ -333,7 +367,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         opt = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     else:
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    sets = build_samples([X.to(device) for X in feats], y.to(device), K, L, perturb=perturb,
+    sets = build_samples([X.to(device) for X in feats], y.to(device), K, L, perturb=perturb, dense=dense,
                          gen=torch.Generator().manual_seed(seed), stage=None if stage is None else (stage, stage_params),
                          stage_depth=model.stage_depth)
     n_samples = sum(sset.X.shape[0] for sset in sets)
@@ -348,7 +382,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    train_config = dict(optimizer=optimizer, K=Ks if len(Ks) > 1 else K, L=L, loss=loss, perturb=perturb, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+    train_config = dict(optimizer=optimizer, K=Ks if len(Ks) > 1 else K, L=L, loss=loss, perturb=perturb, dense=dense, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                         momentum=momentum, weight_decay=weight_decay, tau=tau, lam=lam, amp=amp, seed=seed,
                         feature_sets=len(feats), images=n)
     history, start = [], 0
@@ -368,6 +402,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         # options that change the samples, the steps per epoch (so the schedule) or the loss
         old = payload.get("train_config", {})
         for key, now, before in (("loss", loss, old.get("loss", "mass")), ("perturb", perturb, old.get("perturb", 0)),
+                                 ("dense", dense, old.get("dense", 0)),
                                  ("K", train_config["K"], old.get("K", train_config["K"]))):
             if (list(now) if isinstance(now, (list, tuple)) else now) != \
                     (list(before) if isinstance(before, (list, tuple)) else before):
