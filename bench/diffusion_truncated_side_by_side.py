@@ -65,13 +65,14 @@ def per_list_truncated(X, ranking, T=1000, k=50, gamma=3.0, alpha=0.99, query_k=
     return pycsa.Ranking(new_i, new_s)
 
 
-def coil_like(objects=20, views=72, dim=512, seed=0):
+def coil_like(objects=20, views=72, dim=512, seed=0, spread=1.0):
+    # spread scales each object's curve: 1 gives cosine mAP 58.8, 0.59375 gives 90.8 (as a real COIL-20's)
     rng = np.random.default_rng(seed)
     theta = 2 * np.pi * np.arange(views) / views
     feats, labels = [], []
     for o in range(objects):
         c = rng.standard_normal(dim)
-        basis = rng.standard_normal((4, dim)) * np.array([[1.6], [1.6], [0.7], [0.7]])
+        basis = rng.standard_normal((4, dim)) * (np.array([[1.6], [1.6], [0.7], [0.7]]) * spread)
         curve = (np.cos(theta)[:, None] * basis[0] + np.sin(theta)[:, None] * basis[1]
                  + np.cos(2 * theta)[:, None] * basis[2] + np.sin(3 * theta)[:, None] * basis[3])
         x = c + curve + 0.35 * rng.standard_normal((views, dim))

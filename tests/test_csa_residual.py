@@ -2,6 +2,7 @@
 corrects the input ranking, standardised affinities, several training K and perturbed copies."""
 from __future__ import annotations
 
+import argparse
 import sys
 
 import numpy as np
@@ -336,3 +337,41 @@ def test_dense_views_grow_a_quarter_of_the_classes_fourfold_on_their_segments():
         train(X, y, K=8, L=8, epochs=1, dense=-1, **SMALL)
     res = train(X, y, K=8, L=8, epochs=1, batch_size=8, dense=1, **SMALL)
     assert res.history and np.isfinite(res.history[0]["loss"])
+
+
+def test_cli_train_recipe_sets_the_measured_options_and_given_flags_win(tmp_path, capsys):
+    from pycsa.tune_learned import CSA_RECIPE, STAGE_RECIPES
+
+    X, y = _features(n=60)
+    feats = tmp_path / "t.npz"
+    np.savez(feats, feats=X.numpy(), labels=y.numpy())
+    out = tmp_path / "r.pt"
+    assert pycsa.cli.main(["train", "--features", str(feats), "--recipe", "residual", "--epochs", "1",
+                           "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "recipe residual" in text and "--K: 59 (the recipe's [128, 256, 512] fitted" in text
+    payload = torch.load(out, weights_only=False)
+    model, used = load_model(out), payload["train_config"]
+    assert model.residual and model.standardize and model.stage is None
+    c = model.config
+    assert (c["num_anchors"], c["dim"], c["depth"], c["heads"]) == (59, CSA_RECIPE["dim"], CSA_RECIPE["depth"],
+                                                                    CSA_RECIPE["heads"])
+    assert used["epochs"] == 1  # the flag, not the recipe's 3
+    for key in ("perturb", "dense", "loss", "optimizer", "lr", "tau", "lam", "batch_size", "warmup_epochs"):
+        assert used[key] == CSA_RECIPE[key], key
+    assert pycsa.cli.main(["train", "--features", str(feats), "--recipe", "k_reciprocal", "--epochs", "1",
+                           "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert load_model(out).stage == STAGE_RECIPES["k_reciprocal+csa"]["stage"]
+    assert torch.load(out, weights_only=False)["train_config"]["perturb"] == STAGE_RECIPES["k_reciprocal+csa"]["perturb"]
+    # every option of a recipe is one of train's (argparse would drop an unknown default silently)
+    from pycsa.cli.train import recipe_defaults
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers()
+    pycsa.cli.train.add_parser(sub)
+    args = parser.parse_args(["train", "--features", "f", "--out", "o", "--recipe", "k_reciprocal"])
+    assert set(recipe_defaults(args)) <= set(vars(args))
+    assert pycsa.cli.main(["train", "--method", "rrt", "--features", str(feats), "--recipe", "residual",
+                           "--out", str(tmp_path / "y.pt")]) == 2
+    assert "--recipe: a CSA option; RRT does not use it" in capsys.readouterr().err

@@ -34,6 +34,12 @@ def main(argv=None) -> int:
 
     args = parser.parse_args(argv)
     try:
+        # a command's named presets (pycsa train --recipe) become defaults: parsed again, given flags win
+        presets = getattr(args, "presets", None)
+        defaults = presets(args) if presets is not None else {}
+        if defaults:
+            args.subparser.set_defaults(**defaults)
+            args = parser.parse_args(argv)
         return args.run(args)
     except KeyboardInterrupt:
         print("pycsa: interrupted", file=sys.stderr)

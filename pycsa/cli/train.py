@@ -79,7 +79,28 @@ def add_parser(sub) -> None:
     tr.add_argument("--resume", help="continue from this checkpoint")
     tr.add_argument("--seed", type=int_arg(0), default=0)
     tr.add_argument("--plot", help="also draw the loss and validation mAP per epoch to this PNG (needs matplotlib)")
-    tr.set_defaults(run=run)
+    tr.add_argument("--recipe", default=None, choices=sorted(RECIPES),
+                    help="csa: a measured recipe instead of the paper's defaults; flags given beside it win. "
+                         "residual: pycsa.tune_learned.CSA_RECIPE (serve as csa or in any chain); k_reciprocal: "
+                         "the same over k-reciprocal's ranking (serve as k_reciprocal+csa; the best on MPEG-7)")
+    tr.set_defaults(run=run, presets=recipe_defaults, subparser=tr)
+
+
+# --recipe NAME: the recipe's train() arguments (pycsa.tune_learned), by the option's dest
+RECIPES = {"residual": "csa", "k_reciprocal": "k_reciprocal+csa"}
+
+
+def recipe_defaults(args) -> dict:
+    """The defaults --recipe sets (the command line is parsed again with them, so given flags win)."""
+    if getattr(args, "recipe", None) is None:
+        return {}
+    if args.method != "csa":
+        raise ValueError(f"--recipe: a CSA option; {args.method.upper()} does not use it")
+    from pycsa.tune_learned import CSA_RECIPE, STAGE_RECIPES
+
+    key = RECIPES[args.recipe]
+    recipe = CSA_RECIPE if key == "csa" else STAGE_RECIPES[key]
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in recipe.items()}
 
 
 def json_dict_arg(text: str) -> dict:
@@ -128,6 +149,15 @@ def run(args) -> int:
         if args.val_class_split != "all":
             val = val.class_half(args.val_class_split)
     n = sets[0].database.shape[0]
+    if args.recipe:  # the recipe's lists fitted to a small training set, as tune fits them
+        from pycsa.tune_learned import fit_recipe
+
+        preset = recipe_defaults(args)
+        fitted = fit_recipe(n, {"K": preset["K"], "L": preset["L"]})
+        for name in ("K", "L"):
+            if getattr(args, name) == preset[name] and fitted[name] != preset[name]:
+                setattr(args, name, fitted[name])
+                print(f"--{name}: {fitted[name]} (the recipe's {preset[name]} fitted to the training set's {n} images)")
     for name in ("K", "L"):
         if getattr(args, name) is None:  # a small folder of images still trains; an explicit value is checked as given
             setattr(args, name, min(512, n))
@@ -136,7 +166,7 @@ def run(args) -> int:
     print(f"pycsa {pycsa.__version__} train csa: {len(sets)} feature set(s) x {n} images (d={', '.join(str(fs.database.shape[1]) for fs in sets)}), "
           f"{np.unique(sets[0].db_labels).size} classes"
           + (f"; validation: {val.database.shape[0]} images" if val is not None else "; no validation set"))
-    print(f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}"
+    print((f"recipe {args.recipe}; " if args.recipe else "") + f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}"
           + (" residual" if args.residual else "") + (" standardized" if args.standardize else "")
           + (f"; over {args.stage}" + (f" {json.dumps(args.stage_params)}" if args.stage_params else "")
              if args.stage else "")
