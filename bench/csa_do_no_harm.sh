@@ -13,10 +13,8 @@ SEEDS=${SEEDS:-0 1 2}
 C=$(git rev-parse --short HEAD)
 OUT=bench/results/$(date +%F)-csa-do-no-harm-$C
 DIR=$(mktemp -d)
-BASE=(--K 128,256,512 --L 128 --dim 64 --depth 2 --heads 1 --epochs 3 --batch-size 16 --dropout 0 --drop-path 0
-      --optimizer adamw --lr 3e-4 --warmup-epochs 0 --tau 1 --lam 0 --loss positive --residual --standardize --dense 2)
-PLAIN=("${BASE[@]}" --perturb 2)
-STAGE=("${BASE[@]}" --perturb 8 --stage k_reciprocal)
+PLAIN=(--recipe residual)
+STAGE=(--recipe k_reciprocal)
 source bench/csa_common.sh
 write_coil "$DIR/coil-hard.npz" 1
 write_coil "$DIR/coil-easy.npz" 0.59375

@@ -5,16 +5,17 @@
 # 2. Do no harm: trained on all of MPEG-7 and served on a COIL-like set (bench/diffusion_truncated_side_by_side.py's:
 #    20 objects x 72 views, synthetic) at K=128 and 1,024, against the input ranking; the paper's recipe beside it.
 # 3. pycsa tune --train csa on classes 0-34, then eval --config on classes 35-69.
-# Writes bench/results/<date>-csa-residual-mpeg7-<commit>.md. ~25 min on 2 CPU cores.
+# Writes bench/results/<date>-csa-residual-mpeg7-<commit>.md. About 45 min on 2 CPU cores (estimated: ~25 before --dense).
 #   bash bench/csa_residual_mpeg7.sh [path/to/mpeg7_mobilenetv2_imagenet_gap1280.npz]
 set -euo pipefail
 M=${1:-../shared/data/mpeg7/mpeg7_mobilenetv2_imagenet_gap1280.npz}
 C=$(git rev-parse --short HEAD)
 OUT=bench/results/$(date +%F)-csa-residual-mpeg7-$C
 DIR=$(mktemp -d)
-# the recipe of pycsa.tune_learned.CSA_RECIPE
-RECIPE=(--K 128,256,512 --L 128 --dim 64 --depth 2 --heads 1 --epochs 3 --batch-size 16 --dropout 0 --drop-path 0
-        --optimizer adamw --lr 3e-4 --warmup-epochs 0 --tau 1 --lam 0 --loss positive --residual --standardize --perturb 2)
+# the recipe of pycsa.tune_learned.CSA_RECIPE (before commit ea12b80 these flags: --K 128,256,512 --L 128 --dim 64
+# --depth 2 --heads 1 --epochs 3 --batch-size 16 --dropout 0 --drop-path 0 --optimizer adamw --lr 3e-4
+# --warmup-epochs 0 --tau 1 --lam 0 --loss positive --residual --standardize --perturb 2; now also --dense 2)
+RECIPE=(--recipe residual)
 PAPER=(--K 128 --L 128 --dim 64 --heads 1 --epochs 6 --batch-size 16 --dropout 0 --drop-path 0 --optimizer adamw --lr 3e-4)
 source bench/csa_common.sh
 write_coil "$DIR/coil.npz"

@@ -4,16 +4,18 @@
 #    whole list), against every training-free re-ranker at its defaults.
 # 2. Do no harm: trained on all of MPEG-7, served on the COIL-like set (bench/diffusion_truncated_side_by_side.py's:
 #    20 objects x 72 views, synthetic) after k-reciprocal, against k-reciprocal alone.
-# Writes bench/results/<date>-csa-stage-mpeg7-<commit>.md. ~35 min on 2 CPU cores.
+# Writes bench/results/<date>-csa-stage-mpeg7-<commit>.md. About 70 min on 2 CPU cores (estimated: ~35 before --dense).
 #   bash bench/csa_stage_mpeg7.sh [path/to/mpeg7_mobilenetv2_imagenet_gap1280.npz]
 set -euo pipefail
 M=${1:-../shared/data/mpeg7/mpeg7_mobilenetv2_imagenet_gap1280.npz}
 C=$(git rev-parse --short HEAD)
 OUT=bench/results/$(date +%F)-csa-stage-mpeg7-$C
 DIR=$(mktemp -d)
-RECIPE=(--K 128,256,512 --L 128 --dim 64 --depth 2 --heads 1 --epochs 3 --batch-size 16 --dropout 0 --drop-path 0
-        --optimizer adamw --lr 3e-4 --warmup-epochs 0 --tau 1 --lam 0 --loss positive --residual --perturb 8
-        --stage k_reciprocal --standardize)
+# pycsa.tune_learned.STAGE_RECIPES["k_reciprocal+csa"] (before commit ea12b80 these flags: --K 128,256,512 --L 128
+# --dim 64 --depth 2 --heads 1 --epochs 3 --batch-size 16 --dropout 0 --drop-path 0 --optimizer adamw --lr 3e-4
+# --warmup-epochs 0 --tau 1 --lam 0 --loss positive --residual --perturb 8 --stage k_reciprocal --standardize;
+# now also --dense 2)
+RECIPE=(--recipe k_reciprocal)
 source bench/csa_common.sh
 write_coil "$DIR/coil.npz"
 {
