@@ -177,6 +177,34 @@ def learned_for(learned: dict | None, names: list[str], s: int):
     return learned.get(names[s], {})
 
 
+def model_stage(model) -> tuple[str, dict] | None:
+    """(stage, parameters) a CSA model was trained over, the searched ones filled in with the
+    stage's defaults (as a tune result lists them); None for a model trained on plain lists."""
+    stage = getattr(model, "stage", None)
+    if stage is None:
+        return None
+    defaults = _defaults(stage)
+    return stage, {**{p: defaults[p] for p in search_space(stage) if p in defaults}, **(model.stage_params or {})}
+
+
+def _stage_of(extra) -> tuple[str, dict] | None:
+    """The stage a learned stage's model was trained over: a tune-trained factory says so
+    (``.stage``); constructor arguments with a CSA checkpoint or model are read."""
+    if callable(extra):
+        return getattr(extra, "stage", None)
+    if isinstance(extra, dict) and ("checkpoint" in extra or "model" in extra):
+        model = extra.get("model")
+        if model is None:
+            from .csa import load_model
+
+            try:
+                model = load_model(extra["checkpoint"])
+            except Exception:  # noqa: BLE001 - not a CSA checkpoint (RRT's): building it says what is wrong
+                return None
+        return model_stage(model)
+    return None
+
+
 def _build(stages: list[tuple[str, dict]], learned: dict | None) -> Reranker:
     """The chain of ``stages``; ``learned[name]`` (or ``learned['a+name']`` for that chain
     only, see :func:`learned_for`): constructor arguments of a learned stage (they win over a
@@ -235,8 +263,8 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     pins = [dict(getattr(e, "pinned", {})) if callable(e) else dict(e) for e in extras]
     for s, e in enumerate(extras):
         # a CSA trained over a stage serves after that stage as it was trained: its parameters are fixed
-        before = getattr(e, "stage", None)
-        if s > 0 and before is not None and before[0] == names[s - 1]:
+        before = _stage_of(e) if s > 0 and names[s] == "csa" else None
+        if before is not None and before[0] == names[s - 1]:
             pins[s - 1].update(before[1])
     fixed = [{} if extras[s] else pins[s] for s in range(len(names))]  # passed to a training-free stage
 
@@ -487,9 +515,12 @@ def create_from_config(config: dict | PathLike, method: str | None = None, **lea
     # a misspelt stage (cas= for csa=) would be dropped silently and the stage built without it
     names = [n for n, _ in stages]
     saved = config_checkpoints(config)
+    whole = method in cfg["methods"]
     for s, name in enumerate(names):
-        # a model saved for this chain ('k_reciprocal+csa': trained over k-reciprocal) before the stage's own
-        path = learned_for(saved, names, s) or None
+        # a model saved for this chain ('k_reciprocal+csa': trained over k-reciprocal) before the stage's
+        # own, when the chain was tuned as a whole (its stage then kept the model's parameters; a chain
+        # put together from separate entries gets the plain model)
+        path = (learned_for(saved, names, s) if whole else saved.get(name)) or None
         given = learned_kwargs.get(name)
         if path is not None and (given is None or (isinstance(given, dict) and "checkpoint" not in given
                                                    and "model" not in given)):

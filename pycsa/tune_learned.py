@@ -97,13 +97,10 @@ class TrainedCSA:
         def make(**params):
             return CrossFitted([CSAReranker(model=m, **{**params, **serve}) for m in self.folds], self.query_fold)
         make.pinned = dict(serve)
-        stage = getattr(self.final, "stage", None)
-        if stage is not None:  # the stage before it runs with the parameters the models were trained over
-            from .tune import _defaults, search_space
+        if getattr(self.final, "stage", None) is not None:  # the stage before it keeps the models' parameters
+            from .tune import model_stage
 
-            sp = dict(self.final.stage_params or {})
-            defaults = _defaults(stage)
-            make.stage = (stage, {**{p: defaults[p] for p in search_space(stage) if p in defaults}, **sp})
+            make.stage = model_stage(self.final)
         return make
 
 

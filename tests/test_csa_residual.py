@@ -303,40 +303,59 @@ def test_resume_refuses_other_training_options(tmp_path):
                      **SMALL).history) == 2
 
 
-def test_dense_views_grow_a_quarter_of_the_classes_fourfold_on_their_segments():
+def test_dense_views_grow_a_quarter_of_the_classes_fourfold_on_their_segments(monkeypatch):
     from pycsa.rerank.csa.train import DENSE_GROWTH, dense_view
 
-    # 8 classes of 2 items, each item a basis vector: a point between two of a class's items
+    # 12 classes of 2 items, each item a basis vector: a point between two of a class's items
     # has weight on those two dimensions only, both non-negative
-    X = torch.eye(16)
-    y = torch.arange(16) // 2
+    X = torch.eye(26)
+    y = torch.arange(26) // 2
     y[-2:] = -1  # distractors: in no dense class
     gen = torch.Generator().manual_seed(0)
     Xd, yd = dense_view(X, y, min_size=4, gen=gen)
     assert DENSE_GROWTH == 4
     classes = torch.unique(yd)
-    assert classes.numel() == 2 and (classes >= 0).all()  # max(2, 7 // 4) classes
-    assert Xd.shape == (2 * 2 * DENSE_GROWTH, 16)
+    assert classes.numel() == 3 and (classes >= 0).all()  # 12 // 4 classes
+    assert Xd.shape == (3 * 2 * DENSE_GROWTH, 26)
+    between = 0
     for c in classes.tolist():
         rows = Xd[yd == c]
-        own = torch.zeros(16, dtype=torch.bool)
+        own = torch.zeros(26, dtype=torch.bool)
         own[2 * c:2 * c + 2] = True
         assert torch.equal(rows[:2], X[2 * c:2 * c + 2])  # the class's own items first
         assert torch.all(rows[:, ~own] == 0) and torch.all(rows[:, own] >= 0)
         assert torch.allclose(rows.norm(dim=1), torch.ones(rows.shape[0]))
-    # classes are added until the lists fit
-    Xd, yd = dense_view(X, y, min_size=20, gen=gen)
-    assert Xd.shape[0] >= 20 and torch.unique(yd).numel() == 3
-    with pytest.raises(ValueError, match="dense: the grown classes hold 56 items, fewer than the lists' 60"):
-        dense_view(X, y, min_size=60, gen=gen)
+        between += int(((rows[2:, own] > 0.05).all(dim=1)).sum())
+    assert between >= 8  # most new points mix two items (a or b alone would be the item itself)
+    # the mixed norm of the two items, not 1: unnormalised features keep their scale
+    Xs, _ = dense_view(X * 10, y, min_size=4, gen=torch.Generator().manual_seed(0))
+    assert torch.allclose(Xs.norm(dim=1), torch.full((Xs.shape[0],), 10.0))
+    # classes are added until the lists fit; none when even all of them cannot
+    Xd, yd = dense_view(X, y, min_size=30, gen=gen)
+    assert Xd.shape[0] >= 30 and torch.unique(yd).numel() == 4
+    assert dense_view(X, y, min_size=100, gen=gen) is None
     # in training: one more sample set per dense copy, and the option is checked and kept
     X, y = _features(n=40)
     sets = build_samples([X], y, K=12, L=8, perturb=1, dense=2, gen=torch.Generator().manual_seed(0))
     assert len(sets) == 4 and all(s.X.shape[0] >= 12 for s in sets[2:])
+    mostly_distractors = torch.where(torch.arange(40) < 8, y, torch.full_like(y, -1))
+    with pytest.warns(UserWarning, match="dense: the labelled items, grown fourfold, cannot fill lists of 39"):
+        sets = build_samples([X], mostly_distractors, K=39, L=8, dense=2, gen=torch.Generator().manual_seed(0))
+    assert len(sets) == 1
     with pytest.raises(ValueError, match="dense"):
         train(X, y, K=8, L=8, epochs=1, dense=-1, **SMALL)
+    seen = []
+    orig = build_samples
+
+    def spy(*args, **kw):
+        seen.append(kw.get("dense"))
+        return orig(*args, **kw)
+
+    # the module, not pycsa.rerank.csa.train (the package's name for the function)
+    monkeypatch.setattr(sys.modules["pycsa.rerank.csa.train"], "build_samples", spy)
     res = train(X, y, K=8, L=8, epochs=1, batch_size=8, dense=1, **SMALL)
-    assert res.history and np.isfinite(res.history[0]["loss"])
+    monkeypatch.undo()
+    assert seen == [1] and res.history and np.isfinite(res.history[0]["loss"])
 
 
 def test_cli_train_recipe_sets_the_measured_options_and_given_flags_win(tmp_path, capsys):
@@ -357,6 +376,12 @@ def test_cli_train_recipe_sets_the_measured_options_and_given_flags_win(tmp_path
     assert (c["num_anchors"], c["dim"], c["depth"], c["heads"]) == (59, CSA_RECIPE["dim"], CSA_RECIPE["depth"],
                                                                     CSA_RECIPE["heads"])
     assert used["epochs"] == 1  # the flag, not the recipe's 3
+    # given list lengths are kept, not fitted
+    assert pycsa.cli.main(["train", "--features", str(feats), "--recipe", "residual", "--epochs", "1", "--K", "20",
+                           "--L", "10", "--out", str(tmp_path / "k.pt")]) == 0
+    assert "fitted" not in capsys.readouterr().out
+    assert torch.load(tmp_path / "k.pt", weights_only=False)["train_config"]["K"] == 20
+    assert load_model(tmp_path / "k.pt").num_anchors == 10
     for key in ("perturb", "dense", "loss", "optimizer", "lr", "tau", "lam", "batch_size", "warmup_epochs"):
         assert used[key] == CSA_RECIPE[key], key
     assert pycsa.cli.main(["train", "--features", str(feats), "--recipe", "k_reciprocal", "--epochs", "1",

@@ -192,8 +192,19 @@ def test_cli_tune_trains_a_model_over_k_reciprocal_for_its_chain(tmp_path, capsy
     assert last.model.stage == "k_reciprocal" and last.checkpoint.endswith("tuned.k_reciprocal+csa.pt")
     assert first.k1 == 7
     assert create_from_config(out, "csa").model.stage is None
+    # a chain the config did not tune as a whole is put together from its entries: the plain model
+    longer = create_from_config(out, "k_reciprocal+csa+alpha_qe")
+    assert longer.rerankers[1].model.stage is None
     s, i = pycsa.search(X, X, X.shape[0])
     expect = chain.fit(X).rerank(X, X, Ranking(i, s))
+    # --checkpoint csa=... beside --config wins for the chain too, as csa= does in create_from_config
+    plain = str(tmp_path / "tuned.csa.pt")
+    mine = create_from_config(out, "k_reciprocal+csa", csa={"checkpoint": plain})
+    assert mine.rerankers[1].model.stage is None
+    assert main(["rerank", "--features", str(feats), "--config", str(out), "--method", "k_reciprocal+csa",
+                 "--checkpoint", f"csa={plain}", "--out", str(tmp_path / "mine.npz")]) == 0
+    assert np.array_equal(np.load(tmp_path / "mine.npz")["indices"],
+                          np.asarray(mine.fit(X).rerank(X, X, Ranking(i, s)).indices))
     # the CLI serves the same chain, with the same model, and scores it as the tuner did (on all classes)
     assert main(["rerank", "--features", str(feats), "--config", str(out), "--method", "k_reciprocal+csa",
                  "--out", str(tmp_path / "r.npz")]) == 0
@@ -207,3 +218,19 @@ def test_cli_tune_trains_a_model_over_k_reciprocal_for_its_chain(tmp_path, capsy
     out.write_text(json.dumps(cfg))
     assert main(["eval", "--features", str(feats), "--config", str(out), "--method", "k_reciprocal+csa"]) == 2
     assert "k_reciprocal tuned to" in capsys.readouterr().err
+
+
+def test_a_stage_model_given_by_checkpoint_pins_its_stage_in_the_search(tmp_path):
+    from pycsa.evaluate import class_map
+    from pycsa.tune import tune_method
+
+    X, y = _labelled()
+    path = tmp_path / "kr.pt"
+    recipe = {k: v for k, v in TINY.items()}
+    pycsa.csa.train(X, y, stage="k_reciprocal", stage_params={"k1": 7}, checkpoint=path, **recipe)
+    s, i = pycsa.search(X, X, X.shape[0])
+    score = lambda r: 100 * class_map(np.asarray(r.indices), y, y, exclude_self=True)  # noqa: E731
+    result = tune_method("k_reciprocal+csa", X, X, Ranking(i, s), score, learned={"csa": {"checkpoint": str(path)}})
+    # k-reciprocal keeps the model's parameters (another k1 would be refused by the model's score check)
+    assert result.stages[0] == ("k_reciprocal", {"k1": 7, "k2": 6, "lambda_value": 0.3})
+    assert result.evaluations == len({1024, *search_space("csa", X.shape[0])["k"]})

@@ -48,8 +48,10 @@ def learned_args(args) -> dict:
         except RecursionError:  # json's message names neither the option nor the file
             raise ValueError(f"--config: {config} is nested too deeply to be a `pycsa tune` result") from None
         # models `pycsa tune --train` saved beside the config, unless --checkpoint names others
+        given = set(found)
         for method, saved in config_checkpoints(path).items():
-            if method not in found:  # checked when a method needs it (build_reranker)
+            # a chain's own model ('k_reciprocal+csa') too gives way to the user's --checkpoint csa=...
+            if method not in given and method.split("+")[-1] not in given:  # checked when a method needs it
                 found[method] = saved
                 from_config.add(method)
     return {"checkpoints": found, "from_config": from_config, "csa_k": getattr(args, "csa_k", None),
@@ -74,9 +76,11 @@ def build_reranker(name: str, learned: dict | None = None):
         if not needs_checkpoint(part):
             made.append(pycsa.create(part, **params))
             continue
-        # a model saved for this chain ('k_reciprocal+csa', by `pycsa tune --train`) before the part's own
+        # a model saved for this chain ('k_reciprocal+csa', by `pycsa tune --train`) before the part's own,
+        # when the config tuned the chain as a whole (else its stages come from separate entries)
         key = "+".join(name.split("+")[:i + 1])
-        key = key if i > 0 and key in learned["checkpoints"] else part
+        whole = learned.get("config") is not None and name in learned["config"]["methods"]
+        key = key if i > 0 and whole and key in learned["checkpoints"] else part
         path = learned["checkpoints"].get(key)
         if path is not None and key in learned.get("from_config", ()) and not Path(path).is_file():
             raise ValueError(f"--config: names {part}'s checkpoint {path}, which is missing (`pycsa tune --train` "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -62,7 +63,12 @@ def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, pertu
             dims = (torch.rand(d, generator=gen) >= 0.2).to(X.device, X.dtype)
             views.append((X[keep] * dims, labels[keep]))
         for _ in range(dense):
-            views.append(dense_view(X, labels, depth + 1, gen))
+            view = dense_view(X, labels, depth + 1, gen)
+            if view is None:  # mostly distractors: the labelled items cannot fill a list
+                warnings.warn(f"dense: the labelled items, grown fourfold, cannot fill lists of {depth + 1}; "
+                              "no dense copies", stacklevel=2)
+                break
+            views.append(view)
         for Xv, yv in views:
             table = scores = None
             if stage is None:
@@ -80,30 +86,33 @@ DENSE_GROWTH = 4
 
 
 def dense_view(X: torch.Tensor, labels: torch.Tensor, min_size: int, gen: torch.Generator | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """A set of a random quarter of the classes, each grown fourfold by points on the segments
-    between two of its items (normalised): lists with four times the relevant items, as in data
-    with many views per object, where the cosine ranking is already good and a model trained
-    only on small classes over-corrects it. Classes are added until the set has ``min_size``
-    items; distractors (negative labels) are left out."""
-    classes = torch.unique(labels[labels >= 0]).cpu()
+    between two of its items: lists with four times the relevant items, as in data with many
+    views per object, where the cosine ranking is already good and a model trained only on
+    small classes over-corrects it. A new point has the direction of the mix and the mixed norm
+    of its two items (unit for unit features). Classes are added until the set has ``min_size``
+    items; distractors (negative labels) are left out. None when all of them hold fewer."""
+    y = labels.cpu()
+    classes = torch.unique(y[y >= 0])
     order = classes[torch.randperm(classes.numel(), generator=gen)]
     parts, part_labels, size = [], [], 0
     for i, c in enumerate(order.tolist()):
         if i >= max(2, classes.numel() // DENSE_GROWTH) and size >= min_size:
             break
-        members = torch.nonzero(labels.cpu() == c).squeeze(1)
+        members = torch.nonzero(y == c).squeeze(1)
         m = members.numel()
         extra = (DENSE_GROWTH - 1) * m
         a = members[torch.randint(m, (extra,), generator=gen)].to(X.device)
         b = members[torch.randint(m, (extra,), generator=gen)].to(X.device)
         lam = torch.rand(extra, 1, generator=gen).to(X.device, X.dtype)
-        mixed = torch.nn.functional.normalize(lam * X[a] + (1 - lam) * X[b], dim=1)
+        norm = lam * X[a].norm(dim=1, keepdim=True) + (1 - lam) * X[b].norm(dim=1, keepdim=True)
+        mixed = F.normalize(lam * X[a] + (1 - lam) * X[b], dim=1) * norm
         parts += [X[members.to(X.device)], mixed]
         part_labels.append(torch.full((m + extra,), c, dtype=labels.dtype, device=labels.device))
         size += m + extra
     if size < min_size:
-        raise ValueError(f"dense: the grown classes hold {size} items, fewer than the lists' {min_size}")
+        return None
     return torch.cat(parts), torch.cat(part_labels)
 
 
