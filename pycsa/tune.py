@@ -166,15 +166,18 @@ def _check_method(method, name: str) -> None:
             raise ValueError(f"{name}: {str(exc).removeprefix('name: ')}") from None
 
 
-def learned_for(learned: dict | None, names: list[str], s: int):
-    """What ``learned`` holds for stage ``s`` of the chain ``names``: the entry under the chain
-    up to that stage ('k_reciprocal+csa': a CSA trained over k-reciprocal) when there is one,
-    else the entry under the stage's own name ('csa'); {} when neither."""
-    learned = learned or {}
+def learned_key(learned: dict | None, names: list[str], s: int) -> str:
+    """The key of ``learned`` for stage ``s`` of the chain ``names``: the chain up to that stage
+    ('k_reciprocal+csa': a CSA trained over k-reciprocal) when ``learned`` has it, else the
+    stage's own name ('csa')."""
     prefix = "+".join(names[:s + 1])
-    if s > 0 and prefix in learned:
-        return learned[prefix]
-    return learned.get(names[s], {})
+    return prefix if s > 0 and prefix in (learned or {}) else names[s]
+
+
+def learned_for(learned: dict | None, names: list[str], s: int):
+    """What ``learned`` holds for stage ``s`` of the chain ``names`` (see :func:`learned_key`);
+    {} when nothing."""
+    return (learned or {}).get(learned_key(learned, names, s), {})
 
 
 def model_stage(model) -> tuple[str, dict] | None:
@@ -520,7 +523,7 @@ def create_from_config(config: dict | PathLike, method: str | None = None, **lea
         # a model saved for this chain ('k_reciprocal+csa': trained over k-reciprocal) before the stage's
         # own, when the chain was tuned as a whole (its stage then kept the model's parameters; a chain
         # put together from separate entries gets the plain model)
-        path = (learned_for(saved, names, s) if whole else saved.get(name)) or None
+        path = saved.get(learned_key(saved, names, s) if whole else name)
         given = learned_kwargs.get(name)
         if path is not None and (given is None or (isinstance(given, dict) and "checkpoint" not in given
                                                    and "model" not in given)):

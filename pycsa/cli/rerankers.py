@@ -64,6 +64,8 @@ def learned_args(args) -> dict:
 def build_reranker(name: str, learned: dict | None = None):
     """A re-ranker or chain by name; learned methods get their checkpoint (and CSA's K, RRT's
     locals); with ``learned["config"]`` (a `pycsa tune` result) the tuned parameters."""
+    from pycsa.tune import learned_key
+
     learned = learned or {"checkpoints": {}}
     tuned = None
     if learned.get("config") is not None:
@@ -78,9 +80,8 @@ def build_reranker(name: str, learned: dict | None = None):
             continue
         # a model saved for this chain ('k_reciprocal+csa', by `pycsa tune --train`) before the part's own,
         # when the config tuned the chain as a whole (else its stages come from separate entries)
-        key = "+".join(name.split("+")[:i + 1])
         whole = learned.get("config") is not None and name in learned["config"]["methods"]
-        key = key if i > 0 and whole and key in learned["checkpoints"] else part
+        key = learned_key(learned["checkpoints"], name.split("+"), i) if whole else part
         path = learned["checkpoints"].get(key)
         if path is not None and key in learned.get("from_config", ()) and not Path(path).is_file():
             raise ValueError(f"--config: names {part}'s checkpoint {path}, which is missing (`pycsa tune --train` "

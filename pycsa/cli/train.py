@@ -90,6 +90,12 @@ def add_parser(sub) -> None:
 RECIPES = {"residual": "csa", "k_reciprocal": "k_reciprocal+csa"}
 
 
+def _copies(perturb: int, dense: int) -> str:
+    """'2 perturbed, 2 dense copies' ('' for none): what the training sets are grown by."""
+    kinds = [f"{n} {kind}" for n, kind in ((perturb, "perturbed"), (dense, "dense")) if n]
+    return ", ".join(kinds) + (" copies" if perturb + dense > 1 else " copy") if kinds else ""
+
+
 def recipe_defaults(args) -> dict:
     """The defaults --recipe sets (the command line is parsed again with them, so given flags win)."""
     if getattr(args, "recipe", None) is None:
@@ -171,8 +177,7 @@ def run(args) -> int:
           + (f"; over {args.stage}" + (f" {json.dumps(args.stage_params)}" if args.stage_params else "")
              if args.stage else "")
           + f"; lists K={','.join(map(str, args.K)) if isinstance(args.K, list) else args.K}"
-          + (f", {args.perturb} perturbed" if args.perturb else "") + (f", {args.dense} dense" if args.dense else "")
-          + f" cop{'ies' if args.perturb + args.dense > 1 else 'y'}" * bool(args.perturb or args.dense)
+          + "".join(f", {copies}" for copies in [_copies(args.perturb, args.dense)] if copies)
           + f"; loss {args.loss}; "
           f"{args.epochs} epochs, batch {args.batch_size}; checkpoint -> {args.out}")
     fmt = lambda r: (f"epoch {r['epoch']:3d}  loss {r['loss']:.4f} (contrastive {r['contrastive']:.4f}, "  # noqa: E731
