@@ -246,8 +246,8 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     """Coordinate search over the parameters of ``method`` (a name or a chain 'a+b'), each
     stage's parameters in turn. ``learned``: constructor arguments of learned stages
     ({"csa": {"checkpoint": ...}}; under a chain's name, 'k_reciprocal+csa', for that chain
-    only). A factory with a ``stage`` attribute, (name, params), is a CSA trained over that
-    stage: the stage before it keeps those parameters. ``deadline``: time.monotonic() after which the search
+    only). A CSA trained over a stage (a factory's ``stage`` attribute, (name, params), or the
+    model a checkpoint holds) keeps the stage before it at those parameters. ``deadline``: time.monotonic() after which the search
     stops with the best found so far."""
     _check_method(method, "method")
     margin = finite_float(margin, "margin", low=0.0)

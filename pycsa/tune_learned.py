@@ -96,11 +96,10 @@ class TrainedCSA:
 
         def make(**params):
             return CrossFitted([CSAReranker(model=m, **{**params, **serve}) for m in self.folds], self.query_fold)
-        make.pinned = dict(serve)
-        if getattr(self.final, "stage", None) is not None:  # the stage before it keeps the models' parameters
-            from .tune import model_stage
+        from .tune import model_stage
 
-            make.stage = model_stage(self.final)
+        make.pinned = dict(serve)
+        make.stage = model_stage(self.final)  # None, or the stage before it keeps the models' parameters
         return make
 
 
