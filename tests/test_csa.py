@@ -1,6 +1,7 @@
 """CSA: model, loss, samples, training (it learns), checkpoints, serving, CLI."""
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -377,7 +378,11 @@ def test_ddp_training_with_torchrun(tmp_path):
     data = tmp_path / "f.npz"
     np.savez(data, feats=X.numpy(), labels=y.numpy())
     out = tmp_path / "ddp.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    # a free port, not a fixed one: two test runs on one machine must not meet on the rendezvous
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            "-m", "pycsa.cli", "train", "--features", str(data), "--K", "8", "--L", "8", "--dim", "32", "--heads", "1",
            "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
