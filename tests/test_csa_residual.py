@@ -384,6 +384,11 @@ def test_cli_train_recipe_sets_the_measured_options_and_given_flags_win(tmp_path
     assert load_model(tmp_path / "k.pt").num_anchors == 10
     for key in ("perturb", "dense", "loss", "optimizer", "lr", "tau", "lam", "batch_size", "warmup_epochs"):
         assert used[key] == CSA_RECIPE[key], key
+    # what the recipe turns on, a flag beside it turns off
+    assert pycsa.cli.main(["train", "--features", str(feats), "--recipe", "residual", "--epochs", "1",
+                           "--no-standardize", "--out", str(tmp_path / "n.pt")]) == 0
+    capsys.readouterr()
+    assert load_model(tmp_path / "n.pt").residual and not load_model(tmp_path / "n.pt").standardize
     assert pycsa.cli.main(["train", "--features", str(feats), "--recipe", "k_reciprocal", "--epochs", "1",
                            "--out", str(out)]) == 0
     capsys.readouterr()

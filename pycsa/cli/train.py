@@ -58,9 +58,10 @@ def add_parser(sub) -> None:
     tr.add_argument("--loss", default="mass", choices=["mass", "positive"],
                     help="csa: mass, the paper's (-log softmax mass of the relevant items); positive: every relevant "
                          "item against the irrelevant ones (better for mAP)")
-    tr.add_argument("--residual", action="store_true",
+    # on/off pairs (--no-residual), so that a flag beside --recipe can turn off what the recipe turns on
+    tr.add_argument("--residual", action=argparse.BooleanOptionalAction, default=False,
                     help="csa: the new score corrects the input ranking's, z(s_in) + g z(csa), g learned from 0")
-    tr.add_argument("--standardize", action="store_true",
+    tr.add_argument("--standardize", action=argparse.BooleanOptionalAction, default=False,
                     help="csa: scale each list's affinities by their mean and spread over the anchors")
     tr.add_argument("--perturb", type=int_arg(0), default=0,
                     help="csa: perturbed copies of each feature set (80%% of the images, 80%% of the dimensions)")
