@@ -242,13 +242,16 @@ class TuneResult:
 def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, scorer: Callable[[Ranking], float], *,
                 learned: dict | None = None, deadline: float | None = None, margin: float = 0.1,
                 standard_errors: float = 2.0, max_rounds: int = 3,
-                on_eval: Callable[[int], None] | None = None) -> TuneResult:
+                on_eval: Callable[[int], None] | None = None,
+                fixed_stages: dict[int, dict] | None = None) -> TuneResult:
     """Coordinate search over the parameters of ``method`` (a name or a chain 'a+b'), each
     stage's parameters in turn. ``learned``: constructor arguments of learned stages
     ({"csa": {"checkpoint": ...}}; under a chain's name, 'k_reciprocal+csa', for that chain
     only). A CSA trained over a stage (a factory's ``stage`` attribute, (name, params), or the
-    model a checkpoint holds) keeps the stage before it at those parameters. ``deadline``: time.monotonic() after which the search
-    stops with the best found so far."""
+    model a checkpoint holds) keeps the stage before it at those parameters. ``fixed_stages``:
+    {stage index: parameters} kept as given, not searched (tune() passes a chain's earlier stages
+    as tuned alone); ``default_score`` is still the chain at its defaults. ``deadline``:
+    time.monotonic() after which the search stops with the best found so far."""
     _check_method(method, "method")
     margin = finite_float(margin, "margin", low=0.0)
     standard_errors = finite_float(standard_errors, "standard_errors", low=0.0)
@@ -269,6 +272,20 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
         before = _stage_of(e) if s > 0 and names[s] == "csa" else None
         if before is not None and before[0] == names[s - 1]:
             pins[s - 1].update(before[1])
+    from_fixed = set()  # (stage, parameter) pinned by fixed_stages alone
+    if fixed_stages is not None:
+        if not isinstance(fixed_stages, dict) or any(not isinstance(s, int) or not 0 <= s < len(names)
+                                                     or not isinstance(p, dict) for s, p in fixed_stages.items()):
+            raise ValueError(f"fixed_stages: expected {{stage index: parameters}} for the stages of {method!r} "
+                             f"(0..{len(names) - 1}), got {fixed_stages!r}")
+        for s, params in fixed_stages.items():
+            if extras[s]:
+                raise ValueError(f"fixed_stages: stage {s} of {method!r} ({names[s]}) is learned; its parameters "
+                                 "come with its model (learned)")
+            for p, v in params.items():
+                if p not in pins[s]:  # the caller's and a model's pins come first
+                    pins[s][p] = v
+                    from_fixed.add((s, p))
     fixed = [{} if extras[s] else pins[s] for s in range(len(names))]  # passed to a training-free stage
 
     coords = [(s, p, vals) for s, name in enumerate(names) for p, vals in search_space(name, n).items()
@@ -308,6 +325,11 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     best_eval = evaluate(current)
     best = best_eval[0]
     default_score = best
+    if from_fixed:
+        # the search starts from the fixed stages; the chain at its defaults is scored for the record
+        plain = [{p: v for p, v in fixed[s].items() if (s, p) not in from_fixed} for s in range(len(names))]
+        reranker = _build([(name, plain[s]) for s, name in enumerate(names)], learned)
+        default_score = _score(scorer(reranker.fit(X).rerank(Q, X, ranking)))
     history = [(dict(enumerate(current)), best)]
     for _ in range(max_rounds):
         changed = False
@@ -372,7 +394,16 @@ def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranki
     start = time.monotonic()
     total = sum(_grid_size(m, n) for m in methods)
     done = 0
+    # single methods first: a chain's earlier stages then keep the settings tuned for them alone,
+    # and the chain's search covers the rest. Fewer settings, and a first stage is not fitted to
+    # the noise of what follows it (MPEG-7: searched with a cross-fitted CSA after it, GNN's k1
+    # went to 5, and gnn+csa scored 81.32 on the other classes, below its default's 82.36;
+    # with GNN as tuned alone, 83.94)
+    methods = sorted(methods, key=lambda m: "+" in m)
     for i, method in enumerate(methods):
+        names = method.split("+")
+        fixed_stages = {s: dict(out["methods"][names[s]]["stages"][0][1]) for s in range(len(names) - 1)
+                        if names[s] in out["methods"] and not learned_for(learned, names, s)}
         deadline = None
         if budget is not None:
             left = budget - (time.monotonic() - start)
@@ -384,7 +415,7 @@ def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranki
                 progress(min(total, base + count), total)
 
         result = tune_method(method, Q, X, ranking, scorer, learned=learned, deadline=deadline, margin=margin,
-                             standard_errors=standard_errors, on_eval=on_eval)
+                             standard_errors=standard_errors, on_eval=on_eval, fixed_stages=fixed_stages or None)
         done = base + _grid_size(method, n)
         if progress is not None:
             progress(min(done, total), total)
@@ -392,6 +423,7 @@ def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranki
         if report is not None:
             report(f"{method}: {result.default_score:.2f} at its defaults, {result.score:.2f} tuned "
                    f"({result.evaluations} settings, {result.seconds:.1f} s)"
+                   + (f"; {', '.join(names[s] for s in sorted(fixed_stages))} as tuned alone" if fixed_stages else "")
                    + (" - stopped by the budget" if result.stopped_by_budget else ""))
     if out["methods"]:
         out["best"] = max(out["methods"], key=lambda m: out["methods"][m]["score"])

@@ -209,3 +209,43 @@ def test_reid_is_scored_by_the_rankings_order_not_its_scores():
     order = np.stack([np.r_[0, 1, np.arange(2, 20)], np.r_[2, 3, np.arange(4, 20), 0, 1]])
     rising = np.tile(np.linspace(0, 1, 20), (2, 1))  # scores that rise along the list: ignored
     assert Scorer("reid", FS())(Ranking(order, rising)) == pytest.approx(100.0)
+
+
+def test_a_chain_keeps_its_first_stage_as_tuned_alone(monkeypatch):
+    """tune() runs single methods first; a chain's earlier stage is then fixed at its own tuned
+    settings and only the later stages are searched, while default_score is still the chain at
+    its defaults."""
+    X, y = _labelled(seed=6)
+    scorer = Scorer("classes", _FS(X, y))
+    built = []
+    real_init = PlantedK.__init__
+
+    def spy(self, k=1, unused=0.0):
+        built.append(k)
+        real_init(self, k, unused)
+
+    monkeypatch.setattr(PlantedK, "__init__", spy)
+    cfg = tune(["planted_k_test+noisy_k_test", "planted_k_test"], X, X, scorer)
+    chain = cfg["methods"]["planted_k_test+noisy_k_test"]
+    assert list(cfg["methods"]) == ["planted_k_test", "planted_k_test+noisy_k_test"]
+    assert chain["stages"][0] == ["planted_k_test", {"k": 7, "unused": 0.0}]
+    assert chain["stages"][1] == ["noisy_k_test", {"k": 2}]
+    alone = cfg["methods"]["planted_k_test"]["evaluations"]
+    # the chain's search built the first stage at k=7 only, plus once at its default for the record
+    assert sorted(set(built[alone:])) == [1, 7] and built[alone:].count(1) == 1
+    assert chain["evaluations"] == 1 + 2  # the start, then noisy_k's other two values
+    assert chain["score"] == pytest.approx(scorer(_ranking(X)))
+    assert chain["default_score"] == pytest.approx(cfg["methods"]["planted_k_test"]["default_score"])
+    assert chain["score"] > chain["default_score"] + 1
+
+
+def test_fixed_stages_are_checked():
+    X, y = _labelled(seed=7)
+    scorer = Scorer("classes", _FS(X, y))
+    with pytest.raises(ValueError, match="fixed_stages: expected"):
+        tune_method("planted_k_test+noisy_k_test", X, X, _ranking(X), scorer, fixed_stages={2: {"k": 7}})
+    with pytest.raises(ValueError, match="fixed_stages: expected"):
+        tune_method("planted_k_test", X, X, _ranking(X), scorer, fixed_stages={0: 7})
+    with pytest.raises(ValueError, match=r"fixed_stages: stage 1 of 'planted_k_test\+csa' \(csa\) is learned"):
+        tune_method("planted_k_test+csa", X, X, _ranking(X), scorer, learned={"csa": {"checkpoint": "m.pt"}},
+                    fixed_stages={1: {"k": 8}})
