@@ -32,7 +32,7 @@ row() {
 {
   echo "# Do no harm: CSA trained on all of MPEG-7, served on unseen data (commit $C)"
   echo
-  echo "\`SEEDS=\"$SEEDS\" bash bench/csa_do_no_harm.sh\` (2-core AMD EPYC, AVX-512). Each cell: the mAP of the"
+  echo "\`SEEDS=\"$SEEDS\" bash bench/csa_do_no_harm.sh\` ($(bash bench/machine.sh)). Each cell: the mAP of the"
   echo "model's method and, in brackets, its change against the ranking it re-ranks (csa: the cosine ranking;"
   echo "k_reciprocal+csa: k-reciprocal's). coil-hard: cosine 58.77, k-reciprocal 68.15; coil-easy: cosine 90.76,"
   echo "k-reciprocal 91.41. The commands, for seed s:"

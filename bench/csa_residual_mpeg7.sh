@@ -22,7 +22,7 @@ write_coil "$DIR/coil.npz"
 {
   echo "# Residual CSA on MPEG-7 and on unseen data (commit $C)"
   echo
-  echo "\`bash bench/csa_residual_mpeg7.sh\`; every command below ran as shown (2-core AMD EPYC, AVX-512)."
+  echo "\`bash bench/csa_residual_mpeg7.sh\`; every command below ran as shown ($(bash bench/machine.sh))."
   echo
   echo "## 1. Trained on classes 0-34, served on classes 35-69"
   run pycsa train --features "$M" --class-split first "${RECIPE[@]}" --out "$DIR/half.pt"

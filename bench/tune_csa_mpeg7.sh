@@ -13,7 +13,7 @@ run() { echo '```'; echo "\$ $*"; "$@" 2>/dev/null; echo '```'; echo; }
 {
   echo "# pycsa tune --train csa on MPEG-7: tuned on classes 0-34, evaluated on classes 35-69 (commit $C)"
   echo
-  echo "\`bash bench/tune_csa_mpeg7.sh\`; every command below ran as shown (2-core AMD EPYC, AVX-512)."
+  echo "\`bash bench/tune_csa_mpeg7.sh\`; every command below ran as shown ($(bash bench/machine.sh))."
   echo
   echo "## Tuning (and training) on the first half of the classes"
   run pycsa tune --features "$M" --class-split first --method all --train csa --out "$DIR/tuned.json"

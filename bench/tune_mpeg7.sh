@@ -11,7 +11,7 @@ run() { echo '```'; echo "\$ $*"; "$@" 2>/dev/null; echo '```'; echo; }
 {
   echo "# pycsa tune on MPEG-7: tuned on classes 0-34, evaluated on classes 35-69 (commit $C)"
   echo
-  echo "\`bash bench/tune_mpeg7.sh\`; every command below ran as shown (2-core AMD EPYC, AVX-512)."
+  echo "\`bash bench/tune_mpeg7.sh\`; every command below ran as shown ($(bash bench/machine.sh))."
   echo
   echo "## Tuning on the first half of the classes"
   run pycsa tune --features "$M" --class-split first --out "$OUT.json"

@@ -232,6 +232,8 @@ class TuneResult:
     seconds: float
     stopped_by_budget: bool = False
     history: list = field(default_factory=list)
+    fixed_stages: tuple = ()
+    """The stages kept at the fixed_stages given (where no model pinned them)."""
 
     def to_json(self) -> dict:
         return {"stages": [[n, p] for n, p in self.stages], "score": round(self.score, 4),
@@ -353,7 +355,8 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
             break
     stages = [(name, {**{p: pins[s].get(p, defaults[s].get(p)) for p in search_space(name, n)}, **current[s]})
               for s, name in enumerate(names)]
-    return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history)
+    return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history,
+                      tuple(sorted({s for s, _ in from_fixed})))
 
 
 def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranking], float], *,
@@ -423,7 +426,8 @@ def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranki
         if report is not None:
             report(f"{method}: {result.default_score:.2f} at its defaults, {result.score:.2f} tuned "
                    f"({result.evaluations} settings, {result.seconds:.1f} s)"
-                   + (f"; {', '.join(names[s] for s in sorted(fixed_stages))} as tuned alone" if fixed_stages else "")
+                   + (f"; {', '.join(names[s] for s in result.fixed_stages)} as tuned alone"
+                      if result.fixed_stages else "")
                    + (" - stopped by the budget" if result.stopped_by_budget else ""))
     if out["methods"]:
         out["best"] = max(out["methods"], key=lambda m: out["methods"][m]["score"])

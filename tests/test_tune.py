@@ -237,6 +237,9 @@ def test_a_chain_keeps_its_first_stage_as_tuned_alone(monkeypatch):
     assert chain["score"] == pytest.approx(scorer(_ranking(X)))
     assert chain["default_score"] == pytest.approx(cfg["methods"]["planted_k_test"]["default_score"])
     assert chain["score"] > chain["default_score"] + 1
+    reports = []
+    tune(["planted_k_test", "planted_k_test+noisy_k_test"], X, X, scorer, report=reports.append)
+    assert reports[-1].endswith("; planted_k_test as tuned alone")
 
 
 def test_fixed_stages_are_checked():

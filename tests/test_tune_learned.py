@@ -234,3 +234,7 @@ def test_a_stage_model_given_by_checkpoint_pins_its_stage_in_the_search(tmp_path
     # k-reciprocal keeps the model's parameters (another k1 would be refused by the model's score check)
     assert result.stages[0] == ("k_reciprocal", {"k1": 7, "k2": 6, "lambda_value": 0.3})
     assert result.evaluations == len({1024, *search_space("csa", X.shape[0])["k"]})
+    # the stage as tuned alone (tune()'s fixed_stages) gives way to the model's stage
+    again = tune_method("k_reciprocal+csa", X, X, Ranking(i, s), score, learned={"csa": {"checkpoint": str(path)}},
+                        fixed_stages={0: {"k1": 15, "k2": 6, "lambda_value": 0.0}})
+    assert again.stages[0] == result.stages[0] and again.fixed_stages == ()
