@@ -18,9 +18,12 @@ def _ints(g, *shape, dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("q, n, d, k", [(1, 1, 1, 1), (7, 13, 5, 13), (257, 4099, 7, 31), (3, 8200, 11, 1),
-                                        (2, 4097, 3, 4097), (5, 101, 0, 17)])
+                                        (2, 4097, 3, 4097), (5, 101, 0, 17), (5, 101, 0, 16), (300, 400, 6, 10),
+                                        (513, 50, 3, 16)])
 def test_matches_reference_exactly(dtype, q, n, d, k):
-    # sizes cross both blocks (256 queries, 4,096 rows); d = 0 makes every score 0 (all ties)
+    # sizes cross both blocks (256 queries, or up to 512 in one; 4,096 rows); d = 0 makes every
+    # score 0 (all ties); k <= 16 takes the sorted-insertion rows, (300, 400, ., 10) is SuperGlobal's
+    # within-list search
     g = torch.Generator().manual_seed(q * n + d)
     Q, X = _ints(g, q, d, dtype=dtype), _ints(g, n, d, dtype=dtype)
     s, i = pycsa.ops.inner_product_topk(Q, X, k)

@@ -26,6 +26,10 @@ namespace {
 constexpr int64_t kQueryBlock = 256;
 constexpr int64_t kDbBlock = 4096;
 constexpr int64_t kSkip = 16;
+// Up to this k a row keeps its best in a sorted array, one insertion per score that enters:
+// cheaper than filling a 4k buffer and compacting it when rows are short (SuperGlobal's
+// within-list search: k = 10 of 400).
+constexpr int64_t kSmallK = 16;
 
 // The first chunk of kSkip scores from s[j] on whose largest beats kth (a NaN never does),
 // or the end of the whole chunks: the compare that nearly every score costs, per ISA.
@@ -58,10 +62,20 @@ struct RowTopK {
   int64_t count = 0;
   int64_t k = 0;
   bool compacted = false;  // once true, kth holds the k-th best score so far
+  bool small = false;      // k <= kSmallK: score/index hold the best so far, sorted
   float kth = -std::numeric_limits<float>::infinity();
 
   void reset(int64_t k_) {
     k = k_;
+    small = k <= kSmallK;
+    if (small) {
+      score.resize(k);
+      index.resize(k);
+      count = 0;
+      compacted = false;
+      kth = -std::numeric_limits<float>::infinity();
+      return;
+    }
     // room for up to 4k before a compaction (one nth_element per 3k entries that pass kth);
     // 2k for large k, which bounds the memory of q rows at 2k pairs each, as before
     const int64_t room = k + std::min(3 * k, std::max<int64_t>(k, 4096));
@@ -100,7 +114,28 @@ struct RowTopK {
     compacted = true;
   }
 
+  // Sorted insertion (small k). Indices arrive in increasing order, so an equal score
+  // goes after those already in: the lower index keeps its place.
+  void push_small(float s, int64_t i) {
+    if (count == k) {
+      if (!(s > kth)) return;
+      --count;  // the worst leaves
+    }
+    int64_t p = count;
+    for (; p > 0 && s > score[p - 1]; --p) {
+      score[p] = score[p - 1];
+      index[p] = index[p - 1];
+    }
+    score[p] = s;
+    index[p] = i;
+    if (++count == k) {
+      compacted = true;
+      kth = score[k - 1];
+    }
+  }
+
   void push(float s, int64_t i) {
+    if (small) return push_small(s, i);
     if (count == static_cast<int64_t>(score.size())) compact();
     if (compacted && !(s > kth)) return;  // kth may have risen in compact()
     score[count] = s;
@@ -146,6 +181,11 @@ struct RowTopK {
 
   // The best k, best first, into out_s / out_i.
   void write(float* out_s, int64_t* out_i) {
+    if (small) {  // already in order
+      std::copy(score.begin(), score.begin() + k, out_s);
+      std::copy(index.begin(), index.begin() + k, out_i);
+      return;
+    }
     auto& order = scratch().order;
     order.resize(count);
     for (int64_t i = 0; i < count; ++i) order[i] = i;
@@ -160,7 +200,9 @@ struct RowTopK {
 template <typename scalar_t>
 void topk_impl(const at::Tensor& Q, const at::Tensor& X, int64_t k, at::Tensor& out_s, at::Tensor& out_i) {
   const int64_t q = Q.size(0), n = X.size(0);
-  const int64_t QB = std::min(q, kQueryBlock), NB = std::min(n, kDbBlock);
+  // up to 2 x kQueryBlock queries in one block: one GEMM, not a full one and a remainder
+  // (SuperGlobal calls this per list of 400 rows)
+  const int64_t QB = q <= 2 * kQueryBlock ? q : kQueryBlock, NB = std::min(n, kDbBlock);
   // torch's GEMM (oneDNN/MKL, all threads) writes the block in the input dtype;
   // bfloat16 products are summed in float32 and rounded once at the end.
   at::Tensor block = at::empty({QB, NB}, Q.options());
