@@ -34,7 +34,7 @@ class PlantedK(Reranker):
     """The input ranking when k == 7; otherwise each query's top-10 reversed (worse)."""
     search_space = {"k": (1, 3, 5, 7, 9, 11), "unused": (0.0, 1.0)}
 
-    def __init__(self, k: int = 1, unused: float = 0.0):
+    def __init__(self, k: int = 1, unused: float = 0.0, extra: int = 0):  # extra: outside the search space
         self.k, self.unused = k, unused
 
     def _rerank(self, Q, X, ranking, progress):
@@ -220,9 +220,9 @@ def test_a_chain_keeps_its_first_stage_as_tuned_alone(monkeypatch):
     built = []
     real_init = PlantedK.__init__
 
-    def spy(self, k=1, unused=0.0):
+    def spy(self, k=1, unused=0.0, extra=0):
         built.append(k)
-        real_init(self, k, unused)
+        real_init(self, k, unused, extra)
 
     monkeypatch.setattr(PlantedK, "__init__", spy)
     cfg = tune(["planted_k_test+noisy_k_test", "planted_k_test"], X, X, scorer)
@@ -252,3 +252,10 @@ def test_fixed_stages_are_checked():
     with pytest.raises(ValueError, match=r"fixed_stages: stage 1 of 'planted_k_test\+csa' \(csa\) is learned"):
         tune_method("planted_k_test+csa", X, X, _ranking(X), scorer, learned={"csa": {"checkpoint": "m.pt"}},
                     fixed_stages={1: {"k": 8}})
+
+
+def test_a_fixed_parameter_outside_the_search_space_is_recorded():
+    X, y = _labelled(seed=8)
+    r = tune_method("planted_k_test+noisy_k_test", X, X, _ranking(X), Scorer("classes", _FS(X, y)),
+                    fixed_stages={0: {"k": 7, "extra": 2}})
+    assert r.stages[0] == ("planted_k_test", {"k": 7, "unused": 0.0, "extra": 2})
