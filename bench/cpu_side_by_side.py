@@ -372,10 +372,10 @@ def _affinities(g, batch: int, ks: list[int], anchors: int):
     return A
 
 
-def linear_floor(model, tokens: int, repeat: int) -> tuple[float, float]:
-    """Median seconds and GFLOP of the network's linear layers alone on ``tokens`` rows (the
-    embedding, and each block's qkv, proj, fc1, fc2 with the model's weights; no attention,
-    norms or GELU): what any float32 build of the same network must spend at least."""
+def linear_floor(model, tokens: int):
+    """The network's linear layers alone on ``tokens`` rows (the embedding, and each block's
+    qkv, proj, fc1, fc2 with the model's weights; no attention, norms or GELU), as a function
+    to time, and their GFLOP: what any float32 build of the same network must spend at least."""
     import torch
 
     layers = [model.embed] + [m for b in model.blocks for m in (b.qkv, b.proj, b.fc1, b.fc2)]
@@ -386,13 +386,7 @@ def linear_floor(model, tokens: int, repeat: int) -> tuple[float, float]:
         for lin, x in zip(layers, inputs):
             torch.addmm(lin.bias, x, lin.weight.t())
 
-    times = []
-    with torch.inference_mode():
-        for _ in range(repeat + 1):
-            t = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times[1:]), gflop
+    return run, gflop
 
 
 def section_csa(p: dict, seed: int, mem: Memory) -> dict:
@@ -425,7 +419,9 @@ def section_csa(p: dict, seed: int, mem: Memory) -> dict:
         _check(r, f"csa {name}", diff <= 1e-5, f"outputs agree to {diff:.1e} (needs <= 1e-5)")
         ratio = peer["s"] / ours["s"]
         # the valid tokens only: padding is work the stock build does and pycsa skips
-        floor_s, gflop = linear_floor(model, sum(ks), p["repeat"])
+        run_floor, gflop = linear_floor(model, sum(ks))
+        with torch.inference_mode():
+            floor_s = measure(mem, run_floor, p["repeat"])["s"]
         r["rows"].append([name, _ms(ours["s"]), _ms(peer["s"]), f"{ratio:.2f}", f"{diff:.1e}",
                           f"{_gb(ours['mem_gb'])} / {_gb(peer['mem_gb'])}",
                           f"{_ms(floor_s)} ({gflop:.3g} GFLOP, {gflop / floor_s:.0f} GFLOP/s)",
@@ -484,22 +480,21 @@ def _peer_subset(nq: int, ng: int) -> float:
     return 1.0 if frac >= 1.0 else frac ** 0.5
 
 
-def symmetric_products(Z, repeat: int, block: int = 1024) -> tuple[float, float]:
-    """Median seconds and GFLOP of the upper half of Z Zᵀ (each block of rows times the rows
-    from its first on), the products re_ranking_features needs for every item's neighbours:
-    its floor from features."""
+def symmetric_products(Z, block: int = 1024):
+    """The upper half of Z Zᵀ (each block of rows times the rows from its first on), the
+    products re_ranking_features needs for every item's neighbours, as a function to time, and
+    its GFLOP: its floor from features."""
     import torch
 
     Z = torch.as_tensor(Z).float().contiguous()
     n, d = Z.shape
     gflop = sum(2 * min(block, n - i) * (n - i) * d for i in range(0, n, block)) / 1e9
-    times = []
-    for _ in range(repeat + 1):
-        t = time.perf_counter()
+
+    def run():
         for i in range(0, n, block):
             torch.mm(Z[i:i + block], Z[i:].T)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times[1:]), gflop
+
+    return run, gflop
 
 
 def section_kreciprocal(p: dict, seed: int, mem: Memory) -> dict:
@@ -520,8 +515,10 @@ def section_kreciprocal(p: dict, seed: int, mem: Memory) -> dict:
     dists = mats["out"]
     given = measure(mem, partial(compat.re_ranking, *dists), rep)
     ref = np.asarray(given["out"])
-    floor_s, gflop = symmetric_products(np.concatenate([np.asarray(Q), np.asarray(G)]), rep)
-    floor = {"s": floor_s, "runs": rep, "mem_gb": None}
+    run_floor, gflop = symmetric_products(np.concatenate([np.asarray(Q), np.asarray(G)]))
+    floor = measure(mem, run_floor, rep)
+    floor_s = floor["s"]
+    floor["mem_gb"] = None  # its products are thrown away block by block: no figure to compare
     rows = [("re_ranking_features (pycsa, features in)", feats, _maxdiff(feats["out"], ref)),
             (f"floor: the products of every pair, upper half of Z Zᵀ alone ({gflop:.3g} GFLOP, "
              f"{gflop / floor_s:.0f} GFLOP/s)", floor, None),

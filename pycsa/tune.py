@@ -356,7 +356,7 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     # a training-free stage records every parameter it was built with, searched or pinned (a
     # stage model's parameter outside the search space included: the config must rebuild that stage)
     stages = [(name, {**{p: pins[s].get(p, defaults[s].get(p)) for p in search_space(name, n)},
-                      **({} if extras[s] else pins[s]), **current[s]})
+                      **fixed[s], **current[s]})
               for s, name in enumerate(names)]
     return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history,
                       tuple(sorted({s for s, _ in from_fixed})))
