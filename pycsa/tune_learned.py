@@ -1,11 +1,15 @@
 """Training CSA inside `pycsa tune` (``--train csa``), scored without looking at its own classes.
 
 A model scored on the classes it was trained on would look better than it is, and the
-tuner would pick it for that. So the validation set's classes are split in two halves A and
-B (cross-fitting): a model trained on A re-ranks the queries of B and one trained on B the
-queries of A, and the tuner scores that combined ranking, over the whole validation set,
-like every other method's. The model written for later use (``pycsa eval --config``) is
-trained on all of the validation set. The database of each query still holds the other
+tuner would pick it for that. So the validation set's classes are dealt into F folds
+(cross-fitting, F = 4 by default): the queries of fold f are re-ranked by a model trained on
+the other folds' classes, and the tuner scores that combined ranking, over the whole
+validation set, like every other method's. The more folds, the closer each fold model is to
+the final one (a share (F-1)/F of the classes) and the less pessimistic its score: with two
+halves on MPEG-7's 35 classes the fold models scored k_reciprocal+csa 1.5 points below
+k-reciprocal, while the final model was above it on the test classes; the cost is F models
+of (F-1)/F of the data before the final one. The model written for later use
+(``pycsa eval --config``) is trained on all of the validation set. The database of each query still holds the other
 half's items, which its model saw in training; they are irrelevant to it, and CSA scores
 lists by their affinity patterns, not by who the items are.
 
@@ -83,7 +87,7 @@ def _numpy(x) -> np.ndarray:
 
 @dataclass
 class TrainedCSA:
-    folds: list  # [model trained without fold 0's classes, without fold 1's]
+    folds: list  # folds[f]: the model trained without fold f's classes
     query_fold: np.ndarray  # each query's fold
     final: object  # trained on every class: the model to keep
     seconds: float
@@ -112,16 +116,18 @@ def fit_recipe(n: int, recipe: dict) -> dict:
     return out
 
 
-def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0,
+def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0, folds: int = 4,
                          report: Callable[[str], None] | None = None) -> TrainedCSA:
-    """Trains the two cross-fitted CSA models and the final one on labelled features (every
-    item a query against the others). Needs at least two classes with two items each."""
+    """Trains the ``folds`` cross-fitted CSA models and the final one on labelled features
+    (every item a query against the others). Needs at least two classes; with fewer classes
+    than ``folds``, one fold per class."""
     import time
 
     from .rerank.csa import train
 
     recipe = dict(CSA_RECIPE if recipe is None else recipe)
     seed = integer(seed, "seed", 0, 2 ** 32 - 1)
+    folds = integer(folds, "folds", 2)
     X = torch.as_tensor(_numpy(X)).float()
     y = _numpy(labels)
     if y.shape != (X.shape[0],):
@@ -129,21 +135,23 @@ def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0
     classes = np.unique(y[y >= 0])
     if classes.size < 2:
         raise ValueError(f"labels: training CSA inside tune needs at least 2 classes (found {classes.size}): "
-                         "the classes are split in two, a model per half")
-    # alternate classes between the folds: sorted ids often follow some order of the data
-    fold_of_class = {c: i % 2 for i, c in enumerate(classes)}
+                         "the classes are dealt into folds, a model trained without each fold's")
+    nf = min(folds, classes.size)
+    # deal the classes round-robin: sorted ids often follow some order of the data
+    fold_of_class = {c: i % nf for i, c in enumerate(classes)}
     query_fold = np.array([fold_of_class.get(c, 0) for c in y])
     t0 = time.monotonic()
-    folds = []
-    for f in (0, 1):
+    models = []
+    for f in range(nf):
         rows = np.nonzero((query_fold != f) & (y >= 0))[0]
         if rows.size < 3:
-            raise ValueError(f"labels: one half of the classes has {rows.size} items; CSA needs lists of at least 3")
+            raise ValueError(f"labels: the classes outside fold {f + 1} have {rows.size} items; "
+                             "CSA needs lists of at least 3")
         if report is not None:
-            report(f"csa: training the model for fold {f + 1} of 2 on {rows.size} items (the other half's classes)")
-        folds.append(train(X[rows], y[rows], seed=seed, **fit_recipe(rows.size, recipe)).model)
+            report(f"csa: training the model for fold {f + 1} of {nf} on {rows.size} items (the other folds' classes)")
+        models.append(train(X[rows], y[rows], seed=seed, **fit_recipe(rows.size, recipe)).model)
     if report is not None:
         report(f"csa: training the final model on all {X.shape[0]} items")
     used = fit_recipe(X.shape[0], recipe)
     final = train(X, y, seed=seed, **used).model
-    return TrainedCSA(folds, query_fold, final, time.monotonic() - t0, used)
+    return TrainedCSA(models, query_fold, final, time.monotonic() - t0, used)

@@ -48,7 +48,8 @@ def test_cross_fitted_sends_each_query_to_its_folds_reranker():
         CrossFitted([_Tag(1), _Tag(2)], fold).rerank(X[:3], X, Ranking(i[:3], s[:3]))
 
 
-def test_each_fold_model_is_trained_without_its_queries_classes(monkeypatch):
+@pytest.mark.parametrize("folds, expect", [(2, 2), (4, 4), (9, 6)])  # 9 folds of 6 classes: one per class
+def test_each_fold_model_is_trained_without_its_queries_classes(monkeypatch, folds, expect):
     X, y = _labelled()
     seen = []
     real = pycsa.rerank.csa.train
@@ -58,16 +59,25 @@ def test_each_fold_model_is_trained_without_its_queries_classes(monkeypatch):
         return real(features, labels, **kw)
 
     monkeypatch.setattr(pycsa.rerank.csa, "train", spy)
-    trained = train_csa_for_tuning(X, y, recipe=TINY)
+    trained = train_csa_for_tuning(X, y, recipe=TINY, folds=folds)
     monkeypatch.undo()
-    assert len(seen) == 3 and np.array_equal(seen[2], np.unique(y))  # the last: every class
-    for f in (0, 1):
+    assert len(seen) == expect + 1 and np.array_equal(seen[-1], np.unique(y))  # the last: every class
+    assert len(trained.folds) == expect and set(np.unique(trained.query_fold)) == set(range(expect))
+    for f in range(expect):
         own = np.unique(y[trained.query_fold == f])
-        assert not set(own) & set(seen[f]), (f, own, seen[f])  # trained on the other half's classes only
-    assert set(np.unique(trained.query_fold)) == {0, 1}
+        # trained on every class but its fold's: each fold model sees (F-1)/F of them
+        assert np.array_equal(np.union1d(own, seen[f]), np.unique(y)) and not set(own) & set(seen[f]), (f, own)
+    sizes = [len(np.unique(y[trained.query_fold == f])) for f in range(expect)]
+    assert max(sizes) - min(sizes) <= 1  # classes dealt evenly
     assert all(m.residual for m in trained.folds) and trained.final.residual
+
+
+def test_fold_training_refusals():
+    X, y = _labelled()
     with pytest.raises(ValueError, match="labels: training CSA inside tune needs at least 2 classes"):
         train_csa_for_tuning(X, np.zeros(len(y), dtype=int), recipe=TINY)
+    with pytest.raises(ValueError, match="folds: must be an int >= 2"):
+        train_csa_for_tuning(X, y, recipe=TINY, folds=1)
 
 
 def test_csa_serving_k_is_searched():
@@ -84,7 +94,7 @@ def test_cli_tune_trains_csa_and_the_config_brings_its_model(tmp_path, capsys, m
     out = tmp_path / "run" / "tuned.json"
     assert main(["tune", "--features", str(feats), "--method", "csa,gnn+csa", "--train", "csa", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "training the model for fold 1 of 2" in text and "tuned.csa.pt" in text
+    assert "training the model for fold 4 of 4" in text and "tuned.csa.pt" in text
     cfg = json.loads(out.read_text())
     assert cfg["checkpoints"] == {"csa": "tuned.csa.pt"} and set(cfg["methods"]) == {"csa", "gnn+csa"}
     model = pycsa.csa.load_model(out.parent / "tuned.csa.pt")
@@ -161,6 +171,24 @@ def test_cli_tune_train_refusals(tmp_path, capsys):
     assert "a checkpoint for it is given too" in capsys.readouterr().err
     assert main(["tune", "--features", str(feats), "--method", "gnn", "--train", "csa", "--out", out]) == 2
     assert "none of the methods uses it" in capsys.readouterr().err
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--folds", "3", "--out", out]) == 2
+    assert "--folds: only with --train" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["tune", "--features", str(feats), "--method", "csa", "--train", "csa", "--folds", "1", "--out", out])
+    assert "argument --folds: must be an integer >= 2" in capsys.readouterr().err
+
+
+def test_cli_tune_folds_sets_the_cross_fitting(tmp_path, capsys, monkeypatch):
+    import pycsa.tune_learned as tl
+
+    monkeypatch.setattr(tl, "CSA_RECIPE", TINY)
+    X, y = _labelled()
+    feats = tmp_path / "val.npz"
+    np.savez(feats, feats=X, labels=y)
+    assert main(["tune", "--features", str(feats), "--method", "csa", "--train", "csa", "--folds", "3",
+                 "--out", str(tmp_path / "t.json")]) == 0
+    text = capsys.readouterr().out
+    assert "fold 3 of 3" in text and "of 4" not in text
 
 
 def test_cli_tune_trains_a_model_over_k_reciprocal_for_its_chain(tmp_path, capsys, monkeypatch):

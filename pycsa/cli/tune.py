@@ -31,10 +31,13 @@ def add_parser(sub) -> None:
     tu.add_argument("--csa-k", type=int_arg(), default=None, help="CSA list length K at serving (default 1024)")
     tu.add_argument("--train", default=None, choices=["csa"],
                     help="train this learned method here (pycsa.tune_learned.CSA_RECIPE), scored cross-fitted: "
-                         "a model trained on one half of the classes re-ranks the other half's queries. The "
+                         "each fold's queries are re-ranked by a model trained on the other folds' classes. The "
                          "model trained on all of them is written beside --out (NAME.csa.pt) and used by "
                          "--config. With --method all, csa and the chains ending in it are tuned too; "
                          "k_reciprocal+csa gets a model trained over k-reciprocal (NAME.k_reciprocal+csa.pt)")
+    tu.add_argument("--folds", type=int_arg(2), default=None,
+                    help="with --train: the cross-fitting folds; fold f's queries are scored by a model trained "
+                         "without fold f's classes (default 4: each model sees 3/4 of them)")
     tu.add_argument("--budget", type=float, default=None,
                     help="seconds in all (shared between the methods); the best found so far is kept")
     tu.add_argument("--margin", type=float_arg(0.0), default=0.1,
@@ -58,6 +61,8 @@ def run(args) -> int:
     if args.train is not None and args.train in learned["checkpoints"]:
         raise ValueError(f"--train {args.train}: a checkpoint for it is given too (--checkpoint); "
                          "give one or the other")
+    if args.folds is not None and args.train is None:
+        raise ValueError("--folds: only with --train (they are the folds of the model trained here)")
     trainable = {args.train} if args.train else set()
     methods = parse_methods(args.method, learned=set(learned["checkpoints"]) | trainable)
     if args.train is not None:
@@ -103,6 +108,7 @@ def run(args) -> int:
         for key in ["csa"] + [chain for chain in STAGE_RECIPES if chain in methods]:
             recipe = STAGE_RECIPES.get(key)
             trained[key] = train_csa_for_tuning(fs.database, fs.db_labels, recipe=recipe,
+                                                folds=4 if args.folds is None else args.folds,
                                                 report=lambda m, key=key: echo(m.replace("csa:", f"{key}:", 1)))
             stage_kwargs[key] = trained[key].factory(**serve)
             echo(f"{key}: trained in {trained[key].seconds:.1f} s")
