@@ -234,11 +234,16 @@ class TuneResult:
     history: list = field(default_factory=list)
     fixed_stages: tuple = ()
     """The stages kept at the fixed_stages given (where no model pinned them)."""
+    trials: list = field(default_factory=list)
+    """Every setting the search scored, in order: ([per stage, the parameters it moved from
+    where the search started], score). Shows how flat the optimum is, which the margin and the
+    noise test may have declined to move to."""
 
     def to_json(self) -> dict:
         return {"stages": [[n, p] for n, p in self.stages], "score": round(self.score, 4),
                 "default_score": round(self.default_score, 4), "evaluations": self.evaluations,
-                "seconds": round(self.seconds, 2), "stopped_by_budget": self.stopped_by_budget}
+                "seconds": round(self.seconds, 2), "stopped_by_budget": self.stopped_by_budget,
+                "trials": [{"moved": moved, "score": round(score, 4)} for moved, score in self.trials]}
 
 
 def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, scorer: Callable[[Ranking], float], *,
@@ -358,8 +363,9 @@ def tune_method(method: str, Q: ArrayLike, X: ArrayLike, ranking: Ranking, score
     stages = [(name, {**{p: pins[s].get(p, defaults[s].get(p)) for p in search_space(name, n)},
                       **fixed[s], **current[s]})
               for s, name in enumerate(names)]
+    trials = [([dict(p) for p in k], score) for k, (score, _) in cache.items()]
     return TuneResult(method, stages, best, default_score, len(cache), time.monotonic() - t0, stopped, history,
-                      tuple(sorted({s for s, _ in from_fixed})))
+                      tuple(sorted({s for s, _ in from_fixed})), trials)
 
 
 def tune(methods: list[str], Q: ArrayLike, X: ArrayLike, scorer: Callable[[Ranking], float], *,

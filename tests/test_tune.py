@@ -84,6 +84,14 @@ def test_the_search_finds_a_planted_best_k():
     assert r.score == pytest.approx(scorer(_ranking(X)))  # the input ranking, i.e. cosine
     assert r.score > r.default_score + 1
     assert r.evaluations <= 1 + 5 + 1 + 5  # one round to find k, one to confirm nothing moves
+    # every scored setting is recorded: the start first, each k once, the best among them
+    assert len(r.trials) == r.evaluations and r.trials[0] == ([{}], r.default_score)
+    assert {moved[0].get("k", 1) for moved, _ in r.trials} == {1, 3, 5, 7, 9, 11}
+    assert dict((tuple(sorted(m[0].items())), s) for m, s in r.trials)[(("k", 7),)] == r.score
+    assert max(s for _, s in r.trials) == r.score
+    entry = r.to_json()
+    assert entry["trials"][0] == {"moved": [{}], "score": round(r.default_score, 4)}
+    assert json.loads(json.dumps(entry))["trials"] == entry["trials"]
 
 
 def test_a_gain_within_noise_keeps_the_default():
