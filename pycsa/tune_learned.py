@@ -2,16 +2,16 @@
 
 A model scored on the classes it was trained on would look better than it is, and the
 tuner would pick it for that. So the validation set's classes are dealt into F folds
-(cross-fitting, F = 4 by default): the queries of fold f are re-ranked by a model trained on
-the other folds' classes, and the tuner scores that combined ranking, over the whole
+(cross-fitting, F = FOLDS by default): the queries of fold f are re-ranked by a model trained
+on the other folds' classes, and the tuner scores that combined ranking, over the whole
 validation set, like every other method's. The more folds, the closer each fold model is to
 the final one (a share (F-1)/F of the classes) and the less pessimistic its score: with two
 halves on MPEG-7's 35 classes the fold models scored k_reciprocal+csa 1.5 points below
 k-reciprocal, while the final model was above it on the test classes; the cost is F models
 of (F-1)/F of the data before the final one. The model written for later use
-(``pycsa eval --config``) is trained on all of the validation set. The database of each query still holds the other
-half's items, which its model saw in training; they are irrelevant to it, and CSA scores
-lists by their affinity patterns, not by who the items are.
+(``pycsa eval --config``) is trained on all of the validation set. The database of each
+query still holds the other folds' items, which its model saw in training; they are
+irrelevant to it, and CSA scores lists by their affinity patterns, not by who the items are.
 
 The recipe is the one measured on MPEG-7 (bench/csa_residual_mpeg7.sh, bench/results/*-csa-residual-mpeg7-*.md): a residual
 model (it starts at the input order) on standardised affinities, the per-positive loss, training K of 128/256/512,
@@ -32,8 +32,10 @@ from ._checks import integer
 from ._tensors import same_rows
 from .ranking import Progress, Ranking, Reranker
 
-__all__ = ["CSA_RECIPE", "STAGE_RECIPES", "fit_recipe", "TrainedCSA", "train_csa_for_tuning", "CrossFitted"]
+__all__ = ["FOLDS", "CSA_RECIPE", "STAGE_RECIPES", "fit_recipe", "TrainedCSA", "train_csa_for_tuning", "CrossFitted"]
 
+# Cross-fitting folds of `pycsa tune --train csa` (--folds): each fold model sees 3/4 of the classes
+FOLDS = 4
 # The recipe of `pycsa tune --train csa` (and of bench/csa_residual_mpeg7.sh)
 CSA_RECIPE = dict(K=(128, 256, 512), L=128, dim=64, depth=2, heads=1, dropout=0.0, drop_path=0.0, epochs=3,
                   batch_size=16, optimizer="adamw", lr=3e-4, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive",
@@ -116,7 +118,7 @@ def fit_recipe(n: int, recipe: dict) -> dict:
     return out
 
 
-def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0, folds: int = 4,
+def train_csa_for_tuning(X, labels, *, recipe: dict | None = None, seed: int = 0, folds: int = FOLDS,
                          report: Callable[[str], None] | None = None) -> TrainedCSA:
     """Trains the ``folds`` cross-fitted CSA models and the final one on labelled features
     (every item a query against the others). Needs at least two classes; with fewer classes

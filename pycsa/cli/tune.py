@@ -8,6 +8,7 @@ from pathlib import Path
 import pycsa
 from pycsa.datasets import load_gnd, load_retrieval_features
 from pycsa.tune import Scorer, tune
+from pycsa.tune_learned import FOLDS
 
 from .output import echo, float_arg, format_table, int_arg, output_path, progress_bar, written
 from .rerankers import checkpoints, learned_args, parse_methods, refuse_unused
@@ -37,7 +38,7 @@ def add_parser(sub) -> None:
                          "k_reciprocal+csa gets a model trained over k-reciprocal (NAME.k_reciprocal+csa.pt)")
     tu.add_argument("--folds", type=int_arg(2), default=None,
                     help="with --train: the cross-fitting folds; fold f's queries are scored by a model trained "
-                         "without fold f's classes (default 4: each model sees 3/4 of them)")
+                         f"without fold f's classes (default {FOLDS}: each model sees {FOLDS - 1}/{FOLDS} of them)")
     tu.add_argument("--budget", type=float, default=None,
                     help="seconds in all (shared between the methods); the best found so far is kept")
     tu.add_argument("--margin", type=float_arg(0.0), default=0.1,
@@ -108,7 +109,7 @@ def run(args) -> int:
         for key in ["csa"] + [chain for chain in STAGE_RECIPES if chain in methods]:
             recipe = STAGE_RECIPES.get(key)
             trained[key] = train_csa_for_tuning(fs.database, fs.db_labels, recipe=recipe,
-                                                folds=4 if args.folds is None else args.folds,
+                                                folds=args.folds or FOLDS,
                                                 report=lambda m, key=key: echo(m.replace("csa:", f"{key}:", 1)))
             stage_kwargs[key] = trained[key].factory(**serve)
             echo(f"{key}: trained in {trained[key].seconds:.1f} s")
