@@ -17,9 +17,7 @@ The recipe is the one measured on MPEG-7 (bench/csa_residual_mpeg7.sh, bench/res
 model (it starts at the input order) on standardised affinities, the per-positive loss, training K of 128/256/512,
 two perturbed copies of the features and two dense ones (more relevant items per list: without them a
 model trained on MPEG-7's classes of 20 over-corrected data with 72 views per object), AdamW. A second model, trained the same way over k-reciprocal's ranking
-with eight perturbed copies (bench/csa_stage_mpeg7.sh), serves the chain 'k_reciprocal+csa'. Its stage is
-k-reciprocal as tuned alone on the same validation set (`pycsa tune` tunes it before training; a recipe's
-own ``stage_params`` win), the ranking the chain then starts from.
+with eight perturbed copies (bench/csa_stage_mpeg7.sh), serves the chain 'k_reciprocal+csa'.
 """
 from __future__ import annotations
 
@@ -43,8 +41,7 @@ CSA_RECIPE = dict(K=(128, 256, 512), L=128, dim=64, depth=2, heads=1, dropout=0.
                   batch_size=16, optimizer="adamw", lr=3e-4, warmup_epochs=0, tau=1.0, lam=0.0, loss="positive",
                   residual=True, standardize=True, perturb=2, dense=2)
 # The chains whose CSA tune trains over the stage before it, and their recipes (bench/csa_stage_mpeg7.sh):
-# over k-reciprocal it beat every training-free re-ranker on MPEG-7; over GNN and alpha-QE+alpha-DBA it did not.
-# Without stage_params, `pycsa tune` trains over the stage as tuned alone
+# over k-reciprocal it beat every training-free re-ranker on MPEG-7; over GNN and alpha-QE+alpha-DBA it did not
 STAGE_RECIPES = {"k_reciprocal+csa": dict(CSA_RECIPE, perturb=8, stage="k_reciprocal")}
 
 

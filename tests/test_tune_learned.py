@@ -248,26 +248,6 @@ def test_cli_tune_trains_a_model_over_k_reciprocal_for_its_chain(tmp_path, capsy
     assert "k_reciprocal tuned to" in capsys.readouterr().err
 
 
-def test_cli_tune_trains_the_chains_model_over_its_stage_as_tuned_alone(tmp_path, capsys, monkeypatch):
-    import pycsa.tune_learned as tl
-
-    monkeypatch.setattr(tl, "CSA_RECIPE", TINY)
-    monkeypatch.setattr(tl, "STAGE_RECIPES", {"k_reciprocal+csa": dict(TINY, stage="k_reciprocal")})
-    X, y = _labelled()
-    feats = tmp_path / "val.npz"
-    np.savez(feats, feats=X, labels=y)
-    out = tmp_path / "tuned.json"
-    assert main(["tune", "--features", str(feats), "--method", "k_reciprocal,k_reciprocal+csa", "--train", "csa",
-                 "--out", str(out)]) == 0
-    alone = json.loads(out.read_text())["methods"]["k_reciprocal"]["stages"][0][1]
-    assert set(alone) == {"k1", "k2", "lambda_value"}
-    assert f"over k_reciprocal as tuned alone (k1={alone['k1']}, k2={alone['k2']}" in capsys.readouterr().out
-    # the model was trained over those parameters, and the chain serves it after them
-    assert pycsa.csa.load_model(tmp_path / "tuned.k_reciprocal+csa.pt").stage_params == alone
-    assert json.loads(out.read_text())["methods"]["k_reciprocal+csa"]["stages"][0] == ["k_reciprocal", alone]
-    assert create_from_config(out, "k_reciprocal+csa").rerankers[0].k1 == alone["k1"]
-
-
 def test_a_stage_model_given_by_checkpoint_pins_its_stage_in_the_search(tmp_path):
     from pycsa.evaluate import class_map
     from pycsa.tune import tune_method

@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                          "each fold's queries are re-ranked by a model trained on the other folds' classes. The "
                          "model trained on all of them is written beside --out (NAME.csa.pt) and used by "
                          "--config. With --method all, csa and the chains ending in it are tuned too; "
-                         "k_reciprocal+csa gets a model trained over k-reciprocal as tuned alone (NAME.k_reciprocal+csa.pt)")
+                         "k_reciprocal+csa gets a model trained over k-reciprocal (NAME.k_reciprocal+csa.pt)")
     tu.add_argument("--folds", type=int_arg(2), default=None,
                     help="with --train: the cross-fitting folds; fold f's queries are scored by a model trained "
                          f"without fold f's classes (default {FOLDS}: each model sees {FOLDS - 1}/{FOLDS} of them)")
@@ -108,14 +108,6 @@ def run(args) -> int:
         # the plain model serves csa and every chain but those with a model of their own
         for key in ["csa"] + [chain for chain in STAGE_RECIPES if chain in methods]:
             recipe = STAGE_RECIPES.get(key)
-            if recipe is not None and recipe.get("stage") and "stage_params" not in recipe:
-                # over the stage as tuned alone, as gnn+csa and alpha_qe_dba+csa run after theirs:
-                # the model is then trained on, and served after, the best ranking that stage gives
-                stage = recipe["stage"]
-                alone = tune([stage], fs.queries, fs.database, Scorer(mode, fs, gnd), margin=args.margin)
-                recipe = dict(recipe, stage_params=alone["methods"][stage]["stages"][0][1])
-                echo(f"{key}: the model is trained over {stage} as tuned alone ("
-                     + ", ".join(f"{k}={v}" for k, v in recipe["stage_params"].items()) + ")")
             trained[key] = train_csa_for_tuning(fs.database, fs.db_labels, recipe=recipe,
                                                 folds=args.folds or FOLDS,
                                                 report=lambda m, key=key: echo(m.replace("csa:", f"{key}:", 1)))
