@@ -2,7 +2,7 @@
 # pycsa tune --method all --train csa on MPEG-7's first 35 classes (every training-free re-ranker,
 # CSA and the chains ending in it, CSA trained inside tune with pycsa.tune_learned's recipes), then
 # classes 35-69 at the defaults (the same models at their default K) and with the tuned settings.
-# Writes bench/results/<date>-tune-csa-mpeg7-<commit>.md. ~35 min on a 2-core AVX2 EPYC, 29 of them
+# Writes bench/results/<date>-tune-csa-mpeg7-<commit>.md. ~40 min on a 2-core AVX2 EPYC, 35 of them
 # training: tune trains 10 models, 4 folds and the final one for each recipe.
 #   bash bench/tune_csa_mpeg7.sh [path/to/mpeg7_mobilenetv2_imagenet_gap1280.npz]
 set -euo pipefail
