@@ -11,11 +11,9 @@ serving K cross-fitted on classes 0-34 (what tune sees) and with the final model
 import argparse
 import time
 
-
-
 import pycsa
 from pycsa.datasets import load_retrieval_features
-from pycsa.ranking import Chain, Ranking, Reranker
+from pycsa.ranking import Chain, Ranking
 from pycsa.rerank.csa import CSAReranker
 from pycsa.tune import Scorer, tune_method
 from pycsa.tune_learned import CSA_RECIPE, STAGE_RECIPES, train_csa_for_tuning
@@ -27,10 +25,9 @@ ap.add_argument("--serve-k", default="128,256,512,1024")
 ap.add_argument("--method", default="k_reciprocal+csa", choices=["k_reciprocal+csa", "csa"])
 args = ap.parse_args()
 
-chain = args.method
-recipe = dict(STAGE_RECIPES[chain] if chain in STAGE_RECIPES else CSA_RECIPE,
-              K=tuple(int(k) for k in args.train_k.split(",")))
-before = [pycsa.create(recipe["stage"])] if recipe.get("stage") else []
+method = args.method
+recipe = dict(STAGE_RECIPES.get(method, CSA_RECIPE), K=tuple(int(k) for k in args.train_k.split(",")))
+stage = recipe.get("stage")  # None: csa re-ranks the cosine ranking
 serve = [int(k) for k in args.serve_k.split(",")]
 fs = load_retrieval_features(args.data)
 val, test = fs.class_half("first"), fs.class_half("second")
@@ -40,31 +37,32 @@ trained = train_csa_for_tuning(val.database, val.db_labels, recipe=recipe, repor
 print(f"trained in {time.monotonic() - t0:.1f} s")
 
 
-def score(part, make):
+def cosine(part) -> Ranking:
+    """Every item a query against the others: the whole database, as the class protocol needs."""
     X = part.database
     s, i = pycsa.search(X, X, X.shape[0])
-    ranking = Ranking(i, s)
-    return Scorer("classes", part)(make().fit(X).rerank(X, X, ranking))
+    return Ranking(i, s)
 
 
-
-class _Input(Reranker):
-    """No re-ranking: the cosine ranking itself."""
-
-    def _rerank(self, Q, X, ranking, progress):
-        return ranking
+ranking = {"val": cosine(val), "test": cosine(test)}
 
 
-ref = recipe.get("stage", "cosine")
-first = pycsa.create(ref) if ref != "cosine" else _Input()
-ref_val, ref_test = score(val, lambda: first), score(test, lambda: first)
-# classes 0-34 exactly as tune scores the chain (its trials: the default K=1,024 and the searched ones)
-Xv = val.database
-s, i = pycsa.search(Xv, Xv, Xv.shape[0])
-result = tune_method(chain, Xv, Xv, Ranking(i, s), Scorer("classes", val), learned={chain: trained.factory()})
+def score(part, name, reranker=None) -> float:
+    X = part.database
+    out = ranking[name] if reranker is None else reranker.fit(X).rerank(X, X, ranking[name])
+    return Scorer("classes", part)(out)
+
+
+ref = stage or "cosine"
+ref_val = score(val, "val", pycsa.create(stage) if stage else None)
+ref_test = score(test, "test", pycsa.create(stage) if stage else None)
+# classes 0-34 exactly as tune scores the method (its trials: the default K=1,024 and the searched ones)
+result = tune_method(method, val.database, val.database, ranking["val"], Scorer("classes", val),
+                     learned={method: trained.factory()})
 on_val = {({"k": 1024} | t["moved"][-1]).get("k"): t["score"] for t in result.to_json()["trials"]}
 print(f"\ntraining K {args.train_k}; mAP, classes 0-34 cross-fitted (tune's trials) | classes 35-69, final model")
 print(f"{ref + ' alone (defaults)':36s} {ref_val:6.2f} | {ref_test:6.2f}")
 for k in serve:
-    t = score(test, lambda: Chain(before + [CSAReranker(model=trained.final, k=k)]))
-    print(f"{chain + f', K={k}':36s} {on_val.get(k, float('nan')):6.2f} | {t:6.2f}")
+    csa = CSAReranker(model=trained.final, k=k)
+    t = score(test, "test", Chain([pycsa.create(stage), csa]) if stage else csa)
+    print(f"{method + f', K={k}':36s} {on_val.get(k, float('nan')):6.2f} | {t:6.2f}")

@@ -43,8 +43,9 @@ CSA_RECIPE = dict(K=(128, 256, 512), L=128, dim=64, depth=2, heads=1, dropout=0.
                   residual=True, standardize=True, perturb=2, dense=2)
 # The chains whose CSA tune trains over the stage before it, and their recipes (bench/csa_stage_mpeg7.sh):
 # over k-reciprocal it beat every training-free re-ranker on MPEG-7; over GNN and alpha-QE+alpha-DBA it did not
-# Its training K reach the serving default (1,024, fitted to the data): trained at K up to 512 it served
-# K=1,024 0.29 below, on the validation classes (bench/tune_stage_k_experiment.py, experiments file section 11)
+# Its training K reach the serving default (1,024, fitted to the data): trained at K up to 512, the chain
+# served at K=1,024 scored 0.29 lower on the validation classes (bench/tune_stage_k_experiment.py, section 11
+# of the CSA experiments file)
 STAGE_RECIPES = {"k_reciprocal+csa": dict(CSA_RECIPE, K=(128, 256, 512, 1024), perturb=8, stage="k_reciprocal")}
 
 
