@@ -479,3 +479,28 @@ def test_every_cuda_kernel_has_an_emulated_test():
         for name in tests:
             source = inspect.getsource(getattr(module, name))
             assert f'"{kernel}"' in source or "kernel = " in source, f"{name} does not check that {kernel} ran"
+
+
+def test_a_killed_build_does_not_hang_the_next(tmp_path, capfd):
+    """torch's load() marks a build in progress with a plain file that a killed build leaves
+    behind, and the next load() would wait for it forever; the build's own flock (released by
+    the OS when its holder dies) tells a leftover from a build that is running."""
+    import fcntl
+    import threading
+
+    (tmp_path / "lock").touch()
+    with open(tmp_path / "build.flock", "w") as running:  # a build running in another process
+        fcntl.flock(running, fcntl.LOCK_EX)
+        entered = threading.Event()
+
+        def build():
+            with build_emulated._build_lock(tmp_path):
+                entered.set()
+
+        waiting = threading.Thread(target=build)
+        waiting.start()
+        assert not entered.wait(0.5), "entered while another build held the folder"
+        assert (tmp_path / "lock").exists(), "removed the lock file of a build that is running"
+    waiting.join(10)  # the running build ended (its flock released) and left its lock file
+    assert entered.is_set() and not (tmp_path / "lock").exists()
+    assert "left by a build that was killed" in capfd.readouterr().err

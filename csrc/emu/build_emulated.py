@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import os
 import pathlib
@@ -54,6 +55,22 @@ def _compilers_without_preload():
             os.environ["LD_PRELOAD"] = saved
 
 
+@contextlib.contextmanager
+def _build_lock(out: pathlib.Path):
+    """One build at a time per folder, under a lock that dies with its process. torch's load()
+    marks a build in progress with a plain file, ``lock``, that a killed build leaves behind;
+    the next load() then waits for it forever (a test run that hangs without a word). Under
+    this flock nobody else is building here, so a ``lock`` file found is such a leftover."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "build.flock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        stale = out / "lock"
+        if stale.exists():
+            print(f"cuemu build: removing {stale}, left by a build that was killed", file=sys.stderr)
+            stale.unlink()
+        yield
+
+
 def _write_if_changed(path: pathlib.Path, text: str) -> None:
     if not path.exists() or path.read_text() != text:  # keep mtimes: no needless rebuilds
         path.write_text(text)
@@ -62,13 +79,18 @@ def _write_if_changed(path: pathlib.Path, text: str) -> None:
 def build(src=None, sanitize: str = "", out=None, verbose: bool = False) -> pathlib.Path:
     """Builds (or finds up to date) the emulated library and loads it into this process
     (``torch.ops.pycsa_emu.*``); returns the .so's path."""
-    from torch.utils.cpp_extension import load as _load
-
     src = pathlib.Path(src or ROOT / "csrc").resolve()
     san = _flags(sanitize)
     # a copy of csrc (bug injection) gets a build folder of its own
     tag = "" if src == (ROOT / "csrc").resolve() else "-" + hashlib.sha1(str(src).encode()).hexdigest()[:8]
     out = pathlib.Path(out or ROOT / "build" / ("emu" + ("-" + "-".join(SANITIZERS[sanitize]) if sanitize else "") + tag))
+    with _build_lock(out):
+        return _build(src, san, out, verbose)
+
+
+def _build(src: pathlib.Path, san: list[str], out: pathlib.Path, verbose: bool) -> pathlib.Path:
+    from torch.utils.cpp_extension import load as _load
+
     gen = out / "src"
     gen.mkdir(parents=True, exist_ok=True)
     rewrite.main(src / "cuda", gen, quiet=not verbose)
@@ -105,8 +127,8 @@ def build_selftest(sanitize: str = "", out=None, verbose: bool = False) -> pathl
     out = pathlib.Path(out or ROOT / "build" / ("emu-selftest" + ("-" + "-".join(SANITIZERS[sanitize]) if sanitize else "")))
     out.mkdir(parents=True, exist_ok=True)
     text, _ = rewrite.rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"))
-    _write_if_changed(out / "selftest.cu.cpp", text)
-    with _compilers_without_preload():
+    with _build_lock(out), _compilers_without_preload():
+        _write_if_changed(out / "selftest.cu.cpp", text)
         load(name="cuemu_selftest", sources=[str(out / "selftest.cu.cpp")],
              extra_cflags=["-O1", "-g", "-Wno-unknown-pragmas"] + san, extra_ldflags=san,
              extra_include_paths=[str(HERE), str(HERE / "shim")], build_directory=str(out),
