@@ -25,6 +25,8 @@ args = ap.parse_args()
 
 test = load_retrieval_features(args.data).class_half("second")
 X = test.database
+if args.k < X.shape[0]:  # a shorter list leaves a tail in the stage's order, which the mean below would lose
+    ap.error(f"--k: the mean of the scores needs every item scored, so at least {X.shape[0]}, got {args.k}")
 s, i = pycsa.search(X, X, X.shape[0])
 first = Ranking(i, s)
 score = Scorer("classes", test)

@@ -125,7 +125,6 @@ def build_selftest(sanitize: str = "", out=None, verbose: bool = False) -> pathl
 
     san = _flags(sanitize)
     out = pathlib.Path(out or ROOT / "build" / ("emu-selftest" + ("-" + "-".join(SANITIZERS[sanitize]) if sanitize else "")))
-    out.mkdir(parents=True, exist_ok=True)
     text, _ = rewrite.rewrite((HERE / "selftest.cu").read_text(), str(HERE / "selftest.cu"))
     with _build_lock(out), _compilers_without_preload():
         _write_if_changed(out / "selftest.cu.cpp", text)
