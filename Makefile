@@ -24,7 +24,7 @@ demo: install
 	$(VENV)/bin/pycsa demo
 
 test: install
-	$(PY) -m pytest -q tests bench --benchmark-disable
+	$(PY) -m pytest -q tests bench --benchmark-disable --durations=25
 
 # The CUDA kernels executed on the CPU: csrc/cuda built on the emulator (csrc/emu) and
 # tested through each op's host function (tests/test_cuda_emulated.py; `make test` runs it too).
