@@ -393,7 +393,9 @@ def test_cli_train_recipe_sets_the_measured_options_and_given_flags_win(tmp_path
                            "--out", str(out)]) == 0
     capsys.readouterr()
     assert load_model(out).stage == STAGE_RECIPES["k_reciprocal+csa"]["stage"]
-    assert torch.load(out, weights_only=False)["train_config"]["perturb"] == STAGE_RECIPES["k_reciprocal+csa"]["perturb"]
+    config = torch.load(out, weights_only=False)["train_config"]
+    assert config["perturb"] == STAGE_RECIPES["k_reciprocal+csa"]["perturb"]
+    assert config["stage_jitter"] == {k: list(b) for k, b in STAGE_RECIPES["k_reciprocal+csa"]["stage_jitter"].items()}
     # every option of a recipe is one of train's (argparse would drop an unknown default silently)
     from pycsa.cli.train import recipe_defaults
 

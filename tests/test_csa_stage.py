@@ -13,7 +13,7 @@ import pycsa
 import pycsa.cli
 from pycsa.csa import CSA, CSAReranker, csa_scores, load_model, train
 from pycsa.ranking import resort_top
-from pycsa.rerank.csa.stage import StageTable, stage_affinity, stage_table
+from pycsa.rerank.csa.stage import StageTable, draw_stage_params, stage_affinity, stage_table
 from pycsa.rerank.csa.train import build_samples, make_batch
 
 from _clusters import clustered_features
@@ -154,6 +154,61 @@ def test_bad_stages_are_refused_before_training(kwargs, match):
         train(X, y, **(TRAIN | kwargs))
 
 
+@pytest.mark.parametrize("jitter, match", [
+    ({"k1": [3, 9]}, "without a stage"),  # no stage given
+    ([1, 2], "dict"),
+    ({"k1": 5}, "low, high"),
+    ({"k1": [9, 3]}, "low <= high"),
+    ({"k1": [3, float("nan")]}, "finite"),
+    ({"k1": [True, 3]}, "low, high"),
+    ({"k1": [0, 5]}, "k1=0"),  # the stage's own check of a bound
+    ({"bogus": [1, 2]}, "bogus"),
+])
+def test_bad_stage_jitter_is_refused_before_training(jitter, match):
+    X, y = clustered_features(40, 16, 5)
+    stage = {} if match == "without a stage" else {"stage": "k_reciprocal"}
+    with pytest.raises((ValueError, TypeError), match="stage_jitter.*" + match):
+        train(X, y, stage_jitter=jitter, **(TRAIN | stage))
+
+
+def test_stage_jitter_draws_each_copys_stage_parameters_and_keeps_the_set_itself_at_the_served_ones():
+    X, y = clustered_features(60, 16, 6)
+    jitter = {"k1": (4, 12), "lambda_value": (0.1, 0.5)}
+    sets = build_samples([X], y, 20, 8, perturb=3, gen=torch.Generator().manual_seed(5),
+                         stage=("k_reciprocal", {"k2": 3}), stage_jitter=jitter)
+    plain = build_samples([X], y, 20, 8, perturb=3, gen=torch.Generator().manual_seed(5),
+                          stage=("k_reciprocal", {"k2": 3}))
+    # the copies themselves are those of the run without jitter; the parameters are drawn after them
+    assert all(torch.equal(a.X, b.X) for a, b in zip(sets, plain))
+    assert torch.equal(sets[0].table.scores, plain[0].table.scores)  # the set itself: the served parameters
+    # each copy's table is the stage's at the parameters drawn, in order, from the generator left
+    # where making the copies left it
+    gen = torch.Generator().manual_seed(5)
+    build_samples([X], y, 20, 8, perturb=3, gen=gen)  # the same draws for the copies
+    drawn = []
+    for j in range(1, 4):
+        params = draw_stage_params({"k2": 3}, jitter, gen)
+        assert 4 <= params["k1"] <= 12 and isinstance(params["k1"], int) and 0.1 <= params["lambda_value"] <= 0.5
+        assert params["k2"] == 3
+        want = stage_table(sets[j].X, "k_reciprocal", params, 19)
+        assert torch.equal(sets[j].table.indices, want.indices) and torch.equal(sets[j].table.scores, want.scores)
+        drawn.append(params)
+    assert len({(p["k1"], p["lambda_value"]) for p in drawn}) == 3
+    assert any(not torch.equal(a.table.scores, b.table.scores) for a, b in zip(sets[1:], plain[1:]))
+
+
+def test_a_model_trained_with_stage_jitter_is_served_at_its_stage_params_and_resumes_only_with_the_same(tmp_path):
+    X, y = clustered_features(60, 16, 6)
+    path = tmp_path / "j.pt"
+    kw = TRAIN | dict(stage="k_reciprocal", stage_params={"k2": 3}, perturb=1, epochs=1)
+    train(X, y, stage_jitter={"k1": [4, 12]}, checkpoint=path, **kw)
+    assert load_model(path).stage_params == {"k2": 3}
+    assert torch.load(path, weights_only=False)["train_config"]["stage_jitter"] == {"k1": [4, 12]}
+    with pytest.raises(ValueError, match="stage_jitter"):
+        train(X, y, stage_jitter={"k1": [4, 9]}, resume=path, **(kw | {"epochs": 2}))
+    train(X, y, stage_jitter={"k1": (4, 12)}, resume=path, **(kw | {"epochs": 2}))
+
+
 def test_serving_a_stage_model_without_its_table_or_scores_is_refused():
     X, _ = clustered_features(30, 16, 5)
     m = CSA(6, stage="k_reciprocal", stage_depth=10, **SMALL).eval()
@@ -190,10 +245,11 @@ def test_cli_trains_over_a_stage_and_eval_serves_it_last(tmp_path, monkeypatch, 
     argv = ["pycsa", "train", "--features", str(data), "--K", "12,20", "--L", "8", "--dim", "32", "--depth", "1",
             "--heads", "1", "--epochs", "1", "--batch-size", "16", "--optimizer", "adamw", "--loss", "positive",
             "--residual", "--stage", "k_reciprocal", "--stage-params", json.dumps({"k1": 10, "k2": 3}),
-            "--out", str(out)]
+            "--perturb", "1", "--stage-jitter", json.dumps({"lambda_value": [0.1, 0.5]}), "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
     assert pycsa.cli.main() == 0
-    assert "over k_reciprocal" in capsys.readouterr().out
+    assert 'over k_reciprocal {"k1": 10, "k2": 3}, its parameters per copy drawn from {"lambda_value": [0.1, 0.5]}' \
+        in capsys.readouterr().out
     assert load_model(out).stage_params == {"k1": 10, "k2": 3}
     monkeypatch.setattr(sys, "argv", ["pycsa", "eval", "--features", str(data), "--checkpoint", str(out),
                                       "--csa-k", "20", "--method", "k_reciprocal+csa"])

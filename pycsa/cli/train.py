@@ -74,6 +74,9 @@ def add_parser(sub) -> None:
                          "its scores between items); serve the model after it: --method k_reciprocal+csa")
     tr.add_argument("--stage-params", type=json_dict_arg, default=None, metavar="JSON",
                     help='csa: the stage\'s parameters, e.g. \'{"k1": 20, "k2": 6}\'')
+    tr.add_argument("--stage-jitter", type=json_dict_arg, default=None, metavar="JSON",
+                    help='csa: bounds to draw the stage\'s parameters from for each perturbed or dense copy, e.g. '
+                         '\'{"k1": [14, 30], "lambda_value": [0.1, 0.5]}\' (the model is served at --stage-params)')
     tr.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                     help="bfloat16 autocast (default: on for CUDA)")
     tr.add_argument("--device", type=device_arg, default=None, help="cpu, cuda, cuda:1 (default: CUDA when present)")
@@ -176,6 +179,7 @@ def run(args) -> int:
     print((f"recipe {args.recipe}; " if args.recipe else "") + f"model: L={args.L} dim={args.dim} depth={args.depth} heads={args.heads}"
           + (" residual" if args.residual else "") + (" standardized" if args.standardize else "")
           + (f"; over {args.stage}" + (f" {json.dumps(args.stage_params)}" if args.stage_params else "")
+             + (f", its parameters per copy drawn from {json.dumps(args.stage_jitter)}" if args.stage_jitter else "")
              if args.stage else "")
           + f"; lists K={','.join(map(str, args.K)) if isinstance(args.K, list) else args.K}"
           + "".join(f", {copies}" for copies in [_copies(args.perturb, args.dense)] if copies)
@@ -194,7 +198,7 @@ def run(args) -> int:
             warmup_epochs=args.warmup_epochs, tau=args.tau, lam=args.lam, amp=args.amp, device=args.device,
             checkpoint=args.out, resume=args.resume, seed=args.seed, optimizer=args.optimizer, loss=args.loss,
             residual=args.residual, standardize=args.standardize, perturb=args.perturb, dense=args.dense,
-            stage=args.stage, stage_params=args.stage_params, progress=cb,
+            stage=args.stage, stage_params=args.stage_params, stage_jitter=args.stage_jitter, progress=cb,
             on_epoch=lambda r: echo(fmt(r)))
     if result.history:
         print(f"wrote {args.out}")
@@ -212,6 +216,7 @@ def _run_train_rrt(args) -> int:
                         ("--standardize", args.standardize), ("--perturb", args.perturb > 0),
                         ("--dense", args.dense > 0),
                         ("--stage", args.stage is not None), ("--stage-params", args.stage_params is not None),
+                        ("--stage-jitter", args.stage_jitter is not None),
                         ("--K", args.K is not None)):
         if given:
             raise ValueError(f"{flag}: a CSA option; RRT does not use it")

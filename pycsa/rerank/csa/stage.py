@@ -13,6 +13,8 @@ a pair outside an item's top ``depth`` gets that item's lowest kept score, a bou
 """
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +68,46 @@ def check_stage(stage, stage_params) -> tuple[str | None, dict]:
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"stage_params: {exc}") from None
     return stage, params
+
+
+def check_stage_jitter(stage: str | None, stage_params: dict, jitter) -> dict:
+    """{parameter: (low, high)} of the stage's parameters to draw at random for each extra training
+    copy (see :func:`draw_stage_params`), or ValueError/TypeError. Both bounds ints: an int drawn."""
+    if jitter is None or jitter == {}:
+        return {}
+    if stage is None:
+        raise ValueError("stage_jitter: given without a stage")
+    if not isinstance(jitter, dict):
+        raise TypeError(f"stage_jitter: expected a dict {{parameter: [low, high]}}, got {type(jitter).__name__}")
+    out = {}
+    for key, bounds in jitter.items():
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 or \
+                not all(isinstance(b, numbers.Real) and not isinstance(b, bool) for b in bounds):
+            raise ValueError(f"stage_jitter: {key}: expected [low, high], two numbers, got {bounds!r}")
+        low, high = bounds
+        if not (math.isfinite(low) and math.isfinite(high)) or low > high:
+            raise ValueError(f"stage_jitter: {key}: expected finite low <= high, got {bounds!r}")
+        for b in (low, high):  # the stage's own checks name a parameter it does not take or a bad value
+            try:
+                create(stage, **{**stage_params, key: b})
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"stage_jitter: {key}={b!r}: {exc}") from None
+        integral = all(isinstance(b, numbers.Integral) for b in bounds)
+        out[str(key)] = (int(low), int(high)) if integral else (float(low), float(high))
+    return out
+
+
+def draw_stage_params(params: dict, jitter: dict, gen: torch.Generator | None) -> dict:
+    """``params`` with each parameter of ``jitter`` drawn uniformly from its bounds (ints: each
+    integer equally likely), in the order of the parameters' names."""
+    out = dict(params)
+    for key in sorted(jitter):
+        low, high = jitter[key]
+        if isinstance(low, int):
+            out[key] = int(torch.randint(low, high + 1, (1,), generator=gen))
+        else:
+            out[key] = low + (high - low) * float(torch.rand(1, generator=gen))
+    return out
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from ..validation import resorted_class_map
 from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .model import CSA, LIMITS
 from .serve import csa_scores
-from .stage import StageTable, check_stage, stage_affinity, stage_table
+from .stage import StageTable, check_stage, check_stage_jitter, draw_stage_params, stage_affinity, stage_table
 
 
 @dataclass
@@ -45,13 +45,16 @@ class _SampleSet:
 
 def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, perturb: int = 0, dense: int = 0,
                   gen: torch.Generator | None = None, stage: tuple[str, dict] | None = None,
-                  stage_depth: int | None = None) -> list[_SampleSet]:
+                  stage_depth: int | None = None, stage_jitter: dict | None = None) -> list[_SampleSet]:
     """One sample per image and feature set: the image as query and its top-max(K, L)
     list (itself first) in the same feature set; with ``stage`` (name, params), the list is the
     stage's leave-one-out ranking of the set, kept to ``stage_depth``. ``perturb``: that many more sets per
     feature set, each of a random 80% of the images with a random 20% of the feature
     dimensions zeroed (new neighbours, new lists: on a small training set the model
-    otherwise learns its lists by heart)."""
+    otherwise learns its lists by heart). ``stage_jitter`` ({parameter: (low, high)}, checked by
+    :func:`.stage.check_stage_jitter`): each copy's stage parameters drawn from those bounds, the
+    feature set itself keeps ``stage``'s, so that the model learns what the stage misses over a
+    range of its settings rather than at one."""
     depth = max(K, L) - 1
     sets = []
     for X in features:
@@ -69,12 +72,14 @@ def build_samples(features: list, labels: torch.Tensor, K: int, L: int, *, pertu
                               "no dense copies", stacklevel=2)
                 break
             views.append(view)
-        for Xv, yv in views:
+        for j, (Xv, yv) in enumerate(views):
             table = scores = None
             if stage is None:
                 ranks = neighbours_without_self(Xv, depth)
             else:
-                table = stage_table(Xv, stage[0], stage[1], max(stage_depth or depth, depth))
+                # drawn after every copy is made: without jitter the copies are what they were
+                params = draw_stage_params(stage[1], stage_jitter, gen) if stage_jitter and j else stage[1]
+                table = stage_table(Xv, stage[0], params, max(stage_depth or depth, depth))
                 ranks, scores = table.without_self(depth)
             # a negative label marks a distractor: relevant to nothing, not even another distractor
             relevant = (yv[ranks] == yv.unsqueeze(1)) & (yv.unsqueeze(1) >= 0)
@@ -278,7 +283,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
           device: Device = None, checkpoint: PathLike | None = None, resume: PathLike | None = None, seed: int = 0,
           val_k: int | None = None, optimizer: str = "sgd", loss: str = "mass", residual: bool = False,
           standardize: bool = False, perturb: int = 0, dense: int = 0, stage: str | None = None,
-          stage_params: dict | None = None, progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+          stage_params: dict | None = None, stage_jitter: dict | None = None, progress: Progress = None, on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Trains a CSA model on labelled features (SPEC §2) and returns it with its history.
 
     ``features``: one N x d matrix, or a list of matrices of the same N images from
@@ -297,6 +302,8 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     leave-one-out ranking of each set, its lists, scores (for a residual model) and, as
     affinities, its scores between the items (see :mod:`.stage`); it is served after the same
     stage (``Chain([create("k_reciprocal"), CSAReranker(path)])``, ``--method k_reciprocal+csa``).
+    ``stage_jitter`` ({parameter: (low, high)}): the stage's parameters drawn from those bounds for
+    each perturbed or dense copy (see :func:`build_samples`); the model is served at ``stage_params``.
     ``amp``: bfloat16 autocast (default on for CUDA GPUs of compute capability 8.0+). ``checkpoint``: path written after
     every epoch (model, optimiser, schedule, config, history); ``resume``: a path to
     continue from. ``progress(done, total)`` is called per batch; ``on_epoch(record)``
@@ -321,6 +328,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     perturb = integer(perturb, "perturb", low=0)
     dense = integer(dense, "dense", low=0)
     stage, stage_params = check_stage(stage, stage_params)
+    stage_jitter = check_stage_jitter(stage, stage_params, stage_jitter)
     for name, v in (("dropout", dropout), ("drop_path", drop_path)):  # p = 1 drops everything: 0 / 0
         finite_float(v, name, 0.0, 1.0, high_open=True)
     if optimizer not in ("sgd", "adamw"):
@@ -378,7 +386,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     sets = build_samples([X.to(device) for X in feats], y.to(device), K, L, perturb=perturb, dense=dense,
                          gen=torch.Generator().manual_seed(seed), stage=None if stage is None else (stage, stage_params),
-                         stage_depth=model.stage_depth)
+                         stage_depth=model.stage_depth, stage_jitter=stage_jitter)
     n_samples = sum(sset.X.shape[0] for sset in sets)
     steps = math.ceil(n_samples / batch_size)
     if n_samples % batch_size and n_samples % batch_size < world:
@@ -391,7 +399,9 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-    train_config = dict(optimizer=optimizer, K=Ks if len(Ks) > 1 else K, L=L, loss=loss, perturb=perturb, dense=dense, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
+    jitter_config = {key: list(b) for key, b in stage_jitter.items()}
+    train_config = dict(optimizer=optimizer, K=Ks if len(Ks) > 1 else K, L=L, loss=loss, perturb=perturb, dense=dense,
+                        stage_jitter=jitter_config, epochs=epochs, batch_size=batch_size, lr=lr, warmup_epochs=warmup_epochs,
                         momentum=momentum, weight_decay=weight_decay, tau=tau, lam=lam, amp=amp, seed=seed,
                         feature_sets=len(feats), images=n)
     history, start = [], 0
@@ -412,6 +422,7 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
         old = payload.get("train_config", {})
         for key, now, before in (("loss", loss, old.get("loss", "mass")), ("perturb", perturb, old.get("perturb", 0)),
                                  ("dense", dense, old.get("dense", 0)),
+                                 ("stage_jitter", jitter_config, old.get("stage_jitter", {})),
                                  ("K", train_config["K"], old.get("K", train_config["K"]))):
             if (list(now) if isinstance(now, (list, tuple)) else now) != \
                     (list(before) if isinstance(before, (list, tuple)) else before):
