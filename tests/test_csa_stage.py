@@ -197,6 +197,12 @@ def test_stage_jitter_draws_each_copys_stage_parameters_and_keeps_the_set_itself
     assert any(not torch.equal(a.table.scores, b.table.scores) for a, b in zip(sets[1:], plain[1:]))
 
 
+def test_stage_jitter_without_copies_warns_that_it_draws_nothing():
+    X, y = clustered_features(40, 16, 5)
+    with pytest.warns(UserWarning, match="stage_jitter: no perturbed or dense copies"):
+        train(X, y, stage="k_reciprocal", stage_jitter={"k1": [4, 9]}, **(TRAIN | {"epochs": 1}))
+
+
 def test_a_model_trained_with_stage_jitter_is_served_at_its_stage_params_and_resumes_only_with_the_same(tmp_path):
     X, y = clustered_features(60, 16, 6)
     path = tmp_path / "j.pt"

@@ -329,6 +329,9 @@ def train(features: ArrayLike | list[ArrayLike], labels: ArrayLike, *, val_featu
     dense = integer(dense, "dense", low=0)
     stage, stage_params = check_stage(stage, stage_params)
     stage_jitter = check_stage_jitter(stage, stage_params, stage_jitter)
+    if stage_jitter and perturb + dense == 0:
+        warnings.warn("stage_jitter: no perturbed or dense copies (perturb=0, dense=0), so no copy to draw the "
+                      "stage's parameters for; the training set keeps stage_params", stacklevel=2)
     for name, v in (("dropout", dropout), ("drop_path", drop_path)):  # p = 1 drops everything: 0 / 0
         finite_float(v, name, 0.0, 1.0, high_open=True)
     if optimizer not in ("sgd", "adamw"):
