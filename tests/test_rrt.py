@@ -250,12 +250,11 @@ def test_cli_train_and_eval_rrt(shared_data, tmp_path, capsys):
 
 
 def test_trained_on_half_the_mpeg7_classes_it_beats_the_global_ranking_on_the_other_half(shared_data):
-    # The real-data check, as bench/rrt_mpeg7.sh runs it: 75 local descriptors per image;
-    # trained on classes 0-34, every image of classes 35-69 a query with its global top-100
-    # re-ranked. Measured: cosine 74.49, RRT 76.20 (+1.7 mAP). The slowest test of the suite: 834 s
-    # on 2 AVX2 cores (2026-11-30; training 1,400 steps at ~0.5 s, serving 70,000 pairs ~110 s). A
-    # smaller budget does not keep the gain (measured the same day, top-100 re-ranked): 4 epochs x 8
-    # triplets +0.66, x 4 triplets +0.31, x 4 at lr 1.5e-3 +0.00, 2 epochs x 4 +0.00.
+    # The real-data check at half the budget of bench/rrt_mpeg7.sh (which runs the full one:
+    # 16 triplets per anchor, cosine 74.49 -> RRT 76.20, +1.7 mAP; 882-989 s here on 2 AVX2 cores):
+    # 75 local descriptors per image, trained on classes 0-34, every image of classes 35-69 a query
+    # with its global top-100 re-ranked. Measured 2026-11-30 with 8 triplets: +0.66; with 4: +0.31,
+    # and +0.00 at lr 1.5e-3 or 2 epochs, so the assertion below still fails if training breaks.
     from pycsa.datasets.features import load_retrieval_features
     from pycsa.rerank.rrt.train import rerank_scores
     from pycsa.rerank.validation import resorted_class_map
@@ -265,10 +264,10 @@ def test_trained_on_half_the_mpeg7_classes_it_beats_the_global_ranking_on_the_ot
     local = load_local_descriptors(shared_data / "mpeg7" / "mpeg7_mobilenetv2_local128.npz")
     train_rows, test_rows = fs.class_half_rows("first"), fs.class_half_rows("second")
     res = train(fs.database[train_rows], local.subset(train_rows), fs.db_labels[train_rows], depth=2, heads=1,
-                ffn=256, lr=5e-4, epochs=4, triplets_per_anchor=16, seed=0)
+                ffn=256, lr=5e-4, epochs=4, triplets_per_anchor=8, seed=0)
     G = torch.as_tensor(fs.database[test_rows], dtype=torch.float32)
     y = fs.db_labels[test_rows]
     full = neighbours_without_self(G, G.shape[0] - 1)
     cosine = resorted_class_map(full, torch.gather(G @ G.T, 1, full[:, :100]), y)
     rrt = resorted_class_map(full, rerank_scores(res.model, G, local.subset(test_rows), full[:, :100]), y)
-    assert rrt > cosine + 0.008, (rrt, cosine)
+    assert rrt > cosine + 0.004, (rrt, cosine)
