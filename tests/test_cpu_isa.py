@@ -198,6 +198,61 @@ def test_k_reciprocal_self_several_blocks_every_isa(capability, two_threads, kre
     np.testing.assert_allclose(k_reciprocal_self(X, 20, 6, 0.3), want, rtol=0, atol=1e-5)
 
 
+# Past 1,024 columns pass 1 works in 256 x 1,024 tiles: a block's columns span several tiles
+# (the last one partial), the query/gallery split falls inside a tile, and each row's
+# candidates are cut back to its m best many times.
+_TILED = {}
+
+
+def _tiled_case():
+    if not _TILED:
+        from _baselines import baselines
+        X = _clustered(2600, seed=14)
+        Q, G = X[:1300], X[1300:]
+        _TILED["features"] = (Q, G, baselines.re_ranking_numpy(_euclid(Q, G), _euclid(Q, Q), _euclid(G, G), k1=20,
+                                                                k2=6, lambda_value=0.3))
+        Y = X[:2300]
+        _TILED["self"] = (Y, baselines.re_ranking_numpy_leave_one_out(_euclid(Y, Y), k1=20, k2=6, lambda_value=0.3))
+    return _TILED
+
+
+def test_k_reciprocal_features_several_tiles_every_isa(capability, two_threads, kreciprocal_pass):
+    import numpy as np
+    from pycsa.compat import re_ranking_features
+    Q, G, want = _tiled_case()["features"]
+    np.testing.assert_allclose(re_ranking_features(Q, G), want, rtol=0, atol=1e-5)
+
+
+def test_k_reciprocal_self_several_tiles_every_isa(capability, two_threads):
+    import numpy as np
+    from pycsa.rerank.kreciprocal import k_reciprocal_self
+    Y, want = _tiled_case()["self"]
+    np.testing.assert_allclose(k_reciprocal_self(Y, 20, 6, 0.3), want, rtol=0, atol=1e-5)
+
+
+def test_k_reciprocal_tiles_keep_the_lower_index_on_exact_ties():
+    # duplicates in other tiles tie exactly (numpy's argsort leaves such ties unspecified, so
+    # the reference is the row-staging pass, which scans each row in order)
+    from pycsa import _C
+    from pycsa.compat import re_ranking_features
+    X = _clustered(2600, seed=15)
+    X[2000:2030] = X[100:130]
+    X[1500:1510] = X[1200:1210]
+    Q, G = X[:1300], X[1300:]
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads, limit in ((2, 1 << 29), (1, 1 << 29), (2, 0)):
+            torch.set_num_threads(threads)
+            _C.set_k_reciprocal_heap_limit(limit)
+            outs.append(re_ranking_features(Q, G))
+    finally:
+        torch.set_num_threads(before)
+        _C.set_k_reciprocal_heap_limit(1 << 29)
+    assert (outs[0] == outs[2]).all()
+    assert (outs[1] == outs[2]).all()
+
+
 def test_k_reciprocal_threads_agree_with_duplicate_rows():
     # duplicates tie exactly: every thread count must keep the lower index
     X = _clustered(600, seed=13)

@@ -10,9 +10,9 @@
 // Memory beyond the inputs and the q x g output: the top-m ranks (N x m),
 // V and its local expansion in CSR (N x a few k1 each), and per thread a
 // 256 x N float32 staging block plus O(N) scratch (about 96 MB per thread at N = 94k); from
-// features, pass 1 also holds N x m heap entries per thread (12 bytes each, at most 512 MB in
-// all, else it stages rows as from matrices). Ties in a row's ranking go to the
-// lower index (the original's argsort leaves them unspecified).
+// features, pass 1 holds instead a 256 x 1024 tile and N x 4m candidate pairs per thread
+// (32 bytes per row and m, at most 512 MB in all, else it stages rows as from matrices).
+// Ties in a row's ranking go to the lower index (the original's argsort leaves them unspecified).
 #include "../kreciprocal.h"
 #include "isa.h"
 
@@ -32,6 +32,7 @@ namespace pycsa {
 namespace {
 
 constexpr int64_t kBlock = 256;  // columns of D staged together: long contiguous reads per row
+constexpr int64_t kTile = 1024;   // columns of a pass-1 tile from features: 1 MB with kBlock rows
 std::atomic<int64_t> symmetric_heap_limit{int64_t{1} << 29};  // bytes; tests lower it
 
 inline float squared(double v) { return static_cast<float>(v * v); }
@@ -159,15 +160,14 @@ struct FeatureDistances {
     const float* nr = norms.data_ptr<float>();
     return std::max(0.f, static_cast<float>(nr[i] + nr[j] - 2.0 * dot));
   }
-  // out[ii * (N - c0) + j] = d²(i0 + ii, c0 + j): rows [i0, i0 + nb) against columns [c0, N).
-  void panel(int64_t i0, int64_t nb, int64_t c0, float* out) const {
-    const int64_t N = n(), w = N - c0;
+  // out[ii * w + j] = d²(i0 + ii, c0 + j): rows [i0, i0 + nb) against columns [c0, c0 + w).
+  void panel(int64_t i0, int64_t nb, int64_t c0, int64_t w, float* out) const {
     at::Tensor dst = at::from_blob(out, {nb, w}, z.options());
     at::mm_out(dst, z.narrow(0, i0, nb), z.narrow(0, c0, w).t());
     const float* nr = norms.data_ptr<float>();
     for (int64_t ii = 0; ii < nb; ++ii) products_to_squared(out + ii * w, nr[i0 + ii], nr + c0, w);
   }
-  void stage(int64_t i0, int64_t nb, float* out) const { panel(i0, nb, 0, out); }
+  void stage(int64_t i0, int64_t nb, float* out) const { panel(i0, nb, 0, n(), out); }
 };
 
 // Sparse rows: row r holds cols[ptr[r]..ptr[r+1]) ascending, with vals alongside.
@@ -235,56 +235,67 @@ void smallest(const float* row, int64_t n, int64_t m, int32_t* out, std::vector<
   for (int64_t j = 0; j < m; ++j) out[j] = heap[j].second;
 }
 
-// Per thread: each row's m best (value, column) pairs seen so far, as a max-heap, and its
-// largest value. Pairs arrive in any column order, so a tie is decided by the column:
-// the pair order (value, column) keeps the lower column, as a row scan does.
-struct RowHeaps {
-  int64_t m;
-  std::vector<std::pair<float, int32_t>> heap;  // N x m
+// Per thread: each row's m best (value, column) pairs so far, among at most 4m kept unsorted,
+// and the bound a new value must not exceed. A value within the bound is appended; a full
+// buffer is cut back to its m best by nth_element, which tightens the bound. That is a store
+// per candidate where a heap of m took a pop and a push (its cache lines missed, one row's
+// heap after another's): the heaps took as long as the GEMM. Pairs arrive in any column
+// order, and (value, column) order keeps the lower column on a tie, as a row scan does.
+struct RowCandidates {
+  int64_t m, cap;
+  std::vector<std::pair<float, int32_t>> pairs;  // N x cap, the first size[r] in use
   std::vector<int32_t> size;                    // N
-  std::vector<float> worst;                     // N: the heap's top once full, +inf before
+  std::vector<float> worst;                     // N: the m-th best value at the last cut, +inf before
   std::vector<float> max;                       // N
 
-  RowHeaps(int64_t n, int64_t m_)
-      : m(m_), heap(n * m_), size(n, 0), worst(n, std::numeric_limits<float>::infinity()), max(n, 0.f) {}
+  RowCandidates(int64_t n, int64_t m_)
+      : m(m_), cap(4 * m_), pairs(n * 4 * m_), size(n, 0), worst(n, std::numeric_limits<float>::infinity()),
+        max(n, 0.f) {}
 
-  void push(int64_t r, float v, int32_t c) {
-    if (v > worst[r]) return;  // nearly every pair ends here
-    std::pair<float, int32_t>* h = heap.data() + r * m;
+  // The caller has checked v <= worst[r]; an equal value may still hold a lower column.
+  PYCSA_ALWAYS_INLINE void push(int64_t r, float v, int32_t c) {
+    std::pair<float, int32_t>* h = pairs.data() + r * cap;
     int32_t& s = size[r];
-    const std::pair<float, int32_t> e{v, c};
-    if (s < m) {
-      h[s++] = e;
-      std::push_heap(h, h + s);
-      if (s == m) worst[r] = h[0].first;
-    } else if (e < h[0]) {
-      std::pop_heap(h, h + m);
-      h[m - 1] = e;
-      std::push_heap(h, h + m);
-      worst[r] = h[0].first;
+    h[s++] = {v, c};
+    if (s == cap) {
+      std::nth_element(h, h + (m - 1), h + cap);
+      s = static_cast<int32_t>(m);
+      worst[r] = h[m - 1].first;
     }
   }
 };
 
-// One row of a pass-1 panel (row i = i0 + its offset, columns i0..i0 + w): every value
-// to row i's heap, and the values past the diagonal block (j >= nb) to their columns'
-// heaps. A chunk of 16 values is compared with the heaps' worst entries first: nearly
-// every chunk has no candidate, so the per-value work is a vector compare.
-PYCSA_ALWAYS_INLINE void panel_row_body(RowHeaps& H, const float* row, int64_t i, int64_t i0, int64_t nb,
+// max(start, row[0..n)) with eight running maxima: a single one is a dependency chain that
+// GCC leaves scalar (4 cycles a value, a third of pass 1 from features). No NaN reaches here.
+PYCSA_ALWAYS_INLINE float largest(const float* row, int64_t n, float start) {
+  float lane[8];
+  for (int l = 0; l < 8; ++l) lane[l] = start;
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = lane[l] < row[j + l] ? row[j + l] : lane[l];
+  for (; j < n; ++j) start = start < row[j] ? row[j] : start;
+  for (int l = 0; l < 8; ++l) start = start < lane[l] ? lane[l] : start;
+  return start;
+}
+
+// One row of a pass-1 tile (row i, columns c0..c0 + w): every value to row i's best, and
+// the values from `nb` on (past the diagonal block) to their columns' best. A chunk of 16
+// values is compared with the bounds first: nearly every chunk has no candidate, so the
+// per-value work is a vector compare.
+PYCSA_ALWAYS_INLINE void panel_row_body(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb,
                                         int64_t w) {
+  const int64_t i0 = c0;
   constexpr int64_t kChunk = 16;
-  float mx = H.max[i];
-#pragma omp simd reduction(max : mx)
-  for (int64_t j = 0; j < w; ++j) mx = std::max(mx, row[j]);
-  H.max[i] = mx;
+  H.max[i] = largest(row, w, H.max[i]);
   for (int64_t j0 = 0; j0 < w; j0 += kChunk) {
     const int64_t n = std::min(kChunk, w - j0);
     const float bound = H.worst[i];
     int any = 0;
 #pragma omp simd reduction(| : any)
     for (int64_t j = 0; j < n; ++j) any |= row[j0 + j] <= bound;
-    if (any)
-      for (int64_t j = j0; j < j0 + n; ++j) H.push(i, row[j], static_cast<int32_t>(i0 + j));
+    if (any)  // the call only for the chunk's candidates: a call per value cost as much as the GEMM
+      for (int64_t j = j0; j < j0 + n; ++j)
+        if (row[j] <= H.worst[i]) H.push(i, row[j], static_cast<int32_t>(i0 + j));
   }
   float* cmax = H.max.data() + i0;
   const float* cworst = H.worst.data() + i0;
@@ -296,11 +307,12 @@ PYCSA_ALWAYS_INLINE void panel_row_body(RowHeaps& H, const float* row, int64_t i
 #pragma omp simd reduction(| : any)
     for (int64_t j = j0; j < j0 + n; ++j) any |= row[j] <= cworst[j];
     if (any)
-      for (int64_t j = j0; j < j0 + n; ++j) H.push(i0 + j, row[j], static_cast<int32_t>(i));
+      for (int64_t j = j0; j < j0 + n; ++j)
+        if (row[j] <= cworst[j]) H.push(i0 + j, row[j], static_cast<int32_t>(i));
   }
 }
-PYCSA_ISA_VARIANTS(, , void, panel_row, (RowHeaps & H, const float* row, int64_t i, int64_t i0, int64_t nb, int64_t w),
-                   (H, row, i, i0, nb, w))
+PYCSA_ISA_VARIANTS(, , void, panel_row, (RowCandidates & H, const float* row, int64_t i, int64_t c0, int64_t nb, int64_t w),
+                   (H, row, i, c0, nb, w))
 
 // Pass 1 from features. D is symmetric, so the rows of block I are multiplied only with
 // the columns from I's first row on (half the GEMM work of staging every full row): each
@@ -313,28 +325,34 @@ void rank_symmetric(const FeatureDistances& D, int64_t m, float* colmax, int32_t
   // Block b's panel is N - b·kBlock wide: task t takes blocks t and blocks-1-t, so
   // every task has the same work and the threads' shares stay even.
   const int64_t tasks = (blocks + 1) / 2;
-  std::vector<std::unique_ptr<RowHeaps>> per_thread(at::get_num_threads());
+  std::vector<std::unique_ptr<RowCandidates>> per_thread(at::get_num_threads());
   at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
     auto& mine = per_thread[at::get_thread_num()];
-    if (!mine) mine = std::make_unique<RowHeaps>(N, m);
-    RowHeaps& H = *mine;
-    std::vector<float> panel(kBlock * N);
+    if (!mine) mine = std::make_unique<RowCandidates>(N, m);
+    RowCandidates& H = *mine;
+    std::vector<float> tile(kBlock * kTile);
     for (int64_t t = lo; t < hi; ++t) {
       const int64_t pair[2] = {t, blocks - 1 - t};  // one block when the count is odd
       for (int64_t x = 0; x < (pair[0] == pair[1] ? 1 : 2); ++x) {
         const int64_t b = pair[x];
-        const int64_t i0 = b * kBlock, nb = std::min(kBlock, N - i0), w = N - i0;
-        D.panel(i0, nb, i0, panel.data());
-        for (int64_t ii = 0; ii < nb; ++ii) {
-          const int64_t i = i0 + ii;
-          const float* row = panel.data() + ii * w;
-          panel_row(H, row, i, i0, nb, w);
-          if (i < q) {  // a query row: its distances to the gallery, for pass 3
-            for (int64_t c = std::max(goff, i0); c < N; ++c) out[i * g + (c - goff)] = row[c - i0];
-          }
-          // query columns past this block meet gallery row i here (leave-one-out: goff = 0)
-          if (i >= goff) {
-            for (int64_t c = i0 + nb; c < std::min(q, N); ++c) out[c * g + (i - goff)] = row[c - i0];
+        const int64_t i0 = b * kBlock, nb = std::min(kBlock, N - i0);
+        // the block's columns i0..N a tile at a time: each tile is scanned while in cache
+        for (int64_t c0 = i0; c0 < N; c0 += kTile) {
+          const int64_t w = std::min(kTile, N - c0);
+          const int64_t diag = c0 == i0 ? nb : 0;  // the diagonal block's columns: rows' own
+          D.panel(i0, nb, c0, w, tile.data());
+          for (int64_t ii = 0; ii < nb; ++ii) {
+            const int64_t i = i0 + ii;
+            const float* row = tile.data() + ii * w;
+            panel_row(H, row, i, c0, diag, w);
+            if (i < q) {  // a query row: its distances to the gallery, for pass 3
+              for (int64_t c = std::max(goff, c0); c < c0 + w; ++c) out[i * g + (c - goff)] = row[c - c0];
+            }
+            // query columns past this block meet gallery row i here (leave-one-out: goff = 0)
+            if (i >= goff) {
+              for (int64_t c = std::max(i0 + nb, c0); c < std::min(q, c0 + w); ++c)
+                out[c * g + (i - goff)] = row[c - c0];
+            }
           }
         }
       }
@@ -347,7 +365,7 @@ void rank_symmetric(const FeatureDistances& D, int64_t m, float* colmax, int32_t
       float mx = 0.f;
       for (const auto& H : per_thread) {
         if (!H) continue;
-        const auto* h = H->heap.data() + r * m;
+        const auto* h = H->pairs.data() + r * H->cap;
         all.insert(all.end(), h, h + H->size[r]);
         mx = std::max(mx, H->max[r]);
       }
@@ -388,9 +406,9 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   };
   at::Tensor out = at::empty({q, g}, at::kFloat);
   float* o = out.data_ptr<float>();
-  // The symmetric pass keeps N x m heap entries per thread: beyond symmetric_heap_limit
+  // The symmetric pass keeps N x 4m candidate pairs per thread: beyond symmetric_heap_limit
   // bytes of them (a large k1 on a large set) it stages full rows instead, O(m) per thread.
-  const bool symmetric = Distances::kSymmetric && static_cast<double>(at::get_num_threads()) * N * m * 12 <=
+  const bool symmetric = Distances::kSymmetric && static_cast<double>(at::get_num_threads()) * N * m * 32 <=
                                                       static_cast<double>(symmetric_heap_limit.load());
   if (symmetric) {
     if constexpr (Distances::kSymmetric) rank_symmetric(D, m, colmax.data(), rank.data(), o);
