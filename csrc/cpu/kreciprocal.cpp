@@ -284,31 +284,31 @@ PYCSA_ALWAYS_INLINE float largest(const float* row, int64_t n, float start) {
 // per-value work is a vector compare.
 PYCSA_ALWAYS_INLINE void panel_row_body(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb,
                                         int64_t w) {
-  const int64_t i0 = c0;
   constexpr int64_t kChunk = 16;
   H.max[i] = largest(row, w, H.max[i]);
   for (int64_t j0 = 0; j0 < w; j0 += kChunk) {
     const int64_t n = std::min(kChunk, w - j0);
     const float bound = H.worst[i];
-    int any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t j = 0; j < n; ++j) any |= row[j0 + j] <= bound;
-    if (any)  // the call only for the chunk's candidates: a call per value cost as much as the GEMM
-      for (int64_t j = j0; j < j0 + n; ++j)
-        if (row[j] <= H.worst[i]) H.push(i, row[j], static_cast<int32_t>(i0 + j));
+    uint32_t mask = 0;
+    for (int64_t j = 0; j < n; ++j) mask |= static_cast<uint32_t>(row[j0 + j] <= bound) << j;
+    // only the chunk's candidates, lowest column first; a cut may tighten the bound meanwhile
+    for (; mask; mask &= mask - 1) {
+      const int64_t j = j0 + __builtin_ctz(mask);
+      if (row[j] <= H.worst[i]) H.push(i, row[j], static_cast<int32_t>(c0 + j));
+    }
   }
-  float* cmax = H.max.data() + i0;
-  const float* cworst = H.worst.data() + i0;
+  float* cmax = H.max.data() + c0;
+  const float* cworst = H.worst.data() + c0;
 #pragma omp simd
   for (int64_t j = nb; j < w; ++j) cmax[j] = std::max(cmax[j], row[j]);
   for (int64_t j0 = nb; j0 < w; j0 += kChunk) {
     const int64_t n = std::min(kChunk, w - j0);
-    int any = 0;
-#pragma omp simd reduction(| : any)
-    for (int64_t j = j0; j < j0 + n; ++j) any |= row[j] <= cworst[j];
-    if (any)
-      for (int64_t j = j0; j < j0 + n; ++j)
-        if (row[j] <= cworst[j]) H.push(i0 + j, row[j], static_cast<int32_t>(i));
+    uint32_t mask = 0;
+    for (int64_t j = 0; j < n; ++j) mask |= static_cast<uint32_t>(row[j0 + j] <= cworst[j0 + j]) << j;
+    for (; mask; mask &= mask - 1) {  // each a different column: no bound changes under us
+      const int64_t j = j0 + __builtin_ctz(mask);
+      H.push(c0 + j, row[j], static_cast<int32_t>(i));
+    }
   }
 }
 PYCSA_ISA_VARIANTS(, , void, panel_row, (RowCandidates & H, const float* row, int64_t i, int64_t c0, int64_t nb, int64_t w),
@@ -322,16 +322,18 @@ PYCSA_ISA_VARIANTS(, , void, panel_row, (RowCandidates & H, const float* row, in
 void rank_symmetric(const FeatureDistances& D, int64_t m, float* colmax, int32_t* rank, float* out) {
   const int64_t N = D.n(), q = D.q, g = D.g, goff = D.goff();
   const int64_t blocks = (N + kBlock - 1) / kBlock;
-  // Block b's panel is N - b·kBlock wide: task t takes blocks t and blocks-1-t, so
-  // every task has the same work and the threads' shares stay even.
+  // Block b's panel is N - b·kBlock wide: task t takes blocks t and blocks-1-t, so every
+  // task has the same products. Threads take the next task as they finish one: query rows
+  // and candidate counts still vary (a static split left one thread idle 16 % of pass 1).
   const int64_t tasks = (blocks + 1) / 2;
+  std::atomic<int64_t> next{0};
   std::vector<std::unique_ptr<RowCandidates>> per_thread(at::get_num_threads());
-  at::parallel_for(0, tasks, 1, [&](int64_t lo, int64_t hi) {
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), tasks), 1, [&](int64_t, int64_t) {
     auto& mine = per_thread[at::get_thread_num()];
     if (!mine) mine = std::make_unique<RowCandidates>(N, m);
     RowCandidates& H = *mine;
     std::vector<float> tile(kBlock * kTile);
-    for (int64_t t = lo; t < hi; ++t) {
+    for (int64_t t; (t = next.fetch_add(1)) < tasks;) {
       const int64_t pair[2] = {t, blocks - 1 - t};  // one block when the count is odd
       for (int64_t x = 0; x < (pair[0] == pair[1] ? 1 : 2); ++x) {
         const int64_t b = pair[x];
