@@ -17,8 +17,13 @@ import torch
 __all__ = ["gnn_reranking_official", "gnn_similarity_official"]
 
 
-def gnn_similarity_official(X_q, X_g, k1, k2, lamb=0.3) -> torch.Tensor:
-    """The q x g similarity that the public function sorts (float32 torch)."""
+def gnn_similarity_official(X_q, X_g, k1, k2, lamb=0.3, lower_index_on_ties=False) -> torch.Tensor:
+    """The q x g similarity that the public function sorts (float32 torch).
+
+    lower_index_on_ties: not in the public code. Its topk leaves the order of exactly equal
+    scores unspecified, and an exact float32 tie at a row's k1-th neighbour puts a different
+    item in the graph, which propagation spreads to many rows; pycsa takes the lower index.
+    With True the neighbours are chosen by a stable sort, as pycsa chooses them."""
     X_q, X_g = torch.as_tensor(X_q).float(), torch.as_tensor(X_g).float()
     nq = X_q.shape[0]
     original_cos = X_q @ X_g.T
@@ -26,6 +31,9 @@ def gnn_similarity_official(X_q, X_g, k1, k2, lamb=0.3) -> torch.Tensor:
     original_score = X_u @ X_u.T
     # the public code calls topk(k=k1) unclamped: k1 > N raises there as here
     S, initial_rank = original_score.topk(k=k1, dim=-1, largest=True, sorted=True)
+    if lower_index_on_ties:
+        S, initial_rank = torch.sort(original_score, dim=-1, descending=True, stable=True)
+        S, initial_rank = S[:, :k1].contiguous(), initial_rank[:, :k1].contiguous()
 
     # build_adjacency_matrix: a zero N x N matrix with a 1 at each row's top-k1 columns
     n = X_u.shape[0]
