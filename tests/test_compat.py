@@ -67,6 +67,23 @@ def test_gnn_reranking_equals_the_public_code(nq, ng, k1, k2, lamb):
     _assert_same_ranking(got, want, sim)
 
 
+def test_gnn_exact_ties_at_the_k1th_neighbour_go_to_the_lower_index():
+    # Features in quarters of {-1, 0, 1}: every product is exact in float32 whatever the
+    # summation order, so many items tie exactly at their k1-th neighbour. The public topk
+    # may keep either item there (one changed neighbour then moves many rows, 2.6e-2 on
+    # Market-size data); pycsa keeps the lower index, as the port does with a stable sort.
+    import pycsa
+    g = torch.Generator().manual_seed(5)
+    Z = torch.randint(-1, 2, (90, 16), generator=g).float() / 4
+    Q, G = Z[:10], Z[10:]
+    k1, k2 = 9, 4
+    top = torch.sort(Z @ Z.T, dim=1, descending=True).values
+    assert (top[:, k1 - 1] == top[:, k1]).sum() >= 20  # the case is really exercised
+    want = gnn_official.gnn_similarity_official(Q, G, k1, k2, 0.3, lower_index_on_ties=True)
+    got = torch.as_tensor(pycsa.gnn_rerank(Q, G, k1=k1, k2=k2, lamb=0.3))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
 def test_gnn_reranking_four_arguments_blend_as_the_public_default():
     Q, G = _feats(9, 80, seed=3)
     sim = gnn_official.gnn_similarity_official(Q, G, 26, 7).numpy()
