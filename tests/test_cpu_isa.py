@@ -144,8 +144,8 @@ def test_inner_product_topk_every_isa(capability, q, n, d, k):
 
 # ------------------------------------------------------------------------------------------
 # k-reciprocal from features at sizes with several 256-row blocks: the symmetric pass sends
-# values past the diagonal block to their columns' heaps, pairs blocks into tasks for two
-# threads and merges per-thread heaps; leave-one-out writes the output both ways.
+# values past the diagonal block to their columns' candidates, pairs blocks into tasks for two
+# threads and merges per-thread candidates; leave-one-out writes the output both ways.
 
 def _clustered(n, dim=16, seed=0):
     import numpy as np
@@ -171,7 +171,7 @@ def two_threads():
 
 @pytest.fixture(params=["symmetric", "staged"])
 def kreciprocal_pass(request):
-    """The symmetric pass, and the row-staging pass it falls back to when its heaps would be large."""
+    """The symmetric pass, and the row-staging pass it falls back to when its candidates would take too much memory."""
     from pycsa import _C
     if request.param == "staged":
         _C.set_k_reciprocal_heap_limit(0)

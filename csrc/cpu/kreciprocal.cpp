@@ -316,7 +316,7 @@ PYCSA_ISA_VARIANTS(, , void, panel_row, (RowCandidates & H, const float* row, in
 
 // Pass 1 from features. D is symmetric, so the rows of block I are multiplied only with
 // the columns from I's first row on (half the GEMM work of staging every full row): each
-// value goes to its row's heap and, past the diagonal block, to its column's. Heaps are
+// value goes to its row's candidates and, past the diagonal block, to its column's. They are
 // per thread and merged at the end. Query rows' distances to the gallery are written into
 // `out` (q x g), where pass 3 reads them instead of computing them again.
 void rank_symmetric(const FeatureDistances& D, int64_t m, float* colmax, int32_t* rank, float* out) {
