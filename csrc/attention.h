@@ -7,6 +7,7 @@
 
 #include <ATen/ATen.h>
 #include <optional>
+#include <string>
 
 namespace pycsa {
 
@@ -28,10 +29,12 @@ inline double attention_scale(const at::Tensor& q, std::optional<double> scale) 
   return scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(q.size(3), 1)));
 }
 
-// The CPU op hands batches whose sequences are all full to PyTorch's SDPA (faster there);
-// the setter exists for tests of the kernel on dense inputs and for benchmarks.
-bool attention_cpu_uses_sdpa(const at::Tensor& q, const std::optional<at::Tensor>& lengths);
-void set_attention_cpu_dense_to_sdpa(bool on);
+// What the CPU op runs for these inputs: "sdpa" (every sequence full), "sdpa per sequence"
+// (ragged, sequences 32 tokens long on average or more: each one's valid part alone) or
+// "pycsa" (the C++ kernel). The setter turns both SDPA paths off, for tests of the kernel
+// and for benchmarks.
+std::string attention_cpu_path(const at::Tensor& q, const std::optional<at::Tensor>& lengths);
+void set_attention_cpu_to_sdpa(bool on);
 
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::optional<at::Tensor>& lengths, std::optional<double> scale);

@@ -36,8 +36,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("supported_cpu_capabilities", &pycsa::supported_isas, "The instruction sets this CPU can run, lowest first");
   m.def("set_cpu_capability", &pycsa::set_cpu_isa, "Run the vectorised loops with this instruction set",
         pybind11::arg("capability"));
-  m.def("attention_cpu_uses_sdpa", &pycsa::attention_cpu_uses_sdpa, pybind11::arg("q"),
+  m.def("attention_cpu_path", &pycsa::attention_cpu_path, pybind11::arg("q"),
         pybind11::arg("lengths") = pybind11::none());
-  m.def("set_attention_cpu_dense_to_sdpa", &pycsa::set_attention_cpu_dense_to_sdpa, pybind11::arg("on"));
+  m.def("set_attention_cpu_to_sdpa", &pycsa::set_attention_cpu_to_sdpa, pybind11::arg("on"));
   m.def("set_k_reciprocal_heap_limit", &pycsa::set_k_reciprocal_heap_limit, pybind11::arg("bytes"));
 }

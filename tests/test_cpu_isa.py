@@ -30,9 +30,9 @@ def capability(request):
 @pytest.fixture
 def attention_kernel_only():
     from pycsa import _C
-    _C.set_attention_cpu_dense_to_sdpa(False)
+    _C.set_attention_cpu_to_sdpa(False)
     yield
-    _C.set_attention_cpu_dense_to_sdpa(True)
+    _C.set_attention_cpu_to_sdpa(True)
 
 
 def _randn(*shape, seed=0, dtype=torch.float32):
@@ -102,6 +102,27 @@ def test_attention_path_names_what_runs():
     assert torch.equal(pycsa.ops.attention(q, q, q), sdpa)
     out = pycsa.ops.attention(q, q, q, torch.tensor([10, 10]))
     assert out.is_contiguous() and torch.allclose(out, sdpa, atol=1e-6)
+    # ragged with sequences of 32 tokens or more on average: SDPA on each valid part
+    q = _randn(3, 2, 70, 8)
+    assert pycsa.ops.attention_cpu_path(q, torch.tensor([70, 40, 1])) == "sdpa per sequence"
+    assert pycsa.ops.attention_cpu_path(q, torch.tensor([70, 20, 0])) == "pycsa"  # 30 on average
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_attention_ragged_sdpa_per_sequence_matches_the_reference(dtype):
+    # an empty sequence, a full one, one of a single token; strided views (k, v transposed back)
+    B, H, T, D = 4, 3, 67, 16
+    q = _randn(B, H, T, D, seed=1, dtype=dtype) * 2
+    k = (_randn(B, T, H, D, seed=2, dtype=dtype) * 2).transpose(1, 2)
+    v = (_randn(B, T, H, D, seed=3, dtype=dtype) * 2).transpose(1, 2)
+    lengths = torch.tensor([67, 0, 1, 60])
+    assert pycsa.ops.attention_cpu_path(q, lengths) == "sdpa per sequence"
+    out = pycsa.ops.attention(q, k, v, lengths)
+    want = reference.attention(q.double(), k.double(), v.double(), lengths)
+    tol = {torch.float32: 2e-5, torch.bfloat16: 2.5e-2, torch.float16: 4e-3}[dtype]
+    assert out.dtype == dtype and out.is_contiguous() and out.shape == q.shape
+    assert torch.allclose(out.double(), want, rtol=tol, atol=tol)
+    assert not out[1].any() and not out[2, :, 1:].any() and not out[3, :, 60:].any()
 
 
 def test_set_capability_refuses_unknown_and_unsupported():

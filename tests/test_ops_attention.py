@@ -36,9 +36,9 @@ def cpu_path(request):
         if not pycsa.ops.has_cpu_kernels():
             pytest.skip("no compiled CPU kernels")
         from pycsa import _C
-        _C.set_attention_cpu_dense_to_sdpa(False)
+        _C.set_attention_cpu_to_sdpa(False)
         yield request.param
-        _C.set_attention_cpu_dense_to_sdpa(True)
+        _C.set_attention_cpu_to_sdpa(True)
     else:
         yield request.param
 

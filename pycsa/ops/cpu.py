@@ -35,8 +35,10 @@ def set_cpu_capability(capability: str) -> None:
 
 def attention_cpu_path(q: torch.Tensor, lengths: torch.Tensor | None = None) -> str:
     """What :func:`pycsa.ops.attention` runs for these CPU inputs: "sdpa" (every sequence
-    full: PyTorch's flash attention is faster there), "pycsa" (the C++ kernel, which skips
-    padding) or "reference" (float64, or no compiled kernels)."""
+    full: PyTorch's flash attention is faster there), "sdpa per sequence" (a ragged batch
+    whose sequences average 32 tokens or more: SDPA on each sequence's valid part, which
+    skips the padding), "pycsa" (the C++ kernel, for shorter sequences) or "reference"
+    (float64, or no compiled kernels)."""
     if q.dtype == torch.float64 or q.numel() == 0:
         return "reference"
     if lengths is None:
@@ -45,4 +47,4 @@ def attention_cpu_path(q: torch.Tensor, lengths: torch.Tensor | None = None) -> 
         return "reference"
     if not isinstance(lengths, torch.Tensor):
         lengths = torch.as_tensor(lengths)
-    return "sdpa" if _extension._C.attention_cpu_uses_sdpa(q, lengths) else "pycsa"
+    return _extension._C.attention_cpu_path(q, lengths)
