@@ -29,11 +29,12 @@ def gnn_similarity_official(X_q, X_g, k1, k2, lamb=0.3, lower_index_on_ties=Fals
     original_cos = X_q @ X_g.T
     X_u = torch.cat((X_q, X_g), dim=0)
     original_score = X_u @ X_u.T
-    # the public code calls topk(k=k1) unclamped: k1 > N raises there as here
-    S, initial_rank = original_score.topk(k=k1, dim=-1, largest=True, sorted=True)
     if lower_index_on_ties:
         S, initial_rank = torch.sort(original_score, dim=-1, descending=True, stable=True)
         S, initial_rank = S[:, :k1].contiguous(), initial_rank[:, :k1].contiguous()
+    else:
+        # the public code calls topk(k=k1) unclamped: k1 > N raises there as here
+        S, initial_rank = original_score.topk(k=k1, dim=-1, largest=True, sorted=True)
 
     # build_adjacency_matrix: a zero N x N matrix with a 1 at each row's top-k1 columns
     n = X_u.shape[0]

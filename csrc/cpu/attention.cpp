@@ -205,15 +205,25 @@ at::Tensor sdpa_per_sequence(const at::Tensor& q, const at::Tensor& k, const at:
   return out;
 }
 
+enum class CpuPath { kSdpa, kSdpaPerSequence, kKernel };
+
+CpuPath choose_path(const at::Tensor& q, const std::optional<at::Tensor>& lengths) {
+  if (!to_sdpa.load(std::memory_order_relaxed) || q.numel() == 0 || q.size(3) == 0) return CpuPath::kKernel;
+  if (!lengths.has_value()) return CpuPath::kSdpa;
+  const at::Tensor len = lengths->to(at::kLong);
+  if (len.numel() == 0 || at::all(len == q.size(2)).item<bool>()) return CpuPath::kSdpa;
+  const int64_t total = len.sum().item<int64_t>();
+  return total >= kSdpaPerSequenceMinMeanLength * len.numel() ? CpuPath::kSdpaPerSequence : CpuPath::kKernel;
+}
+
 }  // namespace
 
 std::string attention_cpu_path(const at::Tensor& q, const std::optional<at::Tensor>& lengths) {
-  if (!to_sdpa.load(std::memory_order_relaxed) || q.numel() == 0 || q.size(3) == 0) return "pycsa";
-  if (!lengths.has_value()) return "sdpa";
-  const at::Tensor len = lengths->to(at::kLong);
-  if (len.numel() == 0 || at::all(len == q.size(2)).item<bool>()) return "sdpa";
-  const int64_t total = len.sum().item<int64_t>();
-  return total >= kSdpaPerSequenceMinMeanLength * len.numel() ? "sdpa per sequence" : "pycsa";
+  switch (choose_path(q, lengths)) {
+    case CpuPath::kSdpa: return "sdpa";
+    case CpuPath::kSdpaPerSequence: return "sdpa per sequence";
+    default: return "pycsa";
+  }
 }
 
 void set_attention_cpu_to_sdpa(bool on) { to_sdpa.store(on, std::memory_order_relaxed); }
@@ -222,14 +232,15 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const std::optional<at::Tensor>& lengths, std::optional<double> scale) {
   check_attention_args(q, k, v, lengths);
   TORCH_CHECK_VALUE(q.device().is_cpu(), "q: expected a CPU tensor");
-  const std::string path = attention_cpu_path(q, lengths);
-  if (path == "sdpa") {
+  const CpuPath path = choose_path(q, lengths);
+  if (path == CpuPath::kSdpa) {
     // The op promises a fresh contiguous tensor (its fake says so); SDPA's CPU output is a
     // (B, T, H, D) buffer seen as (B, H, T, D).
     return at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, attention_scale(q, scale))
         .contiguous();
   }
-  if (path == "sdpa per sequence") return sdpa_per_sequence(q, k, v, lengths->to(at::kLong), attention_scale(q, scale));
+  // check_attention_args holds lengths to int64 on the CPU
+  if (path == CpuPath::kSdpaPerSequence) return sdpa_per_sequence(q, k, v, *lengths, attention_scale(q, scale));
   const auto [qc, kc, vc, len] = attention_inputs(q, k, v, lengths);
 
   at::Tensor out = at::empty(q.sizes(), q.options());

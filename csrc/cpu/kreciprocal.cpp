@@ -242,6 +242,7 @@ void smallest(const float* row, int64_t n, int64_t m, int32_t* out, std::vector<
 // heap after another's): the heaps took as long as the GEMM. Pairs arrive in any column
 // order, and (value, column) order keeps the lower column on a tie, as a row scan does.
 struct RowCandidates {
+  static constexpr int64_t kSlack = 4;  // the buffer holds kSlack·m pairs
   int64_t m, cap;
   std::vector<std::pair<float, int32_t>> pairs;  // N x cap, the first size[r] in use
   std::vector<int32_t> size;                    // N
@@ -249,7 +250,7 @@ struct RowCandidates {
   std::vector<float> max;                       // N
 
   RowCandidates(int64_t n, int64_t m_)
-      : m(m_), cap(4 * m_), pairs(n * 4 * m_), size(n, 0), worst(n, std::numeric_limits<float>::infinity()),
+      : m(m_), cap(kSlack * m_), pairs(n * kSlack * m_), size(n, 0), worst(n, std::numeric_limits<float>::infinity()),
         max(n, 0.f) {}
 
   // The caller has checked v <= worst[r]; an equal value may still hold a lower column.
@@ -408,10 +409,12 @@ at::Tensor k_reciprocal_impl(const Distances& D, int64_t k1, int64_t k2, float l
   };
   at::Tensor out = at::empty({q, g}, at::kFloat);
   float* o = out.data_ptr<float>();
-  // The symmetric pass keeps N x 4m candidate pairs per thread: beyond symmetric_heap_limit
+  // The symmetric pass keeps N x kSlack·m candidate pairs per thread: beyond symmetric_heap_limit
   // bytes of them (a large k1 on a large set) it stages full rows instead, O(m) per thread.
-  const bool symmetric = Distances::kSymmetric && static_cast<double>(at::get_num_threads()) * N * m * 32 <=
-                                                      static_cast<double>(symmetric_heap_limit.load());
+  const double candidate_bytes = static_cast<double>(at::get_num_threads()) * N * m * RowCandidates::kSlack *
+                                 sizeof(std::pair<float, int32_t>);
+  const bool symmetric =
+      Distances::kSymmetric && candidate_bytes <= static_cast<double>(symmetric_heap_limit.load());
   if (symmetric) {
     if constexpr (Distances::kSymmetric) rank_symmetric(D, m, colmax.data(), rank.data(), o);
   } else if constexpr (Distances::kScansRows) {
