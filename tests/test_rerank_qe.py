@@ -51,7 +51,8 @@ def test_database_augmentation_matches_loop(name, kind, device):
     Q, X = _data(seed=1)
     s, i = pycsa.search(Q, X, 25)
     r = pycsa.create(name, k=3)
-    new = r.fit(X.to(device)).rerank(Q.to(device), X.to(device), pycsa.Ranking(i.to(device), s.to(device)))
+    Xd = X.to(device)  # one copy: a second .to("cuda") is another array, which rerank refuses after fit
+    new = r.fit(Xd).rerank(Q.to(device), Xd, pycsa.Ranking(i.to(device), s.to(device)))
     sx, ix = pycsa.search(X, X, 4)  # each row's top-4: itself, then its 3 neighbours
     Xa = torch.stack([_loop_expand(X[j], X, ix[j, 1:], sx[j, 1:], kind) for j in range(X.shape[0])])
     _assert_ranks(new.indices, Q, Xa, 25)
