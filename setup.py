@@ -46,6 +46,31 @@ except ImportError:
     )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _linkcheck():
+    # pycsa/_linkcheck.py by path: the package itself cannot be imported before it is built
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_pycsa_linkcheck", os.path.join(HERE, "pycsa", "_linkcheck.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class BuildExt(BuildExtension.with_options(use_ninja=True)):
+    """torch's build, then a check that the linked extension did not take in a private copy of
+    libstdc++ (pycsa/_linkcheck.py says how that crashed a CUDA build)."""
+
+    def build_extensions(self):
+        super().build_extensions()
+        check = _linkcheck()
+        for ext in self.extensions:
+            path = self.get_ext_fullpath(ext.name)
+            symbols = check.private_libstdcxx_symbols(path) if os.path.exists(path) else None
+            if symbols:
+                os.remove(path)
+                sys.exit(check.explain(path, symbols, os.environ.get("CXX", "c++"), os.environ.get("LDFLAGS", "")))
 TORCH_RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 
@@ -97,7 +122,7 @@ setup(
     packages=find_packages(include=["pycsa", "pycsa.*"]),
     package_data={"pycsa": ["py.typed"]},  # PEP 561: the annotations are part of the API
     ext_modules=[extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt},
     # The extension links against the torch it was built with, whose C++ ABI changes between
     # minor releases: the wheel requires that release (e.g. torch==2.13.*), and pycsa._C records
     # the exact version, which the import compares (pycsa/ops/_extension.py).

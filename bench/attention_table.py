@@ -5,6 +5,7 @@
 """
 import collections
 import json
+import os
 import sys
 
 
@@ -17,7 +18,9 @@ def main(path):
             continue
         rows[(p["device"], p["case"], p["dtype"])][p["impl"]] = b["stats"]["median"]
     info = d.get("machine_info", {})
-    print(f"# Attention: pycsa.ops.attention vs torch SDPA (commit {d.get('commit_info', {}).get('id', '?')[:7]})\n")
+    # COMMIT from the environment first: the device copy's git state can be stale (gpu_session.sh sets it)
+    commit = os.environ.get("COMMIT") or d.get("commit_info", {}).get("id", "?")[:7]
+    print(f"# Attention: pycsa.ops.attention vs torch SDPA (commit {commit})\n")
     print(f"`pytest bench/test_bench_attention.py --benchmark-json=...`, one run, medians; "
           f"{info.get('cpu', {}).get('brand_raw', '')}, {info.get('cpu', {}).get('count', '?')} cores.")
     print("Cases (12 heads of 64): t256 = 8 sequences x 256 tokens; t1024 = 1 x 1024; t1024-b16 = 16 x 1024;")

@@ -47,6 +47,10 @@ print(' '.join(p for m, p in [('numpy', 'numpy'), ('tqdm', 'tqdm'), ('pytest', '
     fi
     command -v compute-sanitizer > /dev/null || echo "compute-sanitizer not on PATH; sanitize uses \$CUDA_HOME/bin"
     t0=$SECONDS
+    # The image sets CXX=/opt/gcc/bin/g++, whose link put a private copy of parts of libstdc++
+    # into _C (every C++ error message with a number then crashed: pycsa/_linkcheck.py); the
+    # system compilers match the libstdc++ that Python loads. setup.py refuses such a build.
+    export CC=${GPU_CC:-/usr/bin/gcc} CXX=${GPU_CXX:-/usr/bin/g++}
     PYCSA_WITH_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 \
       $PY -m pip install --no-deps --no-build-isolation -e . > "$OUT/build.log" 2>&1 \
       || { tail -60 "$OUT/build.log"; exit 1; }

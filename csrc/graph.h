@@ -14,12 +14,6 @@ using Csr = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
 // neighbour lists (n x k indices and weights).
 void check_csr_layout(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val);
 void check_neighbours_layout(int64_t n, const at::Tensor& nbr, const at::Tensor& weight);
-// The value checks, given their outcomes: the CUDA host code computes these on the device
-// and must not format the messages itself (see cuda_checks.h).
-void check_csr_structure(bool rowptr_bounds_ok, bool rowptr_non_decreasing, bool col_in_range,
-                         bool col_ascending, int64_t n, int64_t nnz);
-void check_neighbours_in_range(bool in_range, int64_t n);
-void check_split(int64_t n, int64_t split);
 
 // A + Aᵀ (entries present in both are summed).
 Csr csr_add_transpose_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val);

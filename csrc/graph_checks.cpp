@@ -22,20 +22,4 @@ void check_neighbours_layout(int64_t n, const at::Tensor& nbr, const at::Tensor&
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat, "weight: expected float32");
 }
 
-void check_csr_structure(bool rowptr_bounds_ok, bool rowptr_non_decreasing, bool col_in_range,
-                         bool col_ascending, int64_t n, int64_t nnz) {
-  TORCH_CHECK_VALUE(rowptr_bounds_ok, "rowptr: must start at 0 and end at nnz = ", nnz);
-  TORCH_CHECK_VALUE(rowptr_non_decreasing, "rowptr: must be non-decreasing");
-  TORCH_CHECK_INDEX(col_in_range, "col: indices must lie in [0, ", n, ")");
-  TORCH_CHECK_VALUE(col_ascending, "col: must be strictly ascending within each row (no repeated column)");
-}
-
-void check_neighbours_in_range(bool in_range, int64_t n) {
-  TORCH_CHECK_INDEX(in_range, "nbr: indices must lie in [0, ", n, ")");
-}
-
-void check_split(int64_t n, int64_t split) {
-  TORCH_CHECK_VALUE(split >= 0 && split <= n, "split: must lie in [0, ", n, "], got ", split);
-}
-
 }  // namespace pycsa

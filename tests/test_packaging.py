@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import torch
 
 import pycsa
@@ -96,3 +98,41 @@ def test_the_public_api_is_fully_annotated():
             typing.get_type_hints(f)  # every name an annotation uses resolves
     assert len(_public_callables()) > 80
     assert not missing, missing
+
+
+def test_the_extension_carries_no_private_libstdcxx():
+    # A toolchain whose libstdc++ is not the loaded one (CXX=/opt/gcc/bin/g++ on the H200 image)
+    # linked parts of libstdc++ into _C; its error messages then crashed instead of raising.
+    from pycsa import _linkcheck
+    from pycsa.ops import _extension
+
+    if _extension._C is None:
+        pytest.skip("the extension is not built")
+    symbols = _linkcheck.private_libstdcxx_symbols(_extension._C.__file__)
+    if symbols is None:
+        pytest.skip("nm is not available")
+    assert symbols == [], _linkcheck.explain(_extension._C.__file__, symbols, "?")
+
+
+def test_the_link_check_finds_a_static_libstdcxx(tmp_path):
+    # the same damage on purpose: a library linked with -static-libstdc++ that formats a number
+    import shutil
+    import subprocess
+
+    from pycsa import _linkcheck
+
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None or shutil.which("nm") is None:
+        pytest.skip("needs g++ and nm")
+    src = tmp_path / "fmt.cpp"
+    src.write_text('#include <sstream>\n#include <string>\n'
+                   'std::string fmt(long n) { std::ostringstream s; s << "n = " << n; return s.str(); }\n')
+    private = tmp_path / "libprivate.so"
+    shared = tmp_path / "libshared.so"
+    made = subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), "-o", str(private), "-static-libstdc++"],
+                          capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.skip(f"no static libstdc++ to link: {made.stderr[-200:]}")
+    subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), "-o", str(shared)], check=True)
+    assert _linkcheck.private_libstdcxx_symbols(str(private))
+    assert _linkcheck.private_libstdcxx_symbols(str(shared)) == []

@@ -141,7 +141,7 @@ Neighbours check_neighbours(const CsrView& a, const at::Tensor& nbr, const at::T
   w = weight.contiguous();
   if (nb.numel()) {
     const auto [lo, hi] = at::aminmax(nb);
-    check_neighbours_in_range(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < a.n, a.n);
+    TORCH_CHECK_INDEX(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < a.n, "nbr: indices must lie in [0, ", a.n, ")");
   }
   return {nb.data_ptr<int64_t>(), w.data_ptr<float>(), nb.size(1)};
 }
@@ -271,7 +271,7 @@ at::Tensor gnn_propagate_cross_cpu(const at::Tensor& rowptr, const at::Tensor& c
   const CsrView a = check_csr(rowptr, col, val);
   at::Tensor nb_t, w_t;
   const Neighbours nb = check_neighbours(a, nbr, weight, nb_t, w_t);
-  check_split(a.n, split);
+  TORCH_CHECK_VALUE(split >= 0 && split <= a.n, "split: must lie in [0, ", a.n, "], got ", split);
   const int64_t g = a.n - split;
   at::Tensor out = at::empty({split, g}, at::kFloat);
   if (out.numel() == 0) return out;
@@ -304,7 +304,7 @@ at::Tensor gnn_propagate_cross_cpu(const at::Tensor& rowptr, const at::Tensor& c
 at::Tensor csr_cross_dense_cpu(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
                                int64_t split) {
   const CsrView a = check_csr(rowptr, col, val);
-  check_split(a.n, split);
+  TORCH_CHECK_VALUE(split >= 0 && split <= a.n, "split: must lie in [0, ", a.n, "], got ", split);
   const int64_t g = a.n - split;
   const Transposed<> t = transpose(a);  // column c lists the rows holding c, ascending
   at::Tensor out = at::zeros({split, g}, at::kFloat);

@@ -3,7 +3,6 @@
 // gather is never materialised). float16/bfloat16 use tensor cores (WMMA, fp32
 // accumulation); float32/float64 use a register-tiled SIMT loop.
 #include "../affinity.h"
-#include "../cuda_checks.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -234,14 +233,15 @@ at::Tensor affinity_cuda(const at::Tensor& database, const at::Tensor& ranks, in
 
   const dim3 grid(static_cast<unsigned>((L + kTile - 1) / kTile), static_cast<unsigned>((K + kTile - 1) / kTile),
                   static_cast<unsigned>(std::min<int64_t>(B, kMaxGridZ)));
-  check_grid_y(grid.y, "ranks: list length", K);
+  TORCH_CHECK_VALUE(grid.y <= 65535u, "ranks: list length ", K, " is too long for the CUDA kernel");
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto dt = db.scalar_type();
 
   if (dt == at::kHalf || dt == at::kBFloat16) {
     int major = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, database.get_device()));
-    check_half_precision_capability("pycsa.ops.affinity", major, "convert the features to float32");
+    TORCH_CHECK(major >= 8, "pycsa.ops.affinity: float16/bfloat16 on CUDA needs compute capability 8.0+, "
+                "this device has ", major, ".x; convert the features to float32");
     const bool vec = rows_16b_aligned(db) && (!q.defined() || rows_16b_aligned(q));
     AT_DISPATCH_REDUCED_FLOATING_TYPES(dt, "affinity_cuda_wmma", [&] {
       using T = typename WmmaType<scalar_t>::type;

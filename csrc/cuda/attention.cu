@@ -8,7 +8,6 @@
 // Head dims 32 and 64 are compiled (CSA and RRT use them); pycsa.ops.attention
 // sends other head dims to PyTorch's SDPA.
 #include "../attention.h"
-#include "../cuda_checks.h"
 
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAException.h>
@@ -272,7 +271,7 @@ void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
   const int64_t B = q.size(0), H = q.size(1), T_ = q.size(2);
   const dim3 grid(static_cast<unsigned>((T_ + kRows - 1) / kRows), static_cast<unsigned>(H),
                   static_cast<unsigned>(std::min<int64_t>(B, kMaxGridZ)));
-  check_grid_y(H, "q: heads", H);
+  TORCH_CHECK_VALUE(H <= 65535, "q: ", H, " heads is more than the CUDA kernel handles (65535)");
   const auto stream = c10::cuda::getCurrentCUDAStream();
   const auto dt = q.scalar_type();
   if (dt == at::kFloat) {
@@ -281,7 +280,8 @@ void launch(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const
   } else {
     int major = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, q.get_device()));
-    check_half_precision_capability("pycsa.ops.attention", major, "use float32");
+    TORCH_CHECK(major >= 8, "pycsa.ops.attention: float16/bfloat16 on CUDA needs compute capability 8.0+, "
+                "this device has ", major, ".x; use float32");
     const bool vec = rows_16b_aligned(q) && rows_16b_aligned(k) && rows_16b_aligned(v);
     AT_DISPATCH_REDUCED_FLOATING_TYPES(dt, "attention_cuda_wmma", [&] {
       using T = typename WmmaType<scalar_t>::type;
@@ -305,7 +305,8 @@ at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
   at::Tensor out = at::empty(q.sizes(), q.options());
   if (out.numel() == 0) return out;
   const int64_t D = q.size(3);
-  check_attention_head_dim(D);
+  TORCH_CHECK_VALUE(D == 32 || D == 64, "q: head_dim ", D, " is not compiled for CUDA (32 and 64 are); "
+                    "pycsa.ops.attention falls back to PyTorch SDPA for it");
   const float s = static_cast<float>(attention_scale(q, scale));
   const int64_t* lp = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   if (D == 32) {

@@ -49,7 +49,10 @@ void check_csr_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::T
       col.numel() > 1 ? unsorted_within_rows(rowptr, col) : at::zeros({}, rowptr.options()),
   }).cpu();
   const int64_t* b = bad.data_ptr<int64_t>();
-  check_csr_structure(!b[0] && !b[1], !b[2], !b[3], !b[4], n, col.numel());
+  TORCH_CHECK_VALUE(!b[0] && !b[1], "rowptr: must start at 0 and end at nnz = ", col.numel());
+  TORCH_CHECK_VALUE(!b[2], "rowptr: must be non-decreasing");
+  TORCH_CHECK_INDEX(!b[3], "col: indices must lie in [0, ", n, ")");
+  TORCH_CHECK_VALUE(!b[4], "col: must be strictly ascending within each row (no repeated column)");
 }
 
 // Each row divided by its L2 norm (summed in column order in double; rows of norm 0
@@ -68,8 +71,13 @@ void check_neighbours_cuda(int64_t n, const at::Tensor& rowptr, const at::Tensor
   TORCH_CHECK_VALUE(nbr.device() == rowptr.device() && weight.device() == rowptr.device(),
                     "nbr/weight: expected CUDA tensors on the graph's device");
   if (nbr.numel()) {
-    check_neighbours_in_range(!((nbr < 0) | (nbr >= n)).any().item<bool>(), n);
+    TORCH_CHECK_INDEX(!((nbr < 0) | (nbr >= n)).any().item<bool>(), "nbr: indices must lie in [0, ", n, ")");
   }
+}
+
+void check_split(const at::Tensor& rowptr, int64_t split) {
+  const int64_t n = rowptr.numel() - 1;
+  TORCH_CHECK_VALUE(split >= 0 && split <= n, "split: must lie in [0, ", n, "], got ", split);
 }
 
 // Dense A[:split]·A[split:]ᵀ of a checked, contiguous CSR on the current device.
@@ -116,7 +124,7 @@ Csr gnn_propagate_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in, co
 at::Tensor csr_cross_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& col_in, const at::Tensor& val_in,
                                 int64_t split) {
   check_csr_cuda(rowptr_in, col_in, val_in);
-  check_split(rowptr_in.numel() - 1, split);
+  check_split(rowptr_in, split);
   const c10::cuda::CUDAGuard guard(rowptr_in.device());
   return cross_dense(rowptr_in.contiguous(), col_in.contiguous(), val_in.contiguous(), split);
 }
@@ -125,7 +133,7 @@ at::Tensor csr_cross_dense_cuda(const at::Tensor& rowptr_in, const at::Tensor& c
 // layer is formed and crossed rather than fused as on the CPU.
 at::Tensor gnn_propagate_cross_cuda(const at::Tensor& rowptr, const at::Tensor& col, const at::Tensor& val,
                                     const at::Tensor& nbr, const at::Tensor& weight, int64_t split) {
-  check_split(rowptr.numel() - 1, split);  // before the work
+  check_split(rowptr, split);  // before the work
   const auto [p, c, v] = gnn_propagate_cuda(rowptr, col, val, nbr, weight);
   const c10::cuda::CUDAGuard guard(rowptr.device());
   return cross_dense(p, c, v, split);  // the layer's own output: no second validation pass
