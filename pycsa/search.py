@@ -60,25 +60,30 @@ class Index:
     Rows of norm above about 9.2e18 are refused (their inner products overflow float32);
     features with huge or tiny values are searched at a power-of-two scale, which ranks
     exactly as the inputs given, and the scores are scaled back.
-    ``backend``: "auto" (the bfloat16 prefilter where the CPU has bfloat16 dot
-    products and the database is float32 with at least 4,096 rows; faiss on CPU
-    when installed; else torch), "bf16" (the prefilter; float32 CPU databases on
-    any CPU, slow without bfloat16 instructions), "faiss" or "torch". Every
-    backend is exact; the prefilter keeps a bfloat16 copy of the database (half
-    the float32 size).
+    ``backend``: "auto" (the bfloat16 prefilter where the CPU's bfloat16 GEMM is at least
+    1.5x its float32 one, timed once per process, and the database is float32 with at
+    least 4,096 rows; faiss on CPU
+    when installed; else pycsa's kernel for float32 on the CPU; else torch), "bf16"
+    (the prefilter; float32 CPU databases on any CPU, slow without bfloat16
+    instructions), "faiss", "kernel" (``ops.inner_product_topk``, the C++ blocked
+    GEMM + top-k; float32 CPU databases) or "torch" (blocked ``torch.mm`` + top-k;
+    any device and dtype). Every backend is exact; the prefilter keeps a bfloat16 copy
+    of the database (half the float32 size).
     """
 
     def __init__(self, database: ArrayLike, *, backend: str = "auto", block_elems: int = 1 << 26):
         X, _ = as_tensor(database, "database")
         X = X.detach()
         check_features(X, "database")
-        one_of(backend, "backend", ("auto", "bf16", "faiss", "torch"))
+        one_of(backend, "backend", ("auto", "bf16", "faiss", "kernel", "torch"))
         self.block_elems = integer(block_elems, "block_elems", low=1)
         if backend == "faiss" and (_faiss() is None or X.device.type != "cpu"):
             raise ValueError("backend: 'faiss' needs faiss-cpu installed and CPU inputs")
         if backend == "bf16" and not (X.device.type == "cpu" and X.dtype == torch.float32
                                       and _extension.has_cpu_kernels()):
             raise ValueError("backend: 'bf16' needs a float32 CPU database and the compiled pycsa kernels")
+        if backend == "kernel" and not _kernel_serves(X):
+            raise ValueError("backend: 'kernel' needs a float32 CPU database and the compiled pycsa kernels")
         self.database = X
         # What tells an in-place change of the caller's array apart: torch counts them (detach
         # shares the counter); numpy counts none, so a sample of its rows is hashed. A numpy
@@ -92,7 +97,8 @@ class Index:
         self._prefilter = None
         if backend == "bf16" or (backend == "auto" and _Bf16Prefilter.worthwhile(self._scaled)):
             self._prefilter = _Bf16Prefilter(self._scaled)
-        self._use_faiss = X.device.type == "cpu" and backend != "torch" and _faiss() is not None
+        self._use_faiss = X.device.type == "cpu" and backend in ("auto", "bf16", "faiss") and _faiss() is not None
+        self._use_kernel = backend in ("auto", "bf16", "kernel") and _kernel_serves(self._scaled)
         self._faiss = None  # built on first use: behind the prefilter only rows it cannot prove need it
 
     @property
@@ -148,6 +154,8 @@ class Index:
                 self._faiss = _faiss().IndexFlatIP(self.database.shape[1])
                 self._faiss.add(self._scaled.float().contiguous().numpy())
             return _search_faiss(self._faiss, Q, k, progress)
+        if self._use_kernel and Q.dtype != torch.float64:  # float64 queries: the torch path sums in float64
+            return _search_kernel(Q, self._scaled, k, progress)
         return _search_torch(Q, self._scaled, k, self.block_elems, progress)
 
 
@@ -157,8 +165,8 @@ def search(queries: ArrayLike, database: ArrayLike, k: int, *, backend: str = "a
 
     Returns ``(scores, indices)``, each q x k, best first (float32 scores, int64
     indices), as torch tensors or numpy arrays like ``queries``. ``backend``:
-    "auto", "bf16" (CPU only), "faiss" (CPU only) or "torch". For many searches of one database,
-    build an :class:`Index` once.
+    "auto", "bf16" (CPU only), "faiss" (CPU only), "kernel" (CPU only) or "torch" (see
+    :class:`Index`). For many searches of one database, build an :class:`Index` once.
     """
     Q, _ = as_tensor(queries, "queries")
     X, _ = as_tensor(database, "database")
@@ -194,10 +202,19 @@ class _Bf16Prefilter:
         self.norm, self.norm_low, self.rounding = (float(v.max()) if v.numel() else 0.0
                                                    for v in _rounding_norms(X, self.low))
 
+    # The first pass must beat the float32 kernel it stands in for. bfloat16 dot-product
+    # instructions do not make it so: on an Intel AVX512-BF16 VM without AMX (2026-11-30) oneDNN's
+    # bfloat16 GEMM ran at 0.65x its float32 one and the prefilter took twice the float32 kernel's
+    # time (20,000 x 20,000 x 512: 3.4 s against 1.7 s); on an AMD AVX512-BF16 machine it had
+    # beaten faiss. So the CPU's two GEMMs are timed once and the prefilter runs where bfloat16
+    # is at least this many times faster.
+    min_gemm_speedup = 1.5
+
     @classmethod
     def worthwhile(cls, X: torch.Tensor) -> bool:
         return (X.device.type == "cpu" and X.dtype == torch.float32 and X.shape[0] >= cls.min_rows
-                and _extension.has_cpu_kernels() and bool(getattr(_extension._C, "native_bf16_gemm", bool)()))
+                and _extension.has_cpu_kernels() and bool(getattr(_extension._C, "native_bf16_gemm", bool)())
+                and _bf16_gemm_speedup() >= cls.min_gemm_speedup)
 
     @staticmethod
     def margin(k: int) -> int:
@@ -335,6 +352,53 @@ def topk_lower_index(scores: torch.Tensor, k: int):
     vals = scores.gather(1, cols)
     order = torch.sort(vals, dim=1, descending=True, stable=True).indices
     return vals.gather(1, order), cols.gather(1, order)
+
+
+_gemm_speedup: float | None = None
+
+
+def _bf16_gemm_speedup() -> float:
+    """This CPU's bfloat16 GEMM speed over its float32 one on the prefilter's block (256 x 4,096
+    x 512, as ``ops.inner_product_topk`` runs it), the better of 3 timings each after a warm-up;
+    measured once per process (about 20 ms)."""
+    global _gemm_speedup
+    if _gemm_speedup is None:
+        import time
+
+        g = torch.Generator().manual_seed(0)
+        A, B = torch.randn(256, 512, generator=g), torch.randn(4096, 512, generator=g)
+        best = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            a, b = A.to(dtype), B.to(dtype)
+            out = torch.empty(256, 4096, dtype=dtype)
+            torch.mm(a, b.T, out=out)
+            times = []
+            for _ in range(3):
+                t = time.perf_counter()
+                torch.mm(a, b.T, out=out)
+                times.append(time.perf_counter() - t)
+            best[dtype] = min(times)
+        _gemm_speedup = best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+    return _gemm_speedup
+
+
+def _kernel_serves(X: torch.Tensor) -> bool:
+    return X.device.type == "cpu" and X.dtype == torch.float32 and _extension.has_cpu_kernels()
+
+
+def _search_kernel(Q, X, k, progress, step=4096):
+    """ops.inner_product_topk (its own 256 x 4,096 blocks), a call per ``step`` queries for progress."""
+    q = Q.shape[0]
+    Q = Q.float()
+    if q <= step and progress is None:
+        return ops.inner_product_topk(Q, X, k)
+    scores = torch.empty((q, k), dtype=torch.float32)
+    indices = torch.empty((q, k), dtype=torch.int64)
+    for qs in range(0, q, step):
+        scores[qs:qs + step], indices[qs:qs + step] = ops.inner_product_topk(Q[qs:qs + step], X, k)
+        if progress is not None:
+            progress(min(q, qs + step), q)
+    return scores, indices
 
 
 def _search_torch(Q, X, k, block_elems, progress):

@@ -99,7 +99,8 @@ def test_the_bound_is_the_squared_norm_not_the_largest_value():
 def test_search_of_huge_or_tiny_accepted_features_is_exact(scale):
     Q, X = _unit(5, seed=3), _unit(200, seed=4)
     want_s, want_i = pycsa.search(Q, X, 10)
-    for backend in ["torch"] + (["faiss"] if search_module.faiss is not None else []):
+    for backend in ["torch"] + (["faiss"] if search_module.faiss is not None else []) + \
+            (["kernel"] if pycsa.ops.has_cpu_kernels() else []):
         s, i = pycsa.search(Q * scale, X * scale, 10, backend=backend)
         assert torch.equal(i, want_i), backend
         assert bool(torch.isfinite(s).all()) and int(i.min()) >= 0
@@ -243,8 +244,10 @@ def test_check_helpers():
 
 # ------------------------------------------------------------------ gradients and devices
 
-@pytest.mark.parametrize("backend", ["auto", "torch"])
+@pytest.mark.parametrize("backend", ["auto", "torch", "kernel"])
 def test_search_takes_tensors_that_require_grad(backend):
+    if backend == "kernel" and not pycsa.ops.has_cpu_kernels():
+        pytest.skip("needs the compiled kernels")
     Q, X = _unit(3).requires_grad_(), _unit(30).requires_grad_()
     s, i = pycsa.search(Q, X, 5, backend=backend)
     # the same backend: "auto" rescoring a bfloat16 prefilter rounds unlike torch's GEMM

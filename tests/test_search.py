@@ -11,8 +11,8 @@ import importlib
 search_module = importlib.import_module("pycsa.search")  # the package exports the function under this name
 
 BACKENDS = ["torch"] + (["faiss"] if search_module.faiss is not None else []) + \
-    (["bf16"] if pycsa.ops.has_cpu_kernels() else [])
-NATIVE_BF16 = pycsa.ops.has_cpu_kernels() and search_module._Bf16Prefilter.worthwhile(torch.zeros(4096, 1))
+    (["bf16", "kernel"] if pycsa.ops.has_cpu_kernels() else [])
+NATIVE_BF16 = pycsa.ops.has_cpu_kernels() and bool(pycsa.ops._extension._C.native_bf16_gemm())
 
 
 def _brute(Q, X, k):
@@ -151,7 +151,8 @@ def test_bf16_score_bound_holds_for_every_row(scale):
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="the CPU has no bfloat16 dot products")
-def test_auto_uses_the_prefilter_only_where_it_pays():
+def test_auto_uses_the_prefilter_only_where_it_pays(monkeypatch):
+    monkeypatch.setattr(search_module, "_gemm_speedup", 3.0)  # as if bfloat16 GEMMs were 3x faster
     g = torch.Generator().manual_seed(2)
     assert pycsa.Index(_unit(g, 4096, 16))._prefilter is not None
     assert pycsa.Index(_unit(g, 4095, 16))._prefilter is None  # small: the plain exact search
@@ -167,6 +168,44 @@ def test_auto_uses_the_prefilter_only_where_it_pays():
 def test_bf16_backend_refuses_what_it_cannot_serve():
     with pytest.raises(ValueError, match="backend"):
         pycsa.Index(torch.zeros(10, 3, dtype=torch.float64), backend="bf16")
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_auto_takes_the_float32_kernel_where_bfloat16_gemms_do_not_pay(monkeypatch):
+    monkeypatch.setattr(search_module, "_gemm_speedup", 1.2)
+    monkeypatch.setattr(search_module, "_faiss_module", None)  # as without faiss
+    g = torch.Generator().manual_seed(4)
+    index = pycsa.Index(_unit(g, 4096, 16))
+    assert index._prefilter is None and index._use_kernel and not index._use_faiss
+    Q = _unit(g, 5, 16)
+    np.testing.assert_array_equal(index.search(Q, 7)[1].numpy(), _brute(Q, index.database, 7)[1])
+    assert not pycsa.Index(_unit(g, 4096, 16).double())._use_kernel  # float64 keeps the torch path
+
+
+def test_the_gemm_timing_runs_once_and_gives_a_ratio(monkeypatch):
+    monkeypatch.setattr(search_module, "_gemm_speedup", None)
+    r = search_module._bf16_gemm_speedup()
+    assert 0 < r < 1000 and search_module._bf16_gemm_speedup() == r
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_kernel_backend_refuses_what_it_cannot_serve():
+    with pytest.raises(ValueError, match="backend"):
+        pycsa.Index(torch.zeros(10, 3, dtype=torch.float64), backend="kernel")
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_kernel_backend_reports_progress_and_keeps_float64_queries_exact():
+    g = torch.Generator().manual_seed(3)
+    X = _unit(g, 500, 12)
+    seen = []
+    s, i = search_module._search_kernel(X[:10], X, 3, lambda a, b: seen.append((a, b)), step=4)
+    assert seen == [(4, 10), (8, 10), (10, 10)] and i[:, 0].tolist() == list(range(10))
+    np.testing.assert_array_equal(i.numpy(), _brute(X[:10], X, 3)[1])
+    # float64 queries sum in float64 (the torch path), as before the kernel backend existed
+    Q = X[:4].double() + 1e-12
+    _, i64 = pycsa.search(Q, X, 5, backend="kernel")
+    np.testing.assert_array_equal(i64.numpy(), _brute(Q, X, 5)[1])
 
 
 def test_k_takes_numpy_integers_not_bools_or_floats():
