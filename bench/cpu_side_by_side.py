@@ -981,7 +981,8 @@ def section_search(p: dict, seed: int, mem: Memory) -> dict:
     index, peer_index = Index(X), flat_ip()
     ours_built, peer_built = measure_pair(mem, partial(index.search, Q, k), partial(peer_index.search, Qn, k), rep)
     path = "bf16 prefilter + float32 rescoring" if getattr(index, "_prefilter", None) is not None else \
-        ("faiss" if getattr(index, "_use_faiss", False) else "torch")
+        ("pycsa kernel" if getattr(index, "_use_kernel", False) else
+         ("faiss" if getattr(index, "_use_faiss", False) else "torch"))
     agree = float((torch.as_tensor(ours["out"][1]) == torch.from_numpy(peer["out"][1])).float().mean())
     threads = faiss.omp_get_max_threads()
     r["rows"] += [[f"pycsa.search (one call: index + search; path: {path})", _sec(ours["s"]), _gb(ours["mem_gb"]),
@@ -1066,6 +1067,15 @@ def _call(fn) -> str:
         return f"unavailable ({type(e).__name__}: {e})"
 
 
+def _gemm_ratio() -> str:
+    import importlib
+
+    search = importlib.import_module("pycsa.search")
+    if not hasattr(search, "_bf16_gemm_speedup"):
+        return "not in this pycsa"
+    return f"{search._bf16_gemm_speedup():.2f}x"
+
+
 def machine_info(preset: str, emulate: bool) -> dict:
     import torch
 
@@ -1083,9 +1093,11 @@ def machine_info(preset: str, emulate: bool) -> dict:
         "torch.backends.cpu.get_cpu_capability()": torch.backends.cpu.get_cpu_capability(),
         "ISA flags (/proc/cpuinfo)": ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ISA_FLAGS),
         "pycsa.ops.cpu_capability()": _call(cap) if cap else "not in this pycsa",
-        # decided from the CPU's flags: whether pycsa.search takes its bfloat16 prefilter
-        "pycsa native bfloat16 GEMM (search prefilter, affinity)":
+        # decided from the CPU's flags: bfloat16 GEMMs in affinity; the search's prefilter also
+        # needs them to be 1.5x float32 ones, timed (pycsa/search.py)
+        "pycsa native bfloat16 GEMM (affinity; search prefilter if also >= 1.5x float32)":
             _call(getattr(_extension._C, "native_bf16_gemm", bool)) if _extension.has_cpu_kernels() else "no kernels",
+        "bfloat16 / float32 GEMM speed, 256 x 4096 x 512 (search prefilter)": _gemm_ratio(),
         "faiss": f"{faiss.__version__} ({faiss.get_compile_options().strip()})" if faiss else "not installed",
         "environment": ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in AVX2_ENV) +
                        (" (set by --emulate-avx2)" if emulate else ""),

@@ -173,12 +173,14 @@ def test_bf16_backend_refuses_what_it_cannot_serve():
 @pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
 def test_auto_takes_the_float32_kernel_where_bfloat16_gemms_do_not_pay(monkeypatch):
     monkeypatch.setattr(search_module, "_gemm_speedup", 1.2)
-    monkeypatch.setattr(search_module, "_faiss_module", None)  # as without faiss
     g = torch.Generator().manual_seed(4)
     index = pycsa.Index(_unit(g, 4096, 16))
-    assert index._prefilter is None and index._use_kernel and not index._use_faiss
+    assert index._prefilter is None and index._use_kernel
     Q = _unit(g, 5, 16)
+    calls = []
+    monkeypatch.setattr(search_module, "_search_kernel", lambda *a: calls.append(1) or search_module.ops.inner_product_topk(*a[:3]))
     np.testing.assert_array_equal(index.search(Q, 7)[1].numpy(), _brute(Q, index.database, 7)[1])
+    assert calls  # the kernel served it, faiss installed or not
     assert not pycsa.Index(_unit(g, 4096, 16).double())._use_kernel  # float64 keeps the torch path
 
 
