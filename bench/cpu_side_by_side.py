@@ -932,12 +932,14 @@ def section_gnn(p: dict, seed: int, mem: Memory) -> dict:
 def _backends_without_faiss(r: dict, mem: Memory, Index, X, Q, k: int, rep: int) -> None:
     """What a user without faiss gets: pycsa's C++ kernel (the 'auto' choice then) against the
     blocked torch.mm + top-k path, each index built beforehand, interleaved."""
+    import importlib
+
     import torch
 
     import pycsa
 
-    if not pycsa.ops.has_cpu_kernels():
-        r["notes"].append("the compiled kernels are missing: no 'kernel' backend row.")
+    if not pycsa.ops.has_cpu_kernels() or not hasattr(importlib.import_module("pycsa.search"), "_search_kernel"):
+        r["notes"].append("no 'kernel' backend here (kernels not compiled, or a pycsa before e176f5e): no such row.")
         return
     kernel, blocked = Index(X, backend="kernel"), Index(X, backend="torch")
     ours, peer = measure_pair(mem, partial(kernel.search, Q, k), partial(blocked.search, Q, k), rep)

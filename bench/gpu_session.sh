@@ -25,8 +25,9 @@ C=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 export COMMIT=$C
 mkdir -p "$OUT"
 PY=${PY:-python3}
-# a stage's step with a time cap, so that one hung step leaves the others their time
-capped() { local cap=$1; shift; timeout -k 10 "$cap" "$@"; local rc=$?; [ $rc -eq 124 ] && echo "TIMED OUT after ${cap}s: $*"; return $rc; }
+# a stage's step with a time cap, so that one hung step leaves the others their time; --foreground
+# keeps it in the caller's process group, so that the "all" stage's own cap still reaches it
+capped() { local cap=$1; shift; timeout --foreground -k 10 "$cap" "$@"; local rc=$?; [ $rc -eq 124 ] && echo "TIMED OUT after ${cap}s: $*"; return $rc; }
 case "${1:-all}" in
   wheels)
     rm -rf .gpu-wheels

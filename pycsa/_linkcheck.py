@@ -16,19 +16,30 @@ import re
 import shutil
 import subprocess
 
-# std::locale is no template: a definition of one of its members is libstdc++'s own code,
-# never an inline instantiation that any C++ file may emit.
-_OWN = re.compile(r"^_ZN?K?St6locale")
+# Members of std::locale (and std::locale::id, ::facet, ...) defined strongly (nm types T, D,
+# B, R) are libstdc++'s own compiled code. Its template members (a facet-taking constructor,
+# combine<>) and inline ones may be emitted by any C++ file, but only as weak symbols (W),
+# which are not counted.
+_OWN = re.compile(r"^_ZNK?St6locale")
+_STRONG = frozenset("TDBR")
 
 
 def private_libstdcxx_symbols(path: str) -> list[str] | None:
     """The libstdc++-internal symbols that the shared library at ``path`` defines itself
-    (empty when it has none), or None when ``nm`` is not available to tell."""
+    (empty when it has none), or None when ``nm`` is missing or cannot read it."""
     nm = shutil.which("nm")
     if nm is None:
         return None
-    out = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True, text=True, check=True).stdout
-    return sorted({line.split()[-1] for line in out.splitlines() if line.split() and _OWN.match(line.split()[-1])})
+    try:
+        out = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = set()
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[-2] in _STRONG and _OWN.match(parts[-1]):
+            found.add(parts[-1])
+    return sorted(found)
 
 
 def explain(path: str, symbols: list[str], cxx: str, ldflags: str = "") -> str:

@@ -1,14 +1,16 @@
 """Initial retrieval: exact inner-product top-k (SPEC §1).
 
-CPU: on processors with bfloat16 dot products (AVX512-BF16, AMX) and a float32
-database of at least 4,096 rows, a bfloat16 first pass over the whole database
-(C++, about twice the speed of a float32 GEMM) picks candidates that are then
-scored again in float32; a bound on the bfloat16 error proves, row by row, that
-no item left out can reach the top-k, and the rows it cannot prove (rare) are
-searched again exactly. Elsewhere faiss ``IndexFlatIP`` when faiss is installed,
-else a blocked torch search. CUDA: the blocked torch search on the GPU. None
-holds the full q x n score matrix: the torch path keeps at most ``block_elems``
-scores at a time (256 MB in float32 by default). Ties (equal float32 scores) are broken by the
+CPU, float32 database: pycsa's kernel (``ops.inner_product_topk``: a GEMM per
+256 x 4,096 block, then each row's top-k; C++). Where the CPU's bfloat16 GEMM is at
+least 1.5x its float32 one (timed once per process) and the database has at least
+4,096 rows, a bfloat16 first pass picks candidates that are then scored again in
+float32; a bound on the bfloat16 error proves, row by row, that no item left out can
+reach the top-k, and the rows it cannot prove (rare) are searched again exactly.
+Without the compiled kernels, faiss ``IndexFlatIP`` when installed, else a blocked
+torch search, which also serves CUDA, float64 and half-precision databases and
+float64 queries (summed in float64). None holds the full q x n score matrix: the
+torch path keeps at most ``block_elems`` scores at a time (256 MB in float32 by
+default), the kernel a 4 MB block. Ties (equal float32 scores) are broken by the
 lower database index. Exact duplicates of a row may still differ in the last
 bit when BLAS computes them in different blocks.
 
@@ -17,6 +19,7 @@ index) for repeated searches; ``search(queries, database, k)`` is the one-shot f
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Optional
 
 import numpy as np
@@ -99,6 +102,7 @@ class Index:
             self._prefilter = _Bf16Prefilter(self._scaled)
         self._use_faiss = X.device.type == "cpu" and backend in ("auto", "bf16", "faiss") and _faiss() is not None
         self._use_kernel = backend in ("auto", "bf16", "kernel") and _kernel_serves(self._scaled)
+        self._faiss_only = backend == "faiss"
         self._faiss = None  # built on first use: behind the prefilter only rows it cannot prove need it
 
     @property
@@ -152,7 +156,9 @@ class Index:
         # pycsa's kernel before faiss: as fast on AVX2 (Intel, capped: 2.68 s against 2.69 s for
         # 20,000 x 20,000 x 512) and 4x faster on the AVX-512 VM (1.68 s against 6.61 s), ties by
         # the lower index without faiss's second pass
-        if self._use_kernel and Q.dtype != torch.float64:  # float64 queries: the torch path sums in float64
+        if Q.dtype == torch.float64 and not self._faiss_only:  # summed in float64, as torch does
+            return _search_torch(Q, self._scaled, k, self.block_elems, progress)
+        if self._use_kernel:
             return _search_kernel(Q, self._scaled, k, progress)
         if self._use_faiss:
             if self._faiss is None:
@@ -362,9 +368,13 @@ _gemm_speedup: float | None = None
 
 def _bf16_gemm_speedup() -> float:
     """This CPU's bfloat16 GEMM speed over its float32 one on the prefilter's block (256 x 4,096
-    x 512, as ``ops.inner_product_topk`` runs it), the better of 3 timings each after a warm-up;
-    measured once per process (about 20 ms)."""
+    x 512, as ``ops.inner_product_topk`` runs it), the best of 7 timings each after a warm-up;
+    measured once per process (about 30 ms). PYCSA_SEARCH_PREFILTER=1 or 0 decides instead
+    (reported as 1000x or 0x), for runs that must take the same path on every start."""
     global _gemm_speedup
+    forced = os.environ.get("PYCSA_SEARCH_PREFILTER", "").strip()
+    if forced in ("0", "1"):
+        return 1000.0 if forced == "1" else 0.0
     if _gemm_speedup is None:
         import time
 
@@ -376,7 +386,7 @@ def _bf16_gemm_speedup() -> float:
             out = torch.empty(256, 4096, dtype=dtype)
             torch.mm(a, b.T, out=out)
             times = []
-            for _ in range(3):
+            for _ in range(7):
                 t = time.perf_counter()
                 torch.mm(a, b.T, out=out)
                 times.append(time.perf_counter() - t)

@@ -136,3 +136,11 @@ def test_the_link_check_finds_a_static_libstdcxx(tmp_path):
     subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(src), "-o", str(shared)], check=True)
     assert _linkcheck.private_libstdcxx_symbols(str(private))
     assert _linkcheck.private_libstdcxx_symbols(str(shared)) == []
+    # std::locale's template members, emitted (weak) by any code that adds a facet, are not a copy
+    facet = tmp_path / "facet.cpp"
+    facet.write_text('#include <locale>\nstruct F : std::locale::facet { static std::locale::id id; };\n'
+                     'std::locale::id F::id;\nstd::locale with_f(const std::locale& l) { return std::locale(l, new F); }\n')
+    with_facet = tmp_path / "libfacet.so"
+    subprocess.run([cxx, "-shared", "-fPIC", "-O1", str(facet), "-o", str(with_facet)], check=True)
+    assert _linkcheck.private_libstdcxx_symbols(str(with_facet)) == []
+    assert _linkcheck.private_libstdcxx_symbols(str(src)) is None  # not a shared library: no verdict

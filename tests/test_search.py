@@ -184,6 +184,53 @@ def test_auto_takes_the_float32_kernel_where_bfloat16_gemms_do_not_pay(monkeypat
     assert not pycsa.Index(_unit(g, 4096, 16).double())._use_kernel  # float64 keeps the torch path
 
 
+@pytest.mark.parametrize("backend, runner", [("torch", "_search_torch"), ("faiss", "_search_faiss"),
+                                             ("kernel", "_search_kernel")])
+def test_each_named_backend_runs_its_own_search(monkeypatch, backend, runner):
+    if backend == "faiss" and search_module.faiss is None:
+        pytest.skip("faiss is not installed")
+    if backend == "kernel" and not pycsa.ops.has_cpu_kernels():
+        pytest.skip("needs the compiled kernels")
+    calls = []
+    real = getattr(search_module, runner)
+    monkeypatch.setattr(search_module, runner, lambda *a: calls.append(runner) or real(*a))
+    others = {"_search_torch", "_search_faiss", "_search_kernel"} - {runner}
+    for name in others:
+        monkeypatch.setattr(search_module, name, lambda *a, name=name: pytest.fail(f"{backend} ran {name}"))
+    g = torch.Generator().manual_seed(5)
+    X = _unit(g, 5000, 8)  # large enough for the prefilter, which these backends must not take
+    pycsa.search(X[:3], X, 4, backend=backend)
+    assert calls
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+@pytest.mark.parametrize("backend", ["auto", "kernel"])
+def test_float64_queries_are_summed_in_float64(backend):
+    # two items whose scores differ only past float32: the float64 query must rank them right
+    X = torch.tensor([[1.0, 0.0], [1.0, 2.0 ** -20]])
+    Q = torch.tensor([[1.0, 2.0 ** -10]], dtype=torch.float64)  # scores 1 and 1 + 2^-30
+    _, i = pycsa.search(Q, X, 2, backend=backend)
+    assert i.tolist() == [[1, 0]]
+    _, i32 = pycsa.search(Q.float(), X, 2, backend=backend)
+    assert i32.tolist() == [[0, 1]]  # in float32 they tie: the lower index first
+
+
+@pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_the_kernel_backend_reports_progress_through_index_search():
+    g = torch.Generator().manual_seed(6)
+    X = _unit(g, 100, 8)
+    seen = []
+    pycsa.Index(X, backend="kernel").search(torch.cat([X] * 50), 2, progress=lambda a, b: seen.append((a, b)))
+    assert seen == [(4096, 5000), (5000, 5000)]
+
+
+def test_the_prefilter_choice_can_be_forced(monkeypatch):
+    monkeypatch.setenv("PYCSA_SEARCH_PREFILTER", "0")
+    assert search_module._bf16_gemm_speedup() == 0.0
+    monkeypatch.setenv("PYCSA_SEARCH_PREFILTER", "1")
+    assert search_module._bf16_gemm_speedup() >= search_module._Bf16Prefilter.min_gemm_speedup
+
+
 def test_the_gemm_timing_runs_once_and_gives_a_ratio(monkeypatch):
     monkeypatch.setattr(search_module, "_gemm_speedup", None)
     r = search_module._bf16_gemm_speedup()
