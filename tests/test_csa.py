@@ -175,13 +175,18 @@ def test_neighbours_without_self_handles_duplicates():
 def test_learns_on_synthetic_and_beats_cosine_on_held_out_queries():
     tr = make_retrieval(70, 2000, 64, seed=1)
     te = make_retrieval(70, 2000, 64, seed=2)  # other classes, other queries
-    result = train(tr.database, tr.db_labels, K=96, L=96, epochs=4, **FAST)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
     s, i = pycsa.search(te.queries, te.database, 1000)
     cos = revisited(i, te.gnd)["medium"]["mAP"]
-    new = CSAReranker(model=result.model, k=96).rerank(te.queries, te.database, pycsa.Ranking(i, s))
-    csa = revisited(new.indices, te.gnd)["medium"]["mAP"]
-    assert csa > cos + 0.01, (cos, csa)  # measured: 0.567 -> 0.600
+    gains = []
+    # Three training seeds, judged by the median gain: one seed's 4 short epochs move with the
+    # last bits of the search's float32 scores (seed 0: 0.591 with faiss, 0.572 with pycsa's
+    # kernel; seeds 1 and 2 with the kernel: 0.597 and 0.600; cosine 0.567).
+    for seed in (0, 1, 2):
+        result = train(tr.database, tr.db_labels, K=96, L=96, epochs=4, seed=seed, **FAST)
+        assert result.history[-1]["loss"] < result.history[0]["loss"]
+        new = CSAReranker(model=result.model, k=96).rerank(te.queries, te.database, pycsa.Ranking(i, s))
+        gains.append(revisited(new.indices, te.gnd)["medium"]["mAP"] - cos)
+    assert sorted(gains)[1] > 0.01, (cos, gains)
 
 
 def test_mpeg7_cross_class_generalisation(shared_data):
