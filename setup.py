@@ -71,6 +71,8 @@ class BuildExt(BuildExtension.with_options(use_ninja=True)):
             if symbols:
                 os.remove(path)
                 sys.exit(check.explain(path, symbols, os.environ.get("CXX", "c++"), os.environ.get("LDFLAGS", "")))
+
+
 TORCH_RELEASE = ".".join(torch.__version__.split("+")[0].split(".")[:2])
 
 

@@ -6,9 +6,9 @@ pycsa/_C (std::locale::id::_M_id, the codecvt<char16_t> facets, ...). Those copi
 locale facets apart from the loaded libstdc++, so the first C++ error message that formatted
 a number (a bad index, an out-of-range split, CPU or CUDA alike) crashed the process with
 SIGSEGV instead of raising. (Here, linking with -static-libstdc++ does the same damage more
-quietly: the number and the rest of the message go missing.) Built with the system g++ the same sources carry no copy and
-raise. setup.py checks every build with this; tests/test_packaging.py checks the installed
-extension. Standard library only: setup.py loads this file before pycsa can be imported.
+quietly: the number and the rest of the message go missing.) Built with the system g++ the
+same sources carry no copy and raise. setup.py checks every build with this;
+tests/test_packaging.py checks the installed extension. Standard library only: setup.py loads this file before pycsa can be imported.
 """
 from __future__ import annotations
 

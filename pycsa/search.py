@@ -100,9 +100,12 @@ class Index:
         self._prefilter = None
         if backend == "bf16" or (backend == "auto" and _Bf16Prefilter.worthwhile(self._scaled)):
             self._prefilter = _Bf16Prefilter(self._scaled)
-        self._use_faiss = X.device.type == "cpu" and backend in ("auto", "bf16", "faiss") and _faiss() is not None
         self._use_kernel = backend in ("auto", "bf16", "kernel") and _kernel_serves(self._scaled)
         self._faiss_only = backend == "faiss"
+        # faiss serves only where the kernel does not (and is imported only then)
+        self._use_faiss = X.device.type == "cpu" and (self._faiss_only or (backend in ("auto", "bf16")
+                                                                            and not self._use_kernel)) \
+            and _faiss() is not None
         self._faiss = None  # built on first use: behind the prefilter only rows it cannot prove need it
 
     @property
@@ -403,8 +406,6 @@ def _search_kernel(Q, X, k, progress, step=4096):
     """ops.inner_product_topk (its own 256 x 4,096 blocks), a call per ``step`` queries for progress."""
     q = Q.shape[0]
     Q = Q.float()
-    if q <= step and progress is None:
-        return ops.inner_product_topk(Q, X, k)
     scores = torch.empty((q, k), dtype=torch.float32)
     indices = torch.empty((q, k), dtype=torch.int64)
     for qs in range(0, q, step):

@@ -117,7 +117,6 @@ def test_the_extension_carries_no_private_libstdcxx():
 def test_the_link_check_finds_a_static_libstdcxx(tmp_path):
     # the same damage on purpose: a library linked with -static-libstdc++ that formats a number
     import shutil
-    import subprocess
 
     from pycsa import _linkcheck
 
