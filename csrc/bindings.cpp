@@ -40,4 +40,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("lengths") = pybind11::none());
   m.def("set_attention_cpu_to_sdpa", &pycsa::set_attention_cpu_to_sdpa, pybind11::arg("on"));
   m.def("set_k_reciprocal_heap_limit", &pycsa::set_k_reciprocal_heap_limit, pybind11::arg("bytes"));
+  m.def("set_k_reciprocal_seed_scale", &pycsa::set_k_reciprocal_seed_scale, pybind11::arg("scale"));
 }

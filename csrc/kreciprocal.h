@@ -28,4 +28,9 @@ at::Tensor k_reciprocal_self_cpu(const at::Tensor& feats, int64_t k1, int64_t k2
 // under this many bytes (512 MB by default), else it stages full rows; tests lower it.
 void set_k_reciprocal_heap_limit(int64_t bytes);
 
+// Pass 1 from features starts each row's candidates under a bound from its cell mates; tests
+// scale it (below 1: too low, so rows are ranked again from their full row) or, below 0,
+// start every row at +inf.
+void set_k_reciprocal_seed_scale(double scale);
+
 }  // namespace pycsa

@@ -190,14 +190,18 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["symmetric", "staged"])
+@pytest.fixture(params=["symmetric", "symmetric-unseeded", "symmetric-low-seeds", "staged"])
 def kreciprocal_pass(request):
-    """The symmetric pass, and the row-staging pass it falls back to when its candidates would take too much memory."""
+    """The symmetric pass (its rows start under bounds from their cell mates, or at +inf, or under
+    bounds too low, so that rows left short are ranked again), and the row-staging pass it
+    falls back to when its candidates would take too much memory."""
     from pycsa import _C
     if request.param == "staged":
         _C.set_k_reciprocal_heap_limit(0)
+    _C.set_k_reciprocal_seed_scale({"symmetric-unseeded": -1.0, "symmetric-low-seeds": 0.9}.get(request.param, 1.0))
     yield request.param
     _C.set_k_reciprocal_heap_limit(1 << 29)
+    _C.set_k_reciprocal_seed_scale(1.0)
 
 
 def test_k_reciprocal_features_several_blocks_every_isa(capability, two_threads, kreciprocal_pass):
