@@ -54,9 +54,9 @@ An AVX2-only CPU on an AVX-512 machine: set, before Python starts,
 OPENBLAS_CORETYPE=Haswell for faiss and the OpenBLAS it bundles; ``--emulate-avx2`` sets
 all six for the run. The processor still reports its AVX-512 flags, and code built for
 the machine it runs on (or a library that ignores these variables) still uses them: the
-header prints what each library says it chose. pycsa's "native bfloat16 GEMM" (the
-search's bfloat16 prefilter) follows PYCSA_CPU_CAPABILITY: capped below avx512 it is off,
-as on a CPU without bfloat16 dot products.
+header prints what each library says it chose. pycsa's bfloat16 paths (affinity's native
+bfloat16 GEMM, the search's bfloat16 prefilter) follow PYCSA_CPU_CAPABILITY: capped below
+avx512 they are off, as on a CPU without bfloat16 dot products.
 
 Results for a machine go to bench/results/, e.g. ``--out bench/results/DATE-cpu-side-by-side-COMMIT.md``.
 """
@@ -1095,11 +1095,14 @@ def machine_info(preset: str, emulate: bool) -> dict:
         "torch.backends.cpu.get_cpu_capability()": torch.backends.cpu.get_cpu_capability(),
         "ISA flags (/proc/cpuinfo)": ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ISA_FLAGS),
         "pycsa.ops.cpu_capability()": _call(cap) if cap else "not in this pycsa",
-        # decided from the CPU's flags: bfloat16 GEMMs in affinity; the search's prefilter also
-        # needs them to be 1.5x float32 ones, timed (pycsa/search.py)
-        "pycsa native bfloat16 GEMM (affinity; search prefilter if also >= 1.5x float32)":
+        # bfloat16 instructions, and their GEMM timed against float32: affinity multiplies bf16
+        # inputs natively at >= 1.2x, the search's prefilter runs at >= 1.5x (pycsa/search.py)
+        "pycsa bfloat16 dot products (AVX512-BF16/AMX, kernels at AVX-512)":
+            _call(getattr(_extension._C, "bf16_dot_products", bool)) if _extension.has_cpu_kernels() else "no kernels",
+        "bfloat16 / float32 GEMM speed, 256 x 4096 x 512 (affinity native at >= 1.2x, search prefilter at >= 1.5x)":
+            _gemm_ratio(),
+        "pycsa native bfloat16 GEMM (affinity)":
             _call(getattr(_extension._C, "native_bf16_gemm", bool)) if _extension.has_cpu_kernels() else "no kernels",
-        "bfloat16 / float32 GEMM speed, 256 x 4096 x 512 (search prefilter)": _gemm_ratio(),
         "faiss": f"{faiss.__version__} ({faiss.get_compile_options().strip()})" if faiss else "not installed",
         "environment": ", ".join(f"{k}={os.environ.get(k, '(unset)')}" for k in AVX2_ENV) +
                        (" (set by --emulate-avx2)" if emulate else ""),

@@ -30,7 +30,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
       },
       "a @ b with TF32 disabled for this call (float32 GEMMs on CUDA stay IEEE float32)");
   m.def("native_bf16_gemm", &pycsa::native_bf16_gemm,
-        "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX): bf16 GEMMs beat float32 ones");
+        "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX) and its bf16 GEMM is at least "
+        "1.2x its float32 one (bf16_gemm_speedup): the CPU kernels then multiply bfloat16 inputs as they are");
+  m.def("bf16_dot_products", &pycsa::bf16_dot_products,
+        "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX) and the kernels run AVX-512");
+  m.def("bf16_gemm_speedup", &pycsa::bf16_gemm_speedup,
+        "float32 over bfloat16 time of a 256 x 4,096 x 512 GEMM on this CPU, measured once per process");
+  m.def("set_bf16_gemm_speedup", &pycsa::set_bf16_gemm_speedup, pybind11::arg("ratio"),
+        "Replace the measured ratio (tests); below 0: measure again on next use");
   m.def("cpu_capability", [] { return std::string(pycsa::isa_name(pycsa::cpu_isa())); },
         "The instruction set the CPU kernels' vectorised loops run with: default, avx2 or avx512");
   m.def("supported_cpu_capabilities", &pycsa::supported_isas, "The instruction sets this CPU can run, lowest first");

@@ -225,7 +225,7 @@ class _Bf16Prefilter:
     @classmethod
     def worthwhile(cls, X: torch.Tensor) -> bool:
         return (X.device.type == "cpu" and X.dtype == torch.float32 and X.shape[0] >= cls.min_rows
-                and _extension.has_cpu_kernels() and bool(getattr(_extension._C, "native_bf16_gemm", bool)())
+                and _extension.has_cpu_kernels() and bool(getattr(_extension._C, "bf16_dot_products", bool)())
                 and _bf16_gemm_speedup() >= cls.min_gemm_speedup)
 
     @staticmethod
@@ -371,30 +371,16 @@ _gemm_speedup: float | None = None
 
 def _bf16_gemm_speedup() -> float:
     """This CPU's bfloat16 GEMM speed over its float32 one on the prefilter's block (256 x 4,096
-    x 512, as ``ops.inner_product_topk`` runs it), the best of 7 timings each after a warm-up;
-    measured once per process (about 30 ms). PYCSA_SEARCH_PREFILTER=1 or 0 decides instead
-    (reported as 1000x or 0x), for runs that must take the same path on every start."""
+    x 512, as ``ops.inner_product_topk`` runs it), measured once per process by the extension
+    (``_C.bf16_gemm_speedup``, which also decides the CPU kernels' bfloat16 path); 0 without
+    the compiled kernels. PYCSA_SEARCH_PREFILTER=1 or 0 decides instead (reported as 1000x or
+    0x), for runs that must take the same path on every start."""
     global _gemm_speedup
     forced = os.environ.get("PYCSA_SEARCH_PREFILTER", "").strip()
     if forced in ("0", "1"):
         return 1000.0 if forced == "1" else 0.0
     if _gemm_speedup is None:
-        import time
-
-        g = torch.Generator().manual_seed(0)
-        A, B = torch.randn(256, 512, generator=g), torch.randn(4096, 512, generator=g)
-        best = {}
-        for dtype in (torch.float32, torch.bfloat16):
-            a, b = A.to(dtype), B.to(dtype)
-            out = torch.empty(256, 4096, dtype=dtype)
-            torch.mm(a, b.T, out=out)
-            times = []
-            for _ in range(7):
-                t = time.perf_counter()
-                torch.mm(a, b.T, out=out)
-                times.append(time.perf_counter() - t)
-            best[dtype] = min(times)
-        _gemm_speedup = best[torch.float32] / max(best[torch.bfloat16], 1e-9)
+        _gemm_speedup = float(_extension._C.bf16_gemm_speedup()) if _extension.has_cpu_kernels() else 0.0
     return _gemm_speedup
 
 

@@ -185,3 +185,47 @@ def test_inputs_on_two_devices_name_the_argument():
         pycsa.ops.affinity(torch.zeros(5, 3), torch.tensor([[0, 1]], device="meta"), 1)
     with pytest.raises(ValueError, match="queries: on meta"):
         pycsa.ops.affinity(torch.zeros(5, 3), torch.tensor([[0, 1]]), 1, queries=torch.zeros(1, 3, device="meta"))
+
+
+@pytest.fixture
+def bf16_ratio():
+    """Sets the measured bfloat16/float32 GEMM ratio that decides the bf16 path; restores it."""
+    from pycsa import _C
+    before = _C.bf16_gemm_speedup()
+    yield _C.set_bf16_gemm_speedup
+    _C.set_bf16_gemm_speedup(before)
+
+
+def test_bfloat16_path_follows_the_measured_gemm_ratio(bf16_ratio):
+    # the instructions alone do not decide: a bf16 GEMM slower than float32 (an AVX512-BF16 VM
+    # without AMX ran it at 0.6x) widens the inputs, one at least 1.2x as fast keeps them
+    from pycsa import _C
+    bf16_ratio(1000.0)
+    hardware = _C.native_bf16_gemm()  # the CPU has the instructions and the kernels run AVX-512
+    bf16_ratio(1.19)
+    assert not _C.native_bf16_gemm()
+    bf16_ratio(1.2)
+    assert _C.native_bf16_gemm() == hardware
+
+
+@pytest.mark.parametrize("ratio", [0.5, 3.0], ids=["widened", "native-if-the-cpu-has-it"])
+@pytest.mark.parametrize("shape", [SHAPES[3], SHAPES[7]], ids=["B3n97R67", "B3n400R299"])
+def test_bfloat16_either_path_matches_float64(shape, ratio, bf16_ratio):
+    bf16_ratio(ratio)
+    B, n, R, d, L, with_queries = shape
+    X, ranks, Q = _inputs(B, n, R, d, with_queries, torch.bfloat16, "cpu", seed=3)
+    out = pycsa.ops.affinity(X, ranks, L, queries=Q)
+    assert out.dtype == torch.bfloat16
+    ref = _expected(X, ranks, L, Q)
+    assert torch.allclose(out.double(), ref, rtol=0, atol=_tolerance(torch.bfloat16, d, ref))
+
+
+def test_measuring_the_gemm_ratio_leaves_the_random_stream_alone(bf16_ratio):
+    from pycsa import _C
+    torch.manual_seed(5)
+    want = torch.rand(4)
+    torch.manual_seed(5)
+    bf16_ratio(-1.0)  # measure again
+    ratio = _C.bf16_gemm_speedup()
+    assert ratio > 0 and _C.bf16_gemm_speedup() == ratio
+    assert torch.equal(torch.rand(4), want)

@@ -12,7 +12,8 @@ search_module = importlib.import_module("pycsa.search")  # the package exports t
 
 BACKENDS = ["torch"] + (["faiss"] if search_module.faiss is not None else []) + \
     (["bf16", "kernel"] if pycsa.ops.has_cpu_kernels() else [])
-NATIVE_BF16 = pycsa.ops.has_cpu_kernels() and bool(pycsa.ops._extension._C.native_bf16_gemm())
+# the instructions (and the kernels at AVX-512); whether bfloat16 GEMMs pay is timed apart
+NATIVE_BF16 = pycsa.ops.has_cpu_kernels() and bool(pycsa.ops._extension._C.bf16_dot_products())
 
 
 def _brute(Q, X, k):
