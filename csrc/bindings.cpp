@@ -34,8 +34,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "1.2x its float32 one (bf16_gemm_speedup): the CPU kernels then multiply bfloat16 inputs as they are");
   m.def("bf16_dot_products", &pycsa::bf16_dot_products,
         "True when the CPU has bfloat16 dot products (AVX512-BF16 or AMX) and the kernels run AVX-512");
-  m.def("bf16_gemm_speedup", &pycsa::bf16_gemm_speedup,
-        "float32 over bfloat16 time of a 256 x 4,096 x 512 GEMM on this CPU, measured once per process");
+  m.def("bf16_gemm_speedup", &pycsa::bf16_gemm_speedup, pybind11::call_guard<pybind11::gil_scoped_release>(),
+        "float32 over bfloat16 time of a 256 x 4,096 x 512 GEMM on this CPU, measured once per process "
+        "(PYCSA_BF16_GEMM=1 or 0: 1000 or 0 instead)");
   m.def("set_bf16_gemm_speedup", &pycsa::set_bf16_gemm_speedup, pybind11::arg("ratio"),
         "Replace the measured ratio (tests); below 0: measure again on next use");
   m.def("cpu_capability", [] { return std::string(pycsa::isa_name(pycsa::cpu_isa())); },

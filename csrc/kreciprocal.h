@@ -29,8 +29,8 @@ at::Tensor k_reciprocal_self_cpu(const at::Tensor& feats, int64_t k1, int64_t k2
 void set_k_reciprocal_heap_limit(int64_t bytes);
 
 // Pass 1 from features starts each row's candidates under a bound from its cell mates; tests
-// scale it (below 1: too low, so rows are ranked again from their full row) or, below 0,
-// start every row at +inf.
+// scale it (below 1: may be too low, so that rows are ranked again from their full row; 0:
+// every row without m exact duplicates is) or, below 0, start every row at +inf.
 void set_k_reciprocal_seed_scale(double scale);
 
 }  // namespace pycsa

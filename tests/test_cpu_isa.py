@@ -292,3 +292,32 @@ def test_k_reciprocal_threads_agree_with_duplicate_rows():
     finally:
         torch.set_num_threads(before)
     assert (outs[0] == outs[1]).all()
+
+
+def test_k_reciprocal_rows_left_short_are_ranked_again(two_threads):
+    # bounds of 0 leave every row (none has m exact duplicates) short of candidates after pass 1:
+    # each is ranked again from its full row, and the result is still the reference's
+    import numpy as np
+    from pycsa import _C
+    from pycsa.compat import re_ranking_features
+    from pycsa.rerank.kreciprocal import k_reciprocal_self
+    Q, G, want = _tiled_case()["features"]
+    Y, want_self = _tiled_case()["self"]
+    _C.set_k_reciprocal_seed_scale(0.0)
+    try:
+        out, out_self = re_ranking_features(Q, G), k_reciprocal_self(Y, 20, 6, 0.3)
+    finally:
+        _C.set_k_reciprocal_seed_scale(1.0)
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out_self, want_self, rtol=0, atol=1e-5)
+
+
+def test_k_reciprocal_features_ignore_cpu_autocast():
+    # the kernel's own products are float32 whatever autocast the caller runs under
+    import numpy as np
+    from pycsa.compat import re_ranking_features
+    Q, G, want = _tiled_case()["features"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = re_ranking_features(torch.from_numpy(Q), torch.from_numpy(G))
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), want, rtol=0, atol=1e-5)

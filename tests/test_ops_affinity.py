@@ -229,3 +229,17 @@ def test_measuring_the_gemm_ratio_leaves_the_random_stream_alone(bf16_ratio):
     ratio = _C.bf16_gemm_speedup()
     assert ratio > 0 and _C.bf16_gemm_speedup() == ratio
     assert torch.equal(torch.rand(4), want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_inputs_ignore_cpu_autocast(dtype, bf16_ratio):
+    # widened half inputs are multiplied in float32 even under the caller's bfloat16 autocast
+    # (a plain bmm there would round float16 values to bfloat16 before multiplying)
+    bf16_ratio(0.5)
+    B, n, R, d, L, with_queries = SHAPES[7]
+    X, ranks, Q = _inputs(B, n, R, d, with_queries, dtype, "cpu", seed=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = pycsa.ops.affinity(X, ranks, L, queries=Q)
+    assert out.dtype == dtype
+    ref = _expected(X, ranks, L, Q)
+    assert torch.allclose(out.double(), ref, rtol=0, atol=_tolerance(dtype, d, ref))

@@ -64,7 +64,7 @@ void affinity_cpu_impl(const at::Tensor& db, const at::Tensor& ranks, int64_t L,
   const int64_t head = std::min(K, std::max(L, kChunk));
   const int64_t G = std::clamp<int64_t>(kGroupElems / std::max<int64_t>(1, head * d), 1, B);
   at::Tensor rows = at::empty({G, head, d}, acc_opts);
-  at::Tensor cand_buf;
+  at::Tensor cand_buf, prod;
 
   // Rows [first, first + count) of lists [b0, b0 + g) into dst (g x count x d).
   auto gather_group = [&](int64_t b0, int64_t g, int64_t first, int64_t count, acc_t* dst) {
@@ -92,7 +92,12 @@ void affinity_cpu_impl(const at::Tensor& db, const at::Tensor& ranks, int64_t L,
       if constexpr (std::is_same_v<scalar_t, acc_t>) {
         at::bmm_out(dst, cand, anchors_t);
       } else {
-        dst.copy_(at::bmm(cand, anchors_t));
+        // bmm_out into the compute type: a plain bmm would follow the caller's autocast, and
+        // multiply float16 inputs widened to float32 in bfloat16
+        if (!prod.defined()) prod = at::empty({G * std::max(head, kChunk) * L}, acc_opts);
+        at::Tensor p = prod.narrow(0, 0, g * c * L).view({g, c, L});
+        at::bmm_out(p, cand, anchors_t);
+        dst.copy_(p);
       }
       c0 += c;
     }

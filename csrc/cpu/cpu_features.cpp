@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <mutex>
 
 namespace pycsa {
@@ -41,7 +43,13 @@ double measure() {
 
 double bf16_gemm_speedup() {
   std::lock_guard<std::mutex> lock(speedup_mutex);
-  if (speedup < 0) speedup = measure();
+  if (speedup < 0) {
+    const char* forced = std::getenv("PYCSA_BF16_GEMM");  // 1 or 0: the same path on every start
+    if (forced != nullptr && (std::strcmp(forced, "1") == 0 || std::strcmp(forced, "0") == 0))
+      speedup = forced[0] == '1' ? 1000.0 : 0.0;
+    else
+      speedup = measure();
+  }
   return speedup;
 }
 

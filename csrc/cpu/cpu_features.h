@@ -11,7 +11,7 @@ namespace pycsa {
 // dot-product instructions and they are measurably faster than float32 ones; elsewhere
 // bfloat16 is widened to float32. Having the instructions is not enough: on an Intel
 // AVX512-BF16 VM without AMX, oneDNN's bf16 GEMM ran at 0.6-0.74x its float32 GEMM, and
-// affinity on bf16 inputs took 1.4-1.7x longer native than widened. float16 GEMMs on CPU
+// affinity on bf16 inputs took 1.3-1.6x longer native than widened. float16 GEMMs on CPU
 // are slow everywhere torch runs today, so float16 is always widened.
 inline bool cpu_has(const char* name) {
   const auto caps = at::cpu::get_cpu_capabilities();
@@ -20,8 +20,9 @@ inline bool cpu_has(const char* name) {
 }
 
 // This CPU's float32 GEMM time over its bfloat16 one (256 x 4,096 x 512), measured once per
-// process on first use (about 30 ms); set_bf16_gemm_speedup replaces it (tests; below 0:
-// measure again).
+// process on first use (0.1-0.4 s on 2 cores), so near the threshold two processes may take
+// different paths (bfloat16 outputs that differ by rounding): PYCSA_BF16_GEMM=1 or 0 fixes
+// it (read at that first use). set_bf16_gemm_speedup replaces it (tests; below 0: decide again).
 double bf16_gemm_speedup();
 void set_bf16_gemm_speedup(double ratio);
 

@@ -173,6 +173,14 @@ struct FeatureDistances {
     for (int64_t ii = 0; ii < nb; ++ii) products_to_squared(out + ii * w, nr[i0 + ii], nr + c0, w);
   }
   void stage(int64_t i0, int64_t nb, float* out) const { panel(i0, nb, 0, n(), out); }
+  // out[a * N + j] = d²(rows[a], j) for nb listed rows against every column.
+  void rows_panel(const int64_t* rows, int64_t nb, float* out) const {
+    at::Tensor dst = at::from_blob(out, {nb, n()}, z.options());
+    const at::Tensor idx = at::from_blob(const_cast<int64_t*>(rows), {nb}, at::kLong);
+    at::mm_out(dst, z.index_select(0, idx), z.t());
+    const float* nr = norms.data_ptr<float>();
+    for (int64_t a = 0; a < nb; ++a) products_to_squared(out + a * n(), nr[rows[a]], nr, n());
+  }
 };
 
 // Sparse rows: row r holds cols[ptr[r]..ptr[r+1]) ascending, with vals alongside.
@@ -395,9 +403,11 @@ void panel_row(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_
 // instead of +inf, and appends far fewer of them (3.4M instead of 10.5M at Market size: the
 // appends and cuts cost more than the scan itself). A row whose cell is smaller than m keeps
 // +inf. The bound is raised by `margin` times the two norms: the same pair's d² computed by
-// pass 1's GEMM may differ by rounding (2γ_d·|a||b| for the products, a few ulps of
-// |a|² + |b|² for the sums). Pass 1 checks the bounds anyway: a row left with fewer than m
-// candidates had too low a bound, and is ranked again from its full row.
+// pass 1's GEMM may differ by rounding (each product within γ_d·|a||b| of the exact one, so
+// the two d² within 4γ_d·|a||b| <= 2γ_d·(|a|² + |b|²), plus a few ulps of |a|² + |b|² for
+// the sums). Pass 1 checks the bounds anyway: a row left with fewer than m candidates had too
+// low a bound, and is ranked again from its full row (its d² then come from another GEMM,
+// which may round a near-tie differently; with this margin no row has been seen to need it).
 constexpr int64_t kSeedCell = 128;   // rows per landmark
 constexpr int64_t kSeedChunk = 512;  // cell mates a row is compared with, at most
 
@@ -420,17 +430,22 @@ std::vector<float> seed_bounds(const FeatureDistances& D, int64_t m) {
     at::Tensor lnorm = D.norms.index_select(0, idx);
     const float* ln = lnorm.data_ptr<float>();
     at::parallel_for(0, N, kBlock, [&](int64_t lo, int64_t hi) {
-      at::Tensor prod = at::mm(D.z.narrow(0, lo, hi - lo), L.t()).contiguous();
-      const float* pr = prod.data_ptr<float>();
-      for (int64_t r = lo; r < hi; ++r) {
-        const float* row = pr + (r - lo) * P;
-        int32_t best = 0;
-        float best_v = ln[0] - 2.f * row[0];
-        for (int64_t k = 1; k < P; ++k) {
-          const float v = ln[k] - 2.f * row[k];
-          if (v < best_v) best_v = v, best = static_cast<int32_t>(k);
+      std::vector<float> prod(kBlock * P);  // a block of rows at a time: N x P would be N² / 128
+      for (int64_t r0 = lo; r0 < hi; r0 += kBlock) {
+        const int64_t nb = std::min(kBlock, hi - r0);
+        // mm_out: a plain mm would follow the caller's autocast into bfloat16
+        at::Tensor dst = at::from_blob(prod.data(), {nb, P}, D.z.options());
+        at::mm_out(dst, D.z.narrow(0, r0, nb), L.t());
+        for (int64_t r = r0; r < r0 + nb; ++r) {
+          const float* row = prod.data() + (r - r0) * P;
+          int32_t best = 0;
+          float best_v = ln[0] - 2.f * row[0];
+          for (int64_t k = 1; k < P; ++k) {
+            const float v = ln[k] - 2.f * row[k];
+            if (v < best_v) best_v = v, best = static_cast<int32_t>(k);
+          }
+          cell[r] = best;
         }
-        cell[r] = best;
       }
     });
   }
@@ -441,18 +456,22 @@ std::vector<float> seed_bounds(const FeatureDistances& D, int64_t m) {
   for (int64_t r = 0; r < N; ++r) members[next[cell[r]]++] = r;
 
   at::parallel_for(0, P, 1, [&](int64_t lo, int64_t hi) {
-    std::vector<float> vals;
+    std::vector<float> vals, gram;
     for (int64_t c = lo; c < hi; ++c) {
       const int64_t s = start[c + 1] - start[c];
       if (s < m) continue;
-      const int64_t chunks = (s + kSeedChunk - 1) / kSeedChunk;  // near-equal, each >= s / chunks >= m
+      // near-equal chunks of at least s / chunks rows: past kSeedChunk / 2 that may be below m,
+      // and such a chunk's rows keep +inf
+      const int64_t chunks = (s + kSeedChunk - 1) / kSeedChunk;
       for (int64_t k = 0; k < chunks; ++k) {
         const int64_t a0 = start[c] + k * s / chunks, a1 = start[c] + (k + 1) * s / chunks, w = a1 - a0;
         if (w < m) continue;
         at::Tensor rows = at::from_blob(members.data() + a0, {w}, at::kLong);
         at::Tensor Zc = D.z.index_select(0, rows);
-        at::Tensor G = at::mm(Zc, Zc.t()).contiguous();
-        const float* gp = G.data_ptr<float>();
+        gram.resize(w * w);
+        at::Tensor G = at::from_blob(gram.data(), {w, w}, D.z.options());
+        at::mm_out(G, Zc, Zc.t());
+        const float* gp = gram.data();
         vals.resize(w);
         for (int64_t a = 0; a < w; ++a) {
           const int64_t ra = members[a0 + a];
@@ -542,12 +561,13 @@ void rank_symmetric(const FeatureDistances& D, int64_t m, float* colmax, int32_t
   std::vector<int64_t> again;
   for (int64_t r = 0; r < N; ++r)
     if (rank[r * m] < 0) again.push_back(r);
-  at::parallel_for(0, static_cast<int64_t>(again.size()), 16, [&](int64_t lo, int64_t hi) {
-    std::vector<float> row(N);
+  at::parallel_for(0, static_cast<int64_t>(again.size()), kBlock, [&](int64_t lo, int64_t hi) {
+    std::vector<float> rows(std::min(kBlock, hi - lo) * N);
     std::vector<std::pair<float, int32_t>> heap;
-    for (int64_t a = lo; a < hi; ++a) {
-      D.panel(again[a], 1, 0, N, row.data());
-      smallest(row.data(), N, m, rank + again[a] * m, heap);
+    for (int64_t a0 = lo; a0 < hi; a0 += kBlock) {
+      const int64_t nb = std::min(kBlock, hi - a0);
+      D.rows_panel(again.data() + a0, nb, rows.data());
+      for (int64_t a = 0; a < nb; ++a) smallest(rows.data() + a * N, N, m, rank + again[a0 + a] * m, heap);
     }
   });
 }
