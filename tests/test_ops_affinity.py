@@ -243,3 +243,15 @@ def test_half_inputs_ignore_cpu_autocast(dtype, bf16_ratio):
     assert out.dtype == dtype
     ref = _expected(X, ranks, L, Q)
     assert torch.allclose(out.double(), ref, rtol=0, atol=_tolerance(dtype, d, ref))
+
+
+@pytest.mark.skipif(not _extension.has_cpu_kernels(), reason="needs the compiled kernels")
+def test_the_bfloat16_choice_can_be_fixed_by_the_environment():
+    import os
+    import subprocess
+    import sys
+    code = "from pycsa.ops import _extension; print(_extension._C.bf16_gemm_speedup())"
+    for value, want in (("0", 0.0), ("1", 1000.0)):
+        env = dict(os.environ, PYCSA_BF16_GEMM=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert float(out.stdout.split()[-1]) == want
