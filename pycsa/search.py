@@ -366,22 +366,16 @@ def topk_lower_index(scores: torch.Tensor, k: int):
     return vals.gather(1, order), cols.gather(1, order)
 
 
-_gemm_speedup: float | None = None
-
-
 def _bf16_gemm_speedup() -> float:
     """This CPU's bfloat16 GEMM speed over its float32 one on the prefilter's block (256 x 4,096
     x 512, as ``ops.inner_product_topk`` runs it), measured once per process by the extension
     (``_C.bf16_gemm_speedup``, which also decides the CPU kernels' bfloat16 path); 0 without
     the compiled kernels. PYCSA_SEARCH_PREFILTER=1 or 0 decides instead (reported as 1000x or
     0x), for runs that must take the same path on every start."""
-    global _gemm_speedup
     forced = os.environ.get("PYCSA_SEARCH_PREFILTER", "").strip()
     if forced in ("0", "1"):
         return 1000.0 if forced == "1" else 0.0
-    if _gemm_speedup is None:
-        _gemm_speedup = float(_extension._C.bf16_gemm_speedup()) if _extension.has_cpu_kernels() else 0.0
-    return _gemm_speedup
+    return float(_extension._C.bf16_gemm_speedup()) if _extension.has_cpu_kernels() else 0.0
 
 
 def _kernel_serves(X: torch.Tensor) -> bool:

@@ -16,6 +16,15 @@ BACKENDS = ["torch"] + (["faiss"] if search_module.faiss is not None else []) + 
 NATIVE_BF16 = pycsa.ops.has_cpu_kernels() and bool(pycsa.ops._extension._C.bf16_dot_products())
 
 
+@pytest.fixture
+def gemm_ratio():
+    """Sets the extension's bfloat16/float32 GEMM ratio, which the search reads; restores it."""
+    _C = pycsa.ops._extension._C
+    before = _C.bf16_gemm_speedup()
+    yield _C.set_bf16_gemm_speedup
+    _C.set_bf16_gemm_speedup(before)
+
+
 def _brute(Q, X, k):
     S = (Q.double() @ X.double().T).cpu().numpy()
     # lexsort: last key first -> by descending score, then ascending index
@@ -152,8 +161,8 @@ def test_bf16_score_bound_holds_for_every_row(scale):
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="the CPU has no bfloat16 dot products")
-def test_auto_uses_the_prefilter_only_where_it_pays(monkeypatch):
-    monkeypatch.setattr(search_module, "_gemm_speedup", 3.0)  # as if bfloat16 GEMMs were 3x faster
+def test_auto_uses_the_prefilter_only_where_it_pays(gemm_ratio):
+    gemm_ratio(3.0)  # as if bfloat16 GEMMs were 3x faster
     g = torch.Generator().manual_seed(2)
     assert pycsa.Index(_unit(g, 4096, 16))._prefilter is not None
     assert pycsa.Index(_unit(g, 4095, 16))._prefilter is None  # small: the plain exact search
@@ -172,8 +181,8 @@ def test_bf16_backend_refuses_what_it_cannot_serve():
 
 
 @pytest.mark.skipif(not pycsa.ops.has_cpu_kernels(), reason="needs the compiled kernels")
-def test_auto_takes_the_float32_kernel_where_bfloat16_gemms_do_not_pay(monkeypatch):
-    monkeypatch.setattr(search_module, "_gemm_speedup", 1.2)
+def test_auto_takes_the_float32_kernel_where_bfloat16_gemms_do_not_pay(monkeypatch, gemm_ratio):
+    gemm_ratio(1.2)
     g = torch.Generator().manual_seed(4)
     index = pycsa.Index(_unit(g, 4096, 16))
     assert index._prefilter is None and index._use_kernel
@@ -232,8 +241,7 @@ def test_the_prefilter_choice_can_be_forced(monkeypatch):
     assert search_module._bf16_gemm_speedup() >= search_module._Bf16Prefilter.min_gemm_speedup
 
 
-def test_the_gemm_timing_runs_once_and_gives_a_ratio(monkeypatch):
-    monkeypatch.setattr(search_module, "_gemm_speedup", None)
+def test_the_gemm_timing_runs_once_and_gives_a_ratio():
     if not pycsa.ops.has_cpu_kernels():  # no kernels, no prefilter: nothing is timed
         assert search_module._bf16_gemm_speedup() == 0.0
         return

@@ -329,7 +329,7 @@ PYCSA_ALWAYS_INLINE void panel_row_body(RowCandidates& H, const float* row, int6
 // panel_row_body with the compares 8 at a time and their masks from movemask: GCC builds the
 // portable loop's masks a bit at a time and its maxima scalar. With the seeded bounds below,
 // 3 % of the whole call at Market size (AVX2). The AVX-512 build runs the same 8-wide code.
-PYCSA_TARGET_AVX2 inline void panel_row_vec8(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb,
+PYCSA_TARGET_AVX2 void panel_row_vec8(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb,
                                              int64_t w) {
   float bound = H.worst[i];
   __m256 vbound = _mm256_set1_ps(bound), vmax = _mm256_set1_ps(H.max[i]);
@@ -372,28 +372,13 @@ PYCSA_TARGET_AVX2 inline void panel_row_vec8(RowCandidates& H, const float* row,
     if (row[j] <= cworst[j]) H.push(c0 + j, row[j], static_cast<int32_t>(i));
   }
 }
-
-PYCSA_TARGET_AVX512 void panel_row_avx512(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb,
-                                          int64_t w) {
-  panel_row_vec8(H, row, i, c0, nb, w);
-}
-PYCSA_TARGET_AVX2 void panel_row_avx2(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb,
-                                      int64_t w) {
-  panel_row_vec8(H, row, i, c0, nb, w);
-}
 #endif
-void panel_row_generic(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb, int64_t w) {
-  panel_row_body(H, row, i, c0, nb, w);
-}
+// The AVX2 and AVX-512 builds scan with panel_row_vec8, the generic one with the portable body.
 void panel_row(RowCandidates& H, const float* row, int64_t i, int64_t c0, int64_t nb, int64_t w) {
 #if defined(__x86_64__) && defined(__GNUC__)
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return panel_row_avx512(H, row, i, c0, nb, w);
-    case Isa::kAvx2: return panel_row_avx2(H, row, i, c0, nb, w);
-    default: break;
-  }
+  if (cpu_isa() != Isa::kDefault) return panel_row_vec8(H, row, i, c0, nb, w);
 #endif
-  panel_row_generic(H, row, i, c0, nb, w);
+  panel_row_body(H, row, i, c0, nb, w);
 }
 
 // Upper bounds on each row's m-th smallest d² (the value pass 1 keeps a row's candidates
